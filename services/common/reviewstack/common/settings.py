@@ -1,0 +1,62 @@
+"""Settings: one pydantic-settings model per process, read from `REVIEWSTACK_*` variables and flags.
+
+Services compose the pieces below into their own settings class (one class, one place). Secrets are
+`SecretStr` so they never reach a log line, and each may come from a mounted file instead of the
+environment (Kubernetes Secrets).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "REVIEWSTACK_"
+
+
+class BaseReviewStackSettings(BaseSettings):
+    """Shared model config: env prefix, unknown keys rejected, flags allowed to override env."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+
+class LoggingSettings(BaseReviewStackSettings):
+    """How the process logs."""
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="minimum level logged")
+    log_format: Literal["console", "json"] = Field(
+        "console", description="console for people, json for log collectors (set by the Helm chart)"
+    )
+
+
+class StoreSettings(BaseReviewStackSettings):
+    """Where artifacts live and how to reach an S3 endpoint."""
+
+    store: str = Field(
+        "./reviewstack-store",
+        description="artifact store URI: a directory path, file:///dir, or s3://bucket[/prefix]",
+    )
+    s3_endpoint: str = Field("", description="S3 endpoint host[:port] or URL (MinIO: minio:9000)")
+    s3_access_key: SecretStr | None = Field(None, description="S3 access key id")
+    s3_secret_key: SecretStr | None = Field(None, description="S3 secret key")
+    s3_secure: bool = Field(False, description="use TLS to reach the S3 endpoint")
+    s3_region: str = Field("", description="S3 region, if the endpoint needs one")
+    s3_create_bucket: bool = Field(False, description="create the bucket when it does not exist")
+
+
+class ServerSettings(LoggingSettings, StoreSettings):
+    """Everything the gRPC bootstrap needs; each service subclasses it with its own fields."""
+
+    host: str = Field("0.0.0.0", description="address to listen on")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 = pick a free port)")
+    auth_token: SecretStr | None = Field(None, description="bearer token clients must send; unset = no auth")
+    auth_token_file: Path | None = Field(
+        None, description="file holding the bearer token (a mounted Secret); re-read when it changes"
+    )
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port (0 = off)")
+    default_deadline_s: float = Field(
+        60.0, gt=0, description="deadline applied to unary calls whose client set none"
+    )
+    shutdown_grace_s: float = Field(10.0, ge=0, description="time in-flight calls get on SIGTERM")
