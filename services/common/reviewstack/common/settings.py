@@ -25,7 +25,9 @@ class BaseReviewStackSettings(BaseSettings):
 class LoggingSettings(BaseReviewStackSettings):
     """How the process logs."""
 
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="minimum level logged")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="minimum level logged"
+    )
     log_format: Literal["console", "json"] = Field(
         "console", description="console for people, json for log collectors (set by the Helm chart)"
     )

@@ -1,0 +1,71 @@
+"""reviewstack-dataprep: the DataPrep gRPC service.
+
+Run book:
+    reviewstack-dataprep                          # port 50051, store ./reviewstack-store, no auth
+    REVIEWSTACK_STORE=s3://reviewstack REVIEWSTACK_S3_ENDPOINT=minio:9000 \\
+    REVIEWSTACK_AUTH_TOKEN_FILE=/var/run/secrets/reviewstack/token reviewstack-dataprep --port 50051
+
+Every setting is a `REVIEWSTACK_*` variable or the same-named flag (`--help` lists them). The service
+reports SERVING on grpc.health.v1 once the tokenizer and the embedding model are loaded, so a readiness
+probe never routes a build to a replica that would spend its first minute loading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from reviewstack.common.grpc import GrpcServer, OperationRegistry, ServiceRegistration, run_server
+from reviewstack.common.logging import get_logger
+from reviewstack.common.settings import ENV_PREFIX, ServerSettings
+from reviewstack.dataprep.service import DataPrepServicer
+from reviewstack.v1 import dataprep_pb2, dataprep_pb2_grpc
+
+SERVICE = dataprep_pb2.DESCRIPTOR.services_by_name["DataPrep"].full_name
+log = get_logger(__name__)
+
+
+class DataPrepSettings(ServerSettings):
+    """The DataPrep server's settings (env `REVIEWSTACK_*` or flags)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        cli_parse_args=True,
+        cli_prog_name="reviewstack-dataprep",
+        cli_kebab_case=True,
+    )
+
+    tokenizer: str | None = Field(None, description="default tokenizer directory (default: the Llama-3 one)")
+    max_concurrent_builds: int = Field(1, ge=1, description="builds run at once; more wait as PENDING")
+    preload: bool = Field(True, description="load tokenizer and embedding model before reporting SERVING")
+
+
+def _preload(tokenizer: str | None) -> None:
+    from reviewstack.common.tokenizer import load_tokenizer
+    from reviewstack.dataprep.distill.embedded import load_embedding_model
+
+    load_tokenizer(tokenizer)
+    load_embedding_model()
+
+
+def main() -> None:
+    settings = DataPrepSettings()
+    operations = OperationRegistry(max_workers=settings.max_concurrent_builds)
+    servicer = DataPrepServicer(settings, operations, tokenizer=settings.tokenizer)
+    registration = ServiceRegistration(SERVICE, dataprep_pb2_grpc.add_DataPrepServicer_to_server, servicer)
+
+    async def ready(server: GrpcServer) -> None:
+        if settings.preload:
+            server.set_serving(SERVICE, False)
+            await asyncio.to_thread(_preload, settings.tokenizer)
+            server.set_serving(SERVICE, True)
+        log.info("dataprep serving", port=server.port, store=settings.store)
+
+    run_server(settings, [registration], operations, on_started=ready)
+
+
+if __name__ == "__main__":
+    main()

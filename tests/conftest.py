@@ -1,0 +1,126 @@
+"""Shared fixtures: a real S3 protocol server (moto_server) on loopback, and stores over it or a temp dir."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from reviewstack.common.settings import StoreSettings
+from reviewstack.common.store import ArtifactStore, open_store
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (at the moment of asking)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """How to reach a test S3 server; `settings()`/`env()` configure a store for it in- or out-of-process."""
+
+    endpoint: str  # host:port
+    access_key: str = "testing"
+    secret_key: str = "testing"
+    region: str = "us-east-1"
+
+    def settings(self, **overrides: object) -> StoreSettings:
+        fields: dict[str, object] = {
+            "s3_endpoint": self.endpoint,
+            "s3_access_key": self.access_key,
+            "s3_secret_key": self.secret_key,
+            "s3_region": self.region,
+            "s3_create_bucket": True,
+        }
+        return StoreSettings(**{**fields, **overrides})
+
+    def env(self) -> dict[str, str]:
+        s = self.settings()
+        return {
+            "REVIEWSTACK_S3_ENDPOINT": s.s3_endpoint,
+            "REVIEWSTACK_S3_ACCESS_KEY": self.access_key,
+            "REVIEWSTACK_S3_SECRET_KEY": self.secret_key,
+            "REVIEWSTACK_S3_REGION": s.s3_region,
+            "REVIEWSTACK_S3_CREATE_BUCKET": "true",
+        }
+
+
+@contextlib.contextmanager
+def run_moto_server(log_dir: Path, extra_env: dict[str, str] | None = None) -> Iterator[S3Server]:
+    """Start `moto_server` on a free loopback port, wait until it answers HTTP, stop it afterwards."""
+    port = free_port()
+    exe = Path(sys.executable).with_name("moto_server")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "moto.server"]
+    log_path = log_dir / f"moto-{port}.log"
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    env.update(extra_env or {})
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([*cmd, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"moto_server exited with {proc.returncode}:\n{log_path.read_text()}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+                conn.request("GET", "/moto-api/")
+                conn.getresponse().read()
+                conn.close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"moto_server did not answer on port {port}:\n{log_path.read_text()}")
+                time.sleep(0.1)
+        yield S3Server(endpoint=f"127.0.0.1:{port}")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One real S3 protocol server for the whole test session."""
+    with run_moto_server(tmp_path_factory.mktemp("moto")) as server:
+        yield server
+
+
+@pytest.fixture
+def start_s3_server(tmp_path: Path) -> Iterator[Callable[..., S3Server]]:
+    """Start extra, private S3 servers (e.g. with auth enforced through `extra_env`) for one test."""
+    with contextlib.ExitStack() as stack:
+        yield lambda extra_env=None: stack.enter_context(run_moto_server(tmp_path, extra_env))
+
+
+@pytest.fixture
+def s3_store(s3_server: S3Server) -> ArtifactStore:
+    """A store on a fresh bucket (created on first use), under a prefix so prefix handling is exercised."""
+    return open_store(f"s3://test-{uuid.uuid4().hex[:16]}/store", s3_server.settings())
+
+
+@pytest.fixture
+def local_store(tmp_path: Path) -> ArtifactStore:
+    return open_store(str(tmp_path / "store"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_logs() -> None:
+    """Servers started in-process log through structlog; keep test output to warnings and errors."""
+    from reviewstack.common.logging import configure_logging
+
+    configure_logging("WARNING", "console")

@@ -1,0 +1,191 @@
+"""The DataPrep service as users run it: the `reviewstack-dataprep` process with auth on and an S3
+store (a real S3 protocol server), driven by real gRPC clients and by the CLI's --server mode."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from reviewstack.common.grpc import make_channel, wait_operation
+from reviewstack.common.store import open_store
+from reviewstack.v1 import dataprep_pb2, dataprep_pb2_grpc, operations_pb2
+
+from ..conftest import free_port
+from .conftest import SAMPLE, copy_papers, sample_ids
+
+TOKEN = "test-token-123"
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def server(s3_server, tmp_path_factory):
+    port = free_port()
+    store = "s3://dataprep-test/store"
+    log = tmp_path_factory.mktemp("dataprep") / "server.log"
+    env = {
+        **os.environ,
+        **s3_server.env(),
+        "REVIEWSTACK_STORE": store,
+        "REVIEWSTACK_AUTH_TOKEN": TOKEN,
+        "REVIEWSTACK_LOG_FORMAT": "json",
+    }
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(BIN / "reviewstack-dataprep"), "--host", "127.0.0.1", "--port", str(port)],
+            stdout=out,
+            stderr=out,
+            env=env,
+        )
+    target = f"127.0.0.1:{port}"
+    try:
+        channel = grpc.insecure_channel(target)
+        stub = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + 120
+        while True:  # SERVING only once the tokenizer and embedding model are loaded
+            assert proc.poll() is None, log.read_text()
+            try:
+                reply = stub.Check(
+                    health_pb2.HealthCheckRequest(service="reviewstack.v1.DataPrep"), timeout=2
+                )
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    break
+            except grpc.RpcError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        yield {"target": target, "store": open_store(store, s3_server.settings()), "log": log, "env": env}
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0, "SIGTERM must drain and exit 0"
+
+
+def _stub(target: str, token: str | None = TOKEN):
+    channel = make_channel(target, token)
+    return channel, dataprep_pb2_grpc.DataPrepStub(channel)
+
+
+def _request(sources, **fields) -> dataprep_pb2.BuildDatasetRequest:
+    return dataprep_pb2.BuildDatasetRequest(
+        sources=[str(s) for s in sources], paper_version=dataprep_pb2.PAPER_VERSION_MODE_DECISION, **fields
+    )
+
+
+def test_health_is_open_and_calls_need_the_token(server):
+    channel = grpc.insecure_channel(server["target"])
+    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    for token in (None, "wrong"):
+        _, stub = _stub(server["target"], token)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ListDatasets(dataprep_pb2.ListDatasetsRequest(), timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_build_over_the_sample_through_the_service(server):
+    channel, stub = _stub(server["target"])
+    operation = stub.BuildDataset(_request([SAMPLE], name="sample", request_id="build-1"), timeout=60)
+    assert operation.state in (operations_pb2.OPERATION_STATE_PENDING, operations_pb2.OPERATION_STATE_RUNNING)
+    again = stub.BuildDataset(_request([SAMPLE], name="sample", request_id="build-1"), timeout=60)
+    assert again.id == operation.id  # idempotent on the client's request id
+    stages = []
+    final = wait_operation(
+        channel, operation.id, on_update=lambda op: stages.append(op.progress.stage), timeout=600
+    )
+    assert final.state == operations_pb2.OPERATION_STATE_SUCCEEDED, final.error.message
+    assert {"reading", "distilling", "tokenizing", "writing"} <= set(stages)
+    result = dataprep_pb2.BuildDatasetResult()
+    assert final.result.Unpack(result)
+    assert sum(result.split_counts.values()) == 30 and not result.skipped
+    assert result.manifest.uri.startswith("s3://dataprep-test/store/datasets/sample/")
+    store = server["store"]
+    prefix = f"datasets/sample/{result.version}"
+    manifest = store.read_manifest(prefix)
+    assert manifest["counts"]["records"] == 30
+    assert store.stat(f"{prefix}/manifest.json").sha256 == result.manifest.sha256
+    listed = stub.ListDatasets(dataprep_pb2.ListDatasetsRequest(), timeout=30).datasets
+    assert [(d.name, d.version) for d in listed] == [("sample", result.version)]
+    shown = stub.GetDataset(dataprep_pb2.GetDatasetRequest(name="sample", version=result.version), timeout=30)
+    assert json.loads(shown.manifest_json)["version"] == result.version
+
+
+def test_bad_inputs_are_reported_in_the_operation_result(server, tmp_path):
+    source = copy_papers(tmp_path / "src", sample_ids()[:2])
+    (source / "reviews" / "broken.json").write_text("{not json")
+    (source / "papers" / "broken.md").write_text("# T\n\ntext")
+    (source / "papers" / "orphan.md").write_text("# T\n\ntext")
+    channel, stub = _stub(server["target"])
+    operation = stub.BuildDataset(_request([source], name="bad"), timeout=60)
+    final = wait_operation(channel, operation.id, timeout=600)
+    assert final.state == operations_pb2.OPERATION_STATE_SUCCEEDED, final.error.message
+    result = dataprep_pb2.BuildDatasetResult()
+    final.result.Unpack(result)
+    reasons = {s.path: s.reason for s in result.skipped}
+    assert reasons["papers/orphan.md"] == "paper without reviews"
+    assert reasons["reviews/broken.json"].startswith("malformed review file")
+    assert sum(result.split_counts.values()) == 2
+
+
+@pytest.mark.parametrize(
+    "request_fields, code, message",
+    [
+        ({"sources": ["/nonexistent/folder"], "name": "x"}, grpc.StatusCode.NOT_FOUND, "does not exist"),
+        ({"sources": [str(SAMPLE)], "name": "Bad Name"}, grpc.StatusCode.INVALID_ARGUMENT, "name"),
+        (
+            {"sources": [str(SAMPLE)], "name": "x", "paper_version": 0},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "paper_version is required",
+        ),
+        (
+            {"sources": [str(SAMPLE)], "name": "x", "output": "/dev/null/store"},
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "/dev/null",
+        ),
+    ],
+)
+def test_bad_requests_fail_in_the_rpc_before_any_work(server, request_fields, code, message):
+    _, stub = _stub(server["target"])
+    fields = {"paper_version": dataprep_pb2.PAPER_VERSION_MODE_LATE, **request_fields}
+    with pytest.raises(grpc.RpcError) as info:
+        stub.BuildDataset(dataprep_pb2.BuildDatasetRequest(**fields), timeout=60)
+    assert info.value.code() == code
+    assert message in info.value.details()
+    assert "Traceback" not in info.value.details()
+
+
+def test_cli_server_mode_builds_and_prints_the_summary(server, tmp_path):
+    source = copy_papers(tmp_path / "src", sample_ids()[:3])
+    env = {**server["env"], "REVIEWSTACK_TOKEN": TOKEN}
+    run = subprocess.run(
+        [
+            str(BIN / "reviewstack"),
+            "data",
+            "build",
+            "--server",
+            server["target"],
+            "--source",
+            str(source),
+            "--paper-version",
+            "late",
+            "--out",
+            "s3://dataprep-test/cli",
+            "--name",
+            "cli",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
+    assert summary["counts"]["records"] == 3
+    assert summary["manifest"].startswith("s3://dataprep-test/cli/datasets/cli/")
