@@ -25,7 +25,7 @@ from reviewstack.common.prompt import PROMPT_VERSION, PromptBuilder
 from reviewstack.common.settings import StoreSettings
 from reviewstack.common.store import ArtifactStore, open_store
 from reviewstack.common.tokenizer import LoadedTokenizer, load_tokenizer
-from reviewstack.dataprep import cleaning, reviews
+from reviewstack.dataprep import cleaning, points, reviews
 from reviewstack.dataprep.config import BuildConfig, PaperVersionMode
 from reviewstack.dataprep.distill import Distiller
 from reviewstack.dataprep.distill.embedded import EmbeddedDistiller, assign_aspect
@@ -285,14 +285,14 @@ class DatasetBuild:
                 "paper version unknown: the review file has no decision; pass --paper-version early or late",
             )
             return None
-        points = [p for review in usable for p in reviews.extract_points(review)]
-        if not any(p.kind != "summary" for p in points):
+        human_points = [p for review in usable for p in points.extract_points(review)]
+        if not any(p.kind != "summary" for p in human_points):
             skip(review_key, "no review point could be extracted from the reviews")
             return None
         for key, data in ((paper_key, paper_bytes), (review_key, review_bytes)):
             self.inputs.append(InputFile(store.uri, key, hashlib.sha256(data).hexdigest(), len(data)))
         return PaperItem(
-            paper_id, store.uri, paper_key, version, cleaned.text, list(cleaned.removed), record, points
+            paper_id, store.uri, paper_key, version, cleaned.text, list(cleaned.removed), record, human_points
         )
 
     def _paper_version(self, record: reviews.PaperReviews) -> str | None:

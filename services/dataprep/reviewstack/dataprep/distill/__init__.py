@@ -2,7 +2,7 @@
 
 Two implementations behind one interface: `EmbeddedDistiller` (rules + sentence embeddings, no network,
 the default) and `LLMDistiller` (an OpenAI-compatible endpoint, as the method's authors did with GPT-4).
-The human points themselves — the evaluation's ground truth — come from `reviews.extract_points` either way.
+The human points themselves — the evaluation's ground truth — come from `points.extract_points` either way.
 """
 
 from __future__ import annotations

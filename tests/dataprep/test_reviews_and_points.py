@@ -10,15 +10,14 @@ from typing import Any
 import pytest
 
 from reviewstack.common.errors import InvalidArgument
+from reviewstack.dataprep.points import extract_points, split_sentences
 from reviewstack.dataprep.reviews import (
     HumanPoint,
     HumanReview,
     PaperReviews,
-    extract_points,
     has_recognisable_sections,
     parse_review_record,
     split_sections,
-    split_sentences,
 )
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "neurips2025-sample"
