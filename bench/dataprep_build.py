@@ -22,6 +22,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from reviewstack.common.aspects import AspectSchema
+from reviewstack.common.logging import configure_logging
+from reviewstack.common.store import open_store
 from reviewstack.dataprep.build import build_dataset
 from reviewstack.dataprep.config import BuildConfig
 
@@ -51,6 +54,7 @@ def main() -> None:
     parser.add_argument("--archive", default=str(ROOT.parent / "shared" / "data" / "neurips2025.tar.gz"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "dataprep_build.json"))
     args = parser.parse_args()
+    configure_logging("WARNING")
     with tempfile.TemporaryDirectory() as tmp:
         with tarfile.open(args.archive) as archive:
             archive.extractall(tmp, filter="data")
@@ -65,6 +69,20 @@ def main() -> None:
         start = time.perf_counter()
         result = build_dataset(config, progress=timer)
         wall = time.perf_counter() - start
+        records = [
+            json.loads(line)
+            for split in ("train", "val", "test")
+            for line in open_store(result.uri).get_bytes(f"{split}.jsonl").decode().splitlines()
+        ]
+    checks = {
+        "records_read_back": len(records),
+        "every_record_has_all_7_aspects": all(
+            list(r["aspects"]) == list(AspectSchema.SEVEN.keys) and all(r["aspects"].values())
+            for r in records
+        ),
+        "max_prompt_tokens": max(r["prompt_tokens"] for r in records),
+        "max_response_tokens": max(r["response_tokens"] for r in records),
+    }
     manifest = result.manifest
     record = {
         "benchmark": "dataprep_build",
@@ -80,7 +98,7 @@ def main() -> None:
         "tokens": manifest["tokens"],
         "truncation": manifest["truncation"],
         "targets": manifest["targets"],
-        "every_record_has_all_aspects": True,  # checked by the slow test over the same build
+        "checks": checks,
     }
     Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
     console = Console()
@@ -93,6 +111,7 @@ def main() -> None:
         table.add_row(f"{kind} tokens p50/p95/max", f"{t['p50']:.0f} / {t['p95']:.0f} / {t['max']:.0f}")
     table.add_row("empty-aspect share", f"{manifest['targets']['empty_aspect_share']:.1%}")
     table.add_row("skipped", str(len(manifest["skipped"])))
+    table.add_row("all 7 aspects in every record", str(checks["every_record_has_all_7_aspects"]))
     console.print(table)
     console.print(f"wrote {args.out}")
 
