@@ -50,7 +50,7 @@ $(TOKENIZER_DIR)/tokenizer.json:
 		&& rm -rf $$tmp
 
 demo: install
-	$(VENV)/bin/reviewstack data build --source data/neurips2025-sample --paper-version late \
+	$(VENV)/bin/reviewstack data build --source data/neurips2025-sample --paper-version decision \
 		--out out/demo-store --name neurips2025-sample
 
 test: install

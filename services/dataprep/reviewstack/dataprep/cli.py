@@ -214,7 +214,7 @@ def _print_summary(summary: dict) -> None:
     table.add_row("skipped inputs", str(len(summary["skipped"])))
     out.print(table)
     for entry in summary["skipped"][:20]:
-        out.print(f"  [yellow]skipped[/] {entry['path']}: {entry['reason']}")
+        out.print(f"  [yellow]skipped[/] {entry['path']}: {entry['reason']}", soft_wrap=True)
     if len(summary["skipped"]) > 20:
         out.print(f"  … and {len(summary['skipped']) - 20} more (see the manifest's 'skipped')")
-    out.print(f"dataset: {summary['uri']}\nmanifest: {summary['manifest']}")
+    out.print(f"dataset: {summary['uri']}\nmanifest: {summary['manifest']}", soft_wrap=True)
