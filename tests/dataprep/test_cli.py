@@ -19,18 +19,8 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 def test_build_list_and_show(tmp_path):
     source = copy_papers(tmp_path / "src", sample_ids()[:3])
     out = tmp_path / "store"
-    run = _run(
-        "data",
-        "build",
-        "--source",
-        str(source),
-        "--paper-version",
-        "late",
-        "--out",
-        str(out),
-        "--name",
-        "tiny",
-    )
+    build = ("data", "build", "--source", str(source), "--paper-version", "late", "--out", str(out))
+    run = _run(*build, "--name", "tiny")
     assert run.returncode == 0, run.stderr
     assert "dataset tiny v" in run.stdout and "published" in run.stdout
     assert "records (train/val/test)" in run.stdout and "3 (1/1/1)" in run.stdout
@@ -41,18 +31,7 @@ def test_build_list_and_show(tmp_path):
     assert listed.returncode == 0 and version in listed.stdout
     shown = _run("data", "show", "--store", str(out), "tiny", version)
     assert json.loads(shown.stdout)["counts"]["records"] == 3
-    again = _run(
-        "data",
-        "build",
-        "--source",
-        str(source),
-        "--paper-version",
-        "late",
-        "--out",
-        str(out),
-        "--name",
-        "tiny",
-    )
+    again = _run(*build, "--name", "tiny")
     assert again.returncode == 0 and "found (identical inputs and settings)" in again.stdout
 
 
