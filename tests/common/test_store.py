@@ -263,6 +263,28 @@ def test_publication_writes_manifest_last(
     assert store.list_published("runs") == []
 
 
+def test_directory_round_trip_through_a_publication(store: ArtifactStore, tmp_path: Path) -> None:
+    source = tmp_path / "model"
+    (source / "sub").mkdir(parents=True)
+    (source / "config.json").write_text("{}")
+    (source / "sub" / "weights.bin").write_bytes(os.urandom(1000))
+    with store.publish("runs/r/merged") as pub:
+        refs = pub.put_dir(source, under="model")
+    assert sorted(r.key for r in refs) == [
+        "runs/r/merged/model/config.json",
+        "runs/r/merged/model/sub/weights.bin",
+    ]
+    assert set(store.read_manifest("runs/r/merged")["files"]) == {
+        "model/config.json",
+        "model/sub/weights.bin",
+    }
+    copied = tmp_path / "copy"
+    store.download_dir("runs/r/merged/model", copied)
+    assert (copied / "sub" / "weights.bin").read_bytes() == (source / "sub" / "weights.bin").read_bytes()
+    with pytest.raises(NotFound):
+        store.download_dir("runs/none", tmp_path / "none")
+
+
 def test_publication_exception_leaves_nothing(store: ArtifactStore) -> None:
     with pytest.raises(ValueError, match="bad row"), store.publish("datasets/y/v1") as pub:
         pub.put_bytes("train.jsonl", b"a")

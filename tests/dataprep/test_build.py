@@ -222,6 +222,18 @@ def test_no_usable_paper_is_an_error_naming_the_reasons(tmp_path):
         build_dataset(config)
 
 
+def test_response_budget_below_the_structure_fails_in_preflight(tmp_path):
+    config = BuildConfig(
+        sources=[str(copy_papers(tmp_path / "src", sample_ids()[:1]))],
+        output=str(tmp_path / "out"),
+        name="x",
+        paper_version="late",
+        max_response_length=100,
+    )
+    with pytest.raises(InvalidArgument, match="use at least"):
+        DatasetBuild(config).preflight()
+
+
 @pytest.mark.parametrize(
     "field, value, message",
     [

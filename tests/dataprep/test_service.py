@@ -64,7 +64,7 @@ def server(s3_server, tmp_path_factory):
         yield {"target": target, "store": open_store(store, s3_server.settings()), "log": log, "env": env}
     finally:
         proc.terminate()
-        assert proc.wait(timeout=30) == 0, "SIGTERM must drain and exit 0"
+        assert proc.wait(timeout=90) == 0, "SIGTERM must drain and exit 0"
 
 
 def _stub(target: str, token: str | None = TOKEN):

@@ -58,3 +58,12 @@ def test_one_huge_item_per_aspect_is_shortened(llama3):
     fitted = fit_response(aspects, AspectSchema.SEVEN, llama3, 300)
     assert fitted.tokens <= 300 and fitted.items_shortened > 0
     assert set(parse(fitted.text).aspects) == set(AspectSchema.SEVEN.keys)
+
+
+def test_a_budget_too_small_for_the_structure_is_refused(llama3):
+    from reviewstack.common.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="cannot hold the 7-aspect structure"):
+        fit_response(
+            {k: ["some words here"] for k in AspectSchema.SEVEN.keys}, AspectSchema.SEVEN, llama3, 100
+        )

@@ -30,8 +30,20 @@ def system_instruction(schema: AspectSchema = AspectSchema.SEVEN) -> str:
     )
 
 
+_USER_PREFIX = "Here is the paper:\n\n"
+
+
 def user_message(paper_text: str) -> str:
-    return f"Here is the paper:\n\n{paper_text}"
+    return f"{_USER_PREFIX}{paper_text}"
+
+
+def paper_from_messages(messages: list[dict[str, str]]) -> str:
+    """The paper text inside a prompt's messages, without our prefix or truncation note, so a trainer
+    can rebuild the prompt for its own tokenizer and length (`PromptBuilder.build`)."""
+    user = next((m["content"] for m in messages if m.get("role") == "user"), None)
+    if user is None or not user.startswith(_USER_PREFIX):
+        raise InvalidArgument(f"messages hold no user turn in the {PROMPT_VERSION} layout")
+    return user.removeprefix(_USER_PREFIX).removesuffix(TRUNCATION_NOTE)
 
 
 @dataclass(frozen=True)

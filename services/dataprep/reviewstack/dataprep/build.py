@@ -40,7 +40,7 @@ from reviewstack.dataprep.sources import (
 )
 from reviewstack.dataprep.splits import SPLITS, assign_splits
 from reviewstack.dataprep.stats import aspect_stats, percentiles
-from reviewstack.dataprep.targets import fit_response
+from reviewstack.dataprep.targets import fit_response, minimum_response_length
 
 log = get_logger(__name__)
 BUILDER_VERSION = "dataprep-v1"  # bump when cleaning, point extraction or record layout change
@@ -116,6 +116,13 @@ class DatasetBuild:
         self.output.check_writable()
         self.tokenizer: LoadedTokenizer = load_tokenizer(self.config.tokenizer)
         self.prompts = PromptBuilder(self.tokenizer, self.config.aspect_schema, self.config.max_prompt_length)
+        needed = minimum_response_length(self.config.aspect_schema, self.tokenizer)
+        if self.config.max_response_length < needed:
+            raise InvalidArgument(
+                f"max_response_length {self.config.max_response_length} is too small for the "
+                f"{self.config.aspect_schema}-aspect review structure with this tokenizer: "
+                f"use at least {needed}"
+            )
         self.distiller = self._distiller or self._make_distiller()
 
     def read(self) -> list[PaperItem]:

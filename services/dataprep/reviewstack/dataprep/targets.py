@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from reviewstack.common.aspects import AspectSchema
+from reviewstack.common.errors import InvalidArgument
 from reviewstack.common.review_format import render
 from reviewstack.common.tokenizer import LoadedTokenizer
 
@@ -25,6 +26,12 @@ class FittedResponse:
     @property
     def truncated(self) -> bool:
         return bool(self.items_dropped or self.items_shortened)
+
+
+def minimum_response_length(schema: AspectSchema, tokenizer: LoadedTokenizer) -> int:
+    """Tokens the bare structure needs (every aspect holding only the empty marker), plus room for a
+    few words: a smaller budget could not hold any review."""
+    return tokenizer.count(render({}, schema)) + 32
 
 
 def fit_response(
@@ -53,12 +60,16 @@ def fit_response(
             break
         estimate = tokens
     shortened = 0
-    if tokens > limit:  # one item per aspect and still too long: shorten the longest items word by word
-        while tokens > limit:
-            shortened += 1
-            key = max(kept, key=lambda k: len(kept[k][0]) if kept[k] else 0)
-            words = kept[key][0].split()
-            kept[key][0] = " ".join(words[: max(1, int(len(words) * 0.8))]) + " …"
-            text = render(kept, schema)
-            tokens = tokenizer.count(text)
+    while tokens > limit:  # one item per aspect and still too long: shorten the longest item
+        key = max(kept, key=lambda k: len(kept[k][0].split()) if kept[k] else 0)
+        words = kept[key][0].removesuffix(" …").split() if kept[key] else []
+        if len(words) <= 1:
+            raise InvalidArgument(
+                f"max_response_length {limit} cannot hold the {len(schema.keys)}-aspect structure even with "
+                f"one-word items ({tokens} tokens); raise it"
+            )
+        kept[key][0] = " ".join(words[: max(1, int(len(words) * 0.8))]) + " …"
+        shortened += 1
+        text = render(kept, schema)
+        tokens = tokenizer.count(text)
     return FittedResponse(kept, text, tokens, dropped, shortened)

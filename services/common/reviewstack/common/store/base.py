@@ -266,6 +266,18 @@ class ArtifactStore(abc.ABC):
             raise
         return ArtifactRef(key=key, uri=self._uri(key), sha256=digest.hexdigest(), size=size)
 
+    def download_dir(self, prefix: str, directory: str | os.PathLike[str]) -> list[ArtifactRef]:
+        """Copy every object under `prefix/` into `directory`, keeping relative paths (a model or a
+        checkpoint folder, for libraries that only read local files)."""
+        prefix = check_prefix(prefix)
+        refs = []
+        for key in self._iter_keys(prefix, True):
+            relative = key[len(prefix) + 1 :] if prefix else key
+            refs.append(self.download(key, Path(directory) / relative))
+        if not refs:
+            raise NotFound(f"{self._uri(prefix)} holds no object")
+        return refs
+
     def _verify(self, key: str, recorded: str | None, actual: str) -> None:
         if recorded is not None and recorded != actual:
             raise FailedPrecondition(
@@ -439,6 +451,19 @@ class Publication:
 
     def put_file(self, name: str, path: str | os.PathLike[str]) -> ArtifactRef:
         return self._record(name, self.store.put_file(self._key(name), path))
+
+    def put_dir(self, directory: str | os.PathLike[str], under: str = "") -> list[ArtifactRef]:
+        """Upload every file below a local directory (e.g. what `save_pretrained` wrote), keeping its
+        relative paths, optionally under a sub-folder of the publication."""
+        root = Path(directory)
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+        return [
+            self.put_file(
+                join_key(under, p.relative_to(root).as_posix()) if under else p.relative_to(root).as_posix(),
+                p,
+            )
+            for p in files
+        ]
 
     @contextlib.contextmanager
     def writer(self, name: str) -> Iterator[ObjectWriter]:

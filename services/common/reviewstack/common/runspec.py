@@ -1,0 +1,106 @@
+"""The training run spec: the contract between whoever starts a run (the Training service, kubectl, the
+CLI) and the training job that executes it.
+
+It lives here, not in the job, so that the controller can validate a spec and build a Job from it
+without importing the trainer. Defaults are the method's reference hyper-parameters (effective batch
+16, lr 1e-4, 3 epochs, save every 100 steps) and its context extension (Llama-3 8k → 12k by Position
+Interpolation, factor 1.5).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from reviewstack.common.prompt import MAX_PROMPT_LENGTH, MAX_RESPONSE_LENGTH
+
+_RUN_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # a DNS label: it names Kubernetes objects
+ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class LoraSpec(BaseModel):
+    """LoRA adapter shape (used by `lora` and `qlora`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(16, ge=1, description="adapter rank")
+    alpha: int = Field(32, ge=1, description="scaling numerator (scale = alpha / r)")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the adapter input")
+    target_modules: list[str] = Field(list(ALL_PROJECTIONS), min_length=1, description="modules to adapt")
+
+
+class TrainSpec(BaseModel):
+    """Everything a training run needs; unknown keys are refused so a misspelt knob never goes unseen."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str = Field(description="run id (a DNS label); reusing one resumes that run")
+    dataset: str = Field(description="dataset folder URI: <store>/datasets/<name>/<version>")
+    base_model: str = Field(description="base model directory (config, weights, tokenizer)")
+    output: str = Field(description="store URI the run writes runs/<run-id>/ into")
+    method: Literal["lora", "qlora", "full"] = Field("lora", description="what is trained")
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    # context extension (Position Interpolation)
+    target_context: int = Field(12_288, ge=128, description="context the model is extended to, in tokens")
+    pi_factor: float | None = Field(
+        None, description="linear RoPE scaling factor; default target_context / the model's own context"
+    )
+    max_prompt_length: int = Field(MAX_PROMPT_LENGTH, ge=64, description="prompt tokens kept")
+    max_response_length: int = Field(MAX_RESPONSE_LENGTH, ge=16, description="response tokens kept")
+    # optimisation
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    learning_rate: float = Field(1e-4, gt=0)
+    effective_batch_size: int = Field(16, ge=1, description="sequences per optimizer step, all ranks")
+    micro_batch_size: int = Field(1, ge=1, description="sequences per forward pass")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    save_steps: int = Field(100, ge=1, description="checkpoint every N optimizer steps")
+    eval_steps: int = Field(100, ge=1, description="validation loss every N optimizer steps")
+    logging_steps: int = Field(1, ge=1)
+    max_eval_examples: int | None = Field(None, ge=1, description="cap on validation records")
+    seed: int = 0
+    # execution
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="cuda refuses to start without a GPU")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
+    attention: Literal["auto", "flash_attention_2", "sdpa", "eager"] = Field(
+        "auto", description="auto: flash_attention_2 when importable, else SDPA"
+    )
+    gradient_checkpointing: bool = True
+    deepspeed: Literal["none", "zero3"] = Field("none", description="zero3: DeepSpeed ZeRO stage 3")
+    liger: Literal["auto", "on", "off"] = Field("auto", description="Liger kernels when installed")
+    merge: bool = Field(True, description="write merged/ (full weights) at the end")
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id(cls, value: str) -> str:
+        if not _RUN_ID.match(value):
+            raise ValueError(
+                "use lower-case letters, digits and '-' (at most 63, start and end alphanumeric)"
+            )
+        return value
+
+    @field_validator("pi_factor")
+    @classmethod
+    def _pi(cls, value: float | None) -> float | None:
+        if value is not None and value < 1.0:
+            raise ValueError(
+                f"a Position Interpolation factor below 1 ({value}) would compress positions the model "
+                "knows; use ≥ 1 (1 = no extension)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _lengths(self) -> TrainSpec:
+        if self.max_prompt_length + self.max_response_length > self.target_context:
+            raise ValueError(
+                f"max_prompt_length + max_response_length ({self.max_prompt_length} + "
+                f"{self.max_response_length}) exceed target_context {self.target_context}"
+            )
+        if self.effective_batch_size % self.micro_batch_size:
+            raise ValueError("effective_batch_size must be a multiple of micro_batch_size")
+        return self

@@ -1,0 +1,58 @@
+"""Loss on the response only, with logits computed only where there are labels.
+
+At 12k tokens and a 128k vocabulary the full logits tensor is the largest activation of the whole step
+(12,288 × 128,256 × 4 bytes ≈ 6.3 GB in fp32, before its gradient). A review's response is ~1k tokens, so
+projecting only the hidden states at labelled positions cuts that by ~10×; with Liger's fused
+linear + cross-entropy the logits are never materialised at all.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from reviewstack.trainjob.data import IGNORE_INDEX
+
+
+def liger_available() -> bool:
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
+def split_causal_lm(model: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(backbone, lm_head) of a causal LM, through a PEFT wrapper if there is one."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+class ResponseLoss:
+    """Summed cross-entropy over labelled positions, and how many there were.
+
+    Returning the sum (not the mean) lets the caller normalise by the tokens of the whole accumulated
+    batch, so a long response weighs as much per token as a short one.
+    """
+
+    def __init__(self, use_liger: bool = False) -> None:
+        self.use_liger = use_liger
+        if use_liger:
+            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+            self._fused = LigerFusedLinearCrossEntropyLoss(reduction="sum")
+
+    def __call__(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        backbone, head = split_causal_lm(model)
+        hidden = backbone(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).last_hidden_state  # [B, T, H]
+        targets = batch["labels"][:, 1:]  # position t predicts token t+1
+        keep = targets != IGNORE_INDEX
+        selected = hidden[:, :-1][keep]  # [N, H]
+        labels = targets[keep]  # [N]
+        if self.use_liger:
+            loss = self._fused(head.weight, selected, labels)
+        else:
+            logits = head(selected).float()  # [N, V]: only the response positions
+            loss = F.cross_entropy(logits, labels, reduction="sum")
+        return loss, int(labels.numel())

@@ -1,0 +1,110 @@
+"""reviewstack-train: run one fine-tuning job.
+
+Run book:
+    reviewstack-train training-job/configs/llama3-8b-lora-12k.yaml run_id=my-run dataset=… output=…
+    torchrun --nproc-per-node 8 -m reviewstack.trainjob SPEC …        # several GPUs (DeepSpeed ZeRO-3)
+    reviewstack-train s3://bucket/runs/my-run/spec.json               # what the Kubernetes Job runs
+
+SPEC is a YAML/JSON file or a store URI; `key=value` arguments override it (dotted keys reach into
+nested settings: `lora.r=8`; values are YAML scalars). Store credentials come from `REVIEWSTACK_S3_*`.
+
+Exit status: 0 done; 2 the spec or its inputs are wrong (retrying cannot help: a Kubernetes Job fails at
+once); 143 stopped by SIGTERM after saving a checkpoint; anything else a crash worth retrying — a
+restarted run with the same run id resumes from its latest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from reviewstack.common.errors import ReviewStackError
+from reviewstack.common.logging import configure_logging, get_logger
+from reviewstack.common.runspec import TrainSpec
+from reviewstack.common.settings import LoggingSettings, StoreSettings
+
+log = get_logger(__name__)
+BAD_INPUT, PREEMPTED = 2, 143
+
+
+def read_spec(source: str, overrides: list[str], settings: StoreSettings | None = None) -> TrainSpec:
+    """Load a spec from a file or store URI and apply `key=value` overrides; ValidationError if invalid."""
+    if "://" in source and not source.startswith("file://"):
+        from reviewstack.common.store import open_store
+
+        parent, _, name = source.rstrip("/").rpartition("/")
+        text = open_store(parent, settings).get_bytes(name).decode()
+    else:
+        path = Path(source.removeprefix("file://"))
+        if not path.is_file():
+            raise ReviewStackError(f"spec file {path} does not exist")
+        text = path.read_text()
+    data: dict[str, Any] = (json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)) or {}
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or not key:
+            raise ReviewStackError(f"override {override!r} is not key=value")
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return TrainSpec.model_validate(data)
+
+
+def _record_failure(spec: TrainSpec, message: str) -> None:
+    """Put the reason of a refused run into status.json: on Kubernetes nobody reads the pod's log."""
+    from datetime import UTC, datetime
+
+    from reviewstack.common.store import open_store
+
+    status = {
+        "state": "failed",
+        "step": 0,
+        "message": message,
+        "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    try:
+        open_store(spec.output, StoreSettings()).put_bytes(
+            f"runs/{spec.run_id}/status.json", json.dumps(status, indent=2).encode()
+        )
+    except ReviewStackError as exc:  # the output itself may be what is wrong
+        log.warning("could not record the failure in the store", error=str(exc))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    logging_settings = LoggingSettings()
+    configure_logging(logging_settings.log_level, logging_settings.log_format)
+    if not args or args[0] in ("-h", "--help"):
+        print(__doc__)
+        raise SystemExit(0 if args else BAD_INPUT)
+    from reviewstack.trainjob.recipe import FineTuneRecipe, Preempted
+
+    spec: TrainSpec | None = None
+    try:
+        spec = read_spec(args[0], args[1:], StoreSettings())
+        summary = FineTuneRecipe(spec).run()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors())
+        log.error("invalid training spec", problems=problems)
+        raise SystemExit(BAD_INPUT) from None
+    except Preempted as exc:
+        log.warning(str(exc))
+        raise SystemExit(PREEMPTED) from None
+    except ReviewStackError as exc:
+        log.error("cannot train", error=str(exc))
+        if spec is not None:
+            _record_failure(spec, str(exc))
+        raise SystemExit(BAD_INPUT) from None
+    log.info("training finished", **{k: v for k, v in summary.items() if v is not None})
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Loading the base model for training: Position Interpolation in its config, the attention kernel,
+the precision, gradient checkpointing, and the trainable part (LoRA, QLoRA or all weights)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reviewstack.common.errors import FailedPrecondition, InvalidArgument
+from reviewstack.common.logging import get_logger
+from reviewstack.common.runspec import TrainSpec
+from reviewstack.trainjob.rope import apply_position_interpolation, interpolation_factor
+
+log = get_logger(__name__)
+
+
+def choose_attention(requested: str, device: torch.device) -> str:
+    """flash_attention_2 when importable on a GPU, else SDPA (whose CUDA backend is FlashAttention-2)."""
+    has_flash = importlib.util.find_spec("flash_attn") is not None
+    if requested == "auto":
+        return "flash_attention_2" if has_flash and device.type == "cuda" else "sdpa"
+    if requested == "flash_attention_2" and not (has_flash and device.type == "cuda"):
+        raise FailedPrecondition(
+            "attention=flash_attention_2 needs the flash-attn package and a GPU; use attention=auto or sdpa"
+        )
+    return requested
+
+
+def check_base_model(path: str) -> None:
+    """A base model directory must hold a config, weights and a tokenizer, found before any training."""
+    directory = Path(path)
+    if not directory.is_dir():
+        raise InvalidArgument(f"base model {path} is not a directory (give a local model directory)")
+    missing = [
+        what
+        for what, patterns in (
+            ("config.json", ["config.json"]),
+            ("weights (*.safetensors or *.bin)", ["*.safetensors", "*.bin", "*.safetensors.index.json"]),
+            ("tokenizer (tokenizer.json or tokenizer.model)", ["tokenizer.json", "tokenizer.model"]),
+        )
+        if not any(any(directory.glob(p)) for p in patterns)
+    ]
+    if missing:
+        raise InvalidArgument(f"base model {path} has no {', '.join(missing)}")
+
+
+def load_model(spec: TrainSpec, device: torch.device, dtype: torch.dtype) -> tuple[Any, float]:
+    """The model ready to train, and the PI factor written into its config."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(spec.base_model, local_files_only=True)
+    factor = interpolation_factor(config, spec.target_context, spec.pi_factor)
+    apply_position_interpolation(config, factor)
+    kwargs: dict[str, Any] = {
+        "config": config,
+        "dtype": dtype,
+        "local_files_only": True,
+        "attn_implementation": choose_attention(spec.attention, device),
+    }
+    if spec.method == "qlora":
+        kwargs["quantization_config"] = _four_bit(dtype, device)
+    model = AutoModelForCausalLM.from_pretrained(spec.base_model, **kwargs)
+    if spec.method != "qlora":
+        model.to(device)
+    model.config.use_cache = False
+    if spec.gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if spec.method in ("lora", "qlora"):
+        model = _with_lora(model, spec)
+    log.info(
+        "model loaded",
+        base=spec.base_model,
+        pi_factor=factor,
+        attention=kwargs["attn_implementation"],
+        trainable=trainable_parameters(model),
+        dtype=str(dtype),
+    )
+    return model, factor
+
+
+def _four_bit(dtype: torch.dtype, device: torch.device) -> Any:
+    if importlib.util.find_spec("bitsandbytes") is None or device.type != "cuda":
+        raise FailedPrecondition("method=qlora needs the bitsandbytes package and a GPU; use method=lora")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+    )
+
+
+def _with_lora(model: Any, spec: TrainSpec) -> Any:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if spec.method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.gradient_checkpointing)
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in spec.lora.target_modules if m not in present]
+    if missing:
+        raise InvalidArgument(f"lora.target_modules {missing} are not modules of {spec.base_model}")
+    lora = LoraConfig(
+        r=spec.lora.r,
+        lora_alpha=spec.lora.alpha,
+        lora_dropout=spec.lora.dropout,
+        target_modules=list(spec.lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)
+    if spec.gradient_checkpointing:
+        model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
+    return model
+
+
+def trainable_parameters(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,311 @@
+"""The fine-tuning recipe: one class, read top to bottom — __init__ → preflight → setup → train → finish.
+
+Supported: LoRA (default), QLoRA (bitsandbytes + GPU), full fine-tuning; Position Interpolation to the
+target context; flash attention 2 when importable, SDPA otherwise; gradient checkpointing; loss on the
+response only with logits only at labelled positions (Liger's fused kernel when installed); resume from
+the latest complete checkpoint of the same run id; best-by-validation-loss `best/`; `merged/` weights.
+Not supported, refused at start: several processes without DeepSpeed ZeRO-3 (plain DDP would hold a
+full model copy per GPU, which 12k-token 8B training cannot afford); QLoRA without a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import resource
+import signal
+import time
+from itertools import islice
+from typing import Any
+
+import numpy as np
+import torch
+
+from reviewstack.common.errors import FailedPrecondition, InvalidArgument
+from reviewstack.common.logging import get_logger
+from reviewstack.common.runspec import TrainSpec
+from reviewstack.common.settings import StoreSettings
+from reviewstack.common.store import open_store
+from reviewstack.common.tokenizer import load_tokenizer
+from reviewstack.trainjob import checkpoint
+from reviewstack.trainjob.data import EpochSampler, ExampleBuilder, build_examples, collate, open_dataset
+from reviewstack.trainjob.loss import ResponseLoss, liger_available
+from reviewstack.trainjob.model import check_base_model, load_model
+from reviewstack.trainjob.reporting import RunReporter
+from reviewstack.trainjob.rope import interpolation_factor
+
+log = get_logger(__name__)
+
+
+class Preempted(Exception):
+    """SIGTERM arrived (a pod being evicted): the run saved a checkpoint and stops to be restarted."""
+
+
+class FineTuneRecipe:
+    def __init__(self, spec: TrainSpec, store_settings: StoreSettings | None = None) -> None:
+        self.spec = spec
+        self.store_settings = store_settings or StoreSettings()
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if self.world_size > 1 and spec.deepspeed != "zero3":
+            raise FailedPrecondition(f"{self.world_size} processes need deepspeed=zero3 (no plain DDP)")
+        if spec.deepspeed == "zero3":
+            raise FailedPrecondition(
+                "deepspeed=zero3 is not available in this build of the training job yet; run one process "
+                "with deepspeed=none"
+            )
+        self.device = _device(spec.device)
+        self.dtype = _dtype(spec.precision, self.device)
+        _seed_everything(spec.seed)
+        self._stop = False
+
+    # -- before any training --------------------------------------------------------------------------
+    def preflight(self) -> None:
+        """Every check that can fail without training: the errors a user can fix come here, in seconds."""
+        from transformers import AutoConfig
+
+        self.dataset = open_dataset(self.spec.dataset, self.store_settings)
+        check_base_model(self.spec.base_model)
+        self.tokenizer = load_tokenizer(self.spec.base_model)
+        config = AutoConfig.from_pretrained(self.spec.base_model, local_files_only=True)
+        interpolation_factor(config, self.spec.target_context, self.spec.pi_factor)
+        built_for = self.dataset.manifest.get("max_prompt_length", 0) + self.dataset.manifest.get(
+            "max_response_length", 0
+        )
+        if built_for > self.spec.target_context:
+            raise InvalidArgument(
+                f"the dataset's prompts and responses run to {built_for} tokens but target_context is "
+                f"{self.spec.target_context}: raise target_context or rebuild the dataset with shorter "
+                "--max-prompt-length"
+            )
+        if not self.dataset.records["train"]:
+            raise InvalidArgument(f"dataset {self.dataset.uri} has no training records")
+        self.output = open_store(self.spec.output, self.store_settings)
+        self.output.check_writable()
+
+    # -- building the parts, in order ---------------------------------------------------------------
+    def setup(self) -> None:
+        spec = self.spec
+        self.run_prefix = f"runs/{spec.run_id}"
+        if self.rank == 0:
+            self.output.put_bytes(f"{self.run_prefix}/spec.json", spec.model_dump_json(indent=2).encode())
+        # data before the model: the step count (and so the scheduler) depends on it
+        builder = ExampleBuilder(
+            self.tokenizer, self.dataset.schema, spec.max_prompt_length, spec.max_response_length
+        )
+        self.train_examples = build_examples(self.dataset.records["train"], builder)
+        val_records = self.dataset.records["val"][: spec.max_eval_examples]
+        self.val_examples = build_examples(val_records, builder) if val_records else []
+        self.sampler = EpochSampler(
+            len(self.train_examples), spec.micro_batch_size, spec.seed, self.rank, self.world_size
+        )
+        self.accumulation = max(1, spec.effective_batch_size // (spec.micro_batch_size * self.world_size))
+        steps_per_epoch = max(1, self.sampler.batches_per_epoch // self.accumulation)
+        self.steps_per_epoch = steps_per_epoch
+        self.total_steps = math.ceil(spec.epochs * steps_per_epoch)
+        if spec.max_steps:
+            self.total_steps = min(self.total_steps, spec.max_steps)
+        self.model, self.pi_factor = load_model(spec, self.device, self.dtype)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            trainable, lr=spec.learning_rate, weight_decay=spec.weight_decay, fused=self.device.type == "cuda"
+        )
+        from transformers import get_scheduler
+
+        self.scheduler = get_scheduler(
+            spec.lr_scheduler,
+            self.optimizer,
+            num_warmup_steps=int(spec.warmup_ratio * self.total_steps),
+            num_training_steps=self.total_steps,
+        )
+        use_liger = spec.liger == "on" or (spec.liger == "auto" and liger_available())
+        self.loss = ResponseLoss(use_liger)
+        self.reporter = RunReporter(self.output, self.run_prefix, self.total_steps, enabled=self.rank == 0)
+        self.state = checkpoint.TrainerState(0, self.sampler.state_dict(), None, None, 0)
+        latest = checkpoint.latest_checkpoint(self.output, self.run_prefix)
+        if latest:
+            self.state = checkpoint.load_checkpoint(
+                self.output, latest, self.model, self.optimizer, self.scheduler
+            )
+            self.sampler.load_state_dict(self.state.sampler)
+            self.reporter.resume(self.state.step)
+            self.reporter.best = _best(self.state)
+            log.info("resumed", checkpoint=self.output.uri_for(latest), step=self.state.step)
+        log.info(
+            "setup done",
+            train=len(self.train_examples),
+            val=len(self.val_examples),
+            total_steps=self.total_steps,
+            accumulation=self.accumulation,
+        )
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def train(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        batches = iter(self.sampler)
+        pad_id = self.tokenizer.tokenizer.pad_token_id
+        pad_id = self.tokenizer.tokenizer.eos_token_id if pad_id is None else pad_id
+        self.model.train()
+        for step in range(self.state.step + 1, self.total_steps + 1):
+            started = time.perf_counter()
+            micro = [
+                [self.train_examples[i] for i in indices] for indices in islice(batches, self.accumulation)
+            ]
+            response_tokens = sum(e.response_tokens for batch in micro for e in batch)
+            loss_sum = 0.0
+            for batch in micro:
+                summed, _ = self.loss(self.model, _to(collate(batch, pad_id), self.device))
+                (summed / max(response_tokens, 1)).backward()
+                loss_sum += float(summed.detach())
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.requires_grad], self.spec.max_grad_norm
+            )
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            tokens = sum(len(e.input_ids) for batch in micro for e in batch)
+            self.state = checkpoint.TrainerState(
+                step,
+                self.sampler.state_dict(),
+                self.state.best_step,
+                self.state.best_val_loss,
+                self.state.tokens_seen + tokens,
+            )
+            row = {
+                "step": step,
+                "epoch": round(step / self.steps_per_epoch, 4),
+                "loss": loss_sum / max(response_tokens, 1),
+                "lr": self.scheduler.get_last_lr()[0],
+                "grad_norm": float(grad_norm),
+                "tokens_per_s": tokens / (time.perf_counter() - started),
+                "peak_mem_gib": _peak_memory_gib(self.device),
+            }
+            if step % self.spec.eval_steps == 0 or step == self.total_steps:
+                row["val_loss"] = self.evaluate(pad_id)
+                self._maybe_best(step, row["val_loss"])
+            saving = step % self.spec.save_steps == 0 or step == self.total_steps or self._stop
+            self.reporter.log(row, force="val_loss" in row or saving)  # metrics durable up to each checkpoint
+            if step % self.spec.logging_steps == 0:
+                log.info("step", **{k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()})
+            if saving:
+                self.save()
+            if self._stop:
+                raise Preempted(f"stopped by SIGTERM after step {step}; a restart resumes from it")
+
+    @torch.no_grad()
+    def evaluate(self, pad_id: int) -> float:
+        """Mean validation loss per response token (the training loss when there is no val split)."""
+        examples = self.val_examples or self.train_examples[: self.spec.max_eval_examples or 16]
+        self.model.eval()
+        total, tokens = 0.0, 0
+        for start in range(0, len(examples), self.spec.micro_batch_size):
+            batch = examples[start : start + self.spec.micro_batch_size]
+            summed, n = self.loss(self.model, _to(collate(batch, pad_id), self.device))
+            total, tokens = total + float(summed), tokens + n
+        self.model.train()
+        return total / max(tokens, 1)
+
+    def _maybe_best(self, step: int, val_loss: float) -> None:
+        if self.state.best_val_loss is not None and val_loss >= self.state.best_val_loss:
+            return
+        self.state = checkpoint.TrainerState(step, self.state.sampler, step, val_loss, self.state.tokens_seen)
+        self.reporter.best = _best(self.state)
+        if self.rank == 0:
+            checkpoint.save_best(
+                self.output, self.run_prefix, self.model, self.tokenizer.tokenizer, step, val_loss
+            )
+
+    def save(self) -> None:
+        if self.rank == 0:
+            checkpoint.save_checkpoint(
+                self.output, self.run_prefix, self.model, self.optimizer, self.scheduler, self.state
+            )
+
+    # -- after the loop ------------------------------------------------------------------------------
+    def finish(self) -> dict[str, Any]:
+        """Publish merged/ from best/ and mark the run succeeded; returns the run's summary."""
+        summary = {
+            "run": self.output.uri_for(self.run_prefix),
+            "steps": self.state.step,
+            "best_step": self.state.best_step,
+            "best_val_loss": self.state.best_val_loss,
+            "final_loss": self.reporter.latest.get("loss"),
+            "pi_factor": self.pi_factor,
+        }
+        if self.rank == 0:
+            if self.spec.merge:
+                lineage = {
+                    "run_id": self.spec.run_id,
+                    "base_model": self.spec.base_model,
+                    "dataset": self.dataset.uri,
+                    "dataset_version": self.dataset.manifest.get("version"),
+                    "best_step": self.state.best_step,
+                    "best_val_loss": self.state.best_val_loss,
+                    "pi_factor": self.pi_factor,
+                    "target_context": self.spec.target_context,
+                }
+                summary["merged"] = self.output.uri_for(
+                    checkpoint.save_merged(
+                        self.output, self.run_prefix, self.spec, self.pi_factor, self.dtype, lineage
+                    )
+                )
+            summary["best"] = self.output.uri_for(f"{self.run_prefix}/best")
+            self.reporter.write("succeeded", self.state.step, "training finished")
+        return summary
+
+    def run(self) -> dict[str, Any]:
+        self.preflight()
+        self.setup()
+        try:
+            self.train()
+        except Preempted as exc:
+            self.reporter.write("stopped", self.state.step, str(exc))
+            raise
+        except BaseException as exc:
+            if hasattr(self, "reporter"):
+                self.reporter.write("failed", self.state.step, f"{type(exc).__name__}: {exc}")
+            raise
+        return self.finish()
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        log.warning("SIGTERM: saving a checkpoint after the current step")
+        self._stop = True
+
+
+def _best(state: checkpoint.TrainerState) -> dict[str, Any] | None:
+    return None if state.best_step is None else {"step": state.best_step, "val_loss": state.best_val_loss}
+
+
+def _device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise FailedPrecondition(
+            "the spec asks for device=cuda but this machine has no GPU (torch sees none)"
+        )
+    if requested == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _dtype(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise FailedPrecondition("this GPU has no bf16; use precision=fp32")
+        return torch.bfloat16
+    return torch.float32
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB → GiB (process RSS)
