@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import torch
 
 from reviewstack.common.aspects import AspectSchema
-from reviewstack.common.errors import InvalidArgument, NotFound
+from reviewstack.common.datasets import open_dataset_store
+from reviewstack.common.errors import InvalidArgument
 from reviewstack.common.prompt import PromptBuilder, paper_from_messages
 from reviewstack.common.settings import StoreSettings
-from reviewstack.common.store import open_store
 from reviewstack.common.tokenizer import LoadedTokenizer
 
 IGNORE_INDEX = -100
@@ -51,14 +51,7 @@ class Dataset:
 
 def open_dataset(uri: str, settings: StoreSettings | None = None) -> Dataset:
     """Read a dataset folder URI (<store>/datasets/<name>/<version>); NotFound unless it is published."""
-    store = open_store(uri, settings)
-    try:
-        manifest = store.read_manifest("")
-    except NotFound:
-        raise NotFound(
-            f"no published dataset at {store.uri}: expected <store>/datasets/<name>/<version> with a "
-            "manifest.json (build one with `reviewstack data build`)"
-        ) from None
+    store, manifest = open_dataset_store(uri, settings)
     records = {
         split: [json.loads(line) for line in store.get_bytes(f"{split}.jsonl").decode().splitlines() if line]
         for split in ("train", "val", "test")

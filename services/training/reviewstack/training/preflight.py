@@ -13,7 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from reviewstack.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from reviewstack.common.datasets import open_dataset_store
+from reviewstack.common.errors import FailedPrecondition, InvalidArgument
 from reviewstack.common.runspec import TrainSpec
 from reviewstack.common.settings import StoreSettings
 from reviewstack.common.store import open_store
@@ -23,18 +24,7 @@ _NVIDIA_DEVICE = re.compile(r"^nvidia\d+$")
 
 def check_dataset(uri: str, settings: StoreSettings) -> dict[str, Any]:
     """The manifest of the published dataset at `uri`; NotFound (naming the URI) when there is none."""
-    store = open_store(uri, settings)
-    try:
-        manifest = store.read_manifest("")
-    except NotFound:
-        raise NotFound(
-            f"no published dataset at {uri} (no manifest.json): build it with `reviewstack data build`, "
-            "or check the URI with `reviewstack data list`"
-        ) from None
-    if manifest.get("kind") != "dataset":
-        raise InvalidArgument(
-            f"{uri} holds a {manifest.get('kind') or 'non-dataset'} manifest, not a dataset"
-        )
+    _, manifest = open_dataset_store(uri, settings)
     train = int(manifest.get("counts", {}).get("train", 0) or 0)
     if train <= 0:
         raise FailedPrecondition(f"dataset {uri} has no training records; rebuild it with a train share > 0")
