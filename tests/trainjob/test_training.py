@@ -169,3 +169,27 @@ def test_base_model_without_tokenizer_is_refused(tiny_model, small_dataset, tmp_
     shutil.copytree(tiny_model, bare, ignore=shutil.ignore_patterns("tokenizer*"))
     run = _train(_spec(tmp_path, bare, small_dataset, run_id="bad"))
     assert run.returncode == 2 and "no tokenizer" in run.stderr
+
+
+def test_full_fine_tuning_publishes_full_weights(tiny_model, small_dataset, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    run = _train(
+        _spec(
+            tmp_path,
+            tiny_model,
+            small_dataset,
+            run_id="full",
+            method="full",
+            max_steps=2,
+            eval_steps=2,
+            learning_rate=1e-3,
+        )
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    store = open_store(str(tmp_path / "runs-store"))
+    best = store.read_manifest("runs/full/best")
+    assert "model.safetensors" in best["files"] and not any(f.startswith("adapter") for f in best["files"])
+    store.download_dir("runs/full/merged", tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert merged.config.rope_parameters["factor"] == 1.5
