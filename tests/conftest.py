@@ -124,3 +124,38 @@ def _quiet_logs() -> None:
     from reviewstack.common.logging import configure_logging
 
     configure_logging("WARNING", "console")
+
+
+@contextlib.contextmanager
+def service_process(
+    entry_point: str, service: str, env: dict[str, str], log: Path, ready_timeout_s: float = 120
+) -> Iterator[str]:
+    """Run a review-stack server (`.venv/bin/<entry_point>`) on a free loopback port; yield its target
+    once grpc.health.v1 says `service` is SERVING; on exit SIGTERM it and require a clean drain (0)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    port = free_port()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name(entry_point)), "--host", "127.0.0.1", "--port", str(port)],
+            stdout=out,
+            stderr=out,
+            env=env,
+        )
+    target = f"127.0.0.1:{port}"
+    try:
+        stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(target))
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            assert proc.poll() is None, log.read_text()
+            with contextlib.suppress(grpc.RpcError):
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    break
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        yield target
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=90) == 0, "SIGTERM must drain and exit 0:\n" + log.read_text()

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -18,7 +17,7 @@ from reviewstack.common.grpc import make_channel, wait_operation
 from reviewstack.common.store import open_store
 from reviewstack.v1 import dataprep_pb2, dataprep_pb2_grpc, operations_pb2
 
-from ..conftest import free_port
+from ..conftest import service_process
 from .conftest import SAMPLE, copy_papers, sample_ids
 
 TOKEN = "test-token-123"
@@ -27,7 +26,6 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module")
 def server(s3_server, tmp_path_factory):
-    port = free_port()
     store = "s3://dataprep-test/store"
     log = tmp_path_factory.mktemp("dataprep") / "server.log"
     env = {
@@ -37,34 +35,9 @@ def server(s3_server, tmp_path_factory):
         "REVIEWSTACK_AUTH_TOKEN": TOKEN,
         "REVIEWSTACK_LOG_FORMAT": "json",
     }
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(BIN / "reviewstack-dataprep"), "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out,
-            stderr=out,
-            env=env,
-        )
-    target = f"127.0.0.1:{port}"
-    try:
-        channel = grpc.insecure_channel(target)
-        stub = health_pb2_grpc.HealthStub(channel)
-        deadline = time.monotonic() + 120
-        while True:  # SERVING only once the tokenizer and embedding model are loaded
-            assert proc.poll() is None, log.read_text()
-            try:
-                reply = stub.Check(
-                    health_pb2.HealthCheckRequest(service="reviewstack.v1.DataPrep"), timeout=2
-                )
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    break
-            except grpc.RpcError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.5)
+    # SERVING only once the tokenizer and the embedding model are loaded
+    with service_process("reviewstack-dataprep", "reviewstack.v1.DataPrep", env, log) as target:
         yield {"target": target, "store": open_store(store, s3_server.settings()), "log": log, "env": env}
-    finally:
-        proc.terminate()
-        assert proc.wait(timeout=90) == 0, "SIGTERM must drain and exit 0"
 
 
 def _stub(target: str, token: str | None = TOKEN):

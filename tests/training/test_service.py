@@ -21,13 +21,12 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import struct_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from reviewstack.common.grpc import make_channel
 from reviewstack.common.store import open_store
 from reviewstack.v1 import operations_pb2, operations_pb2_grpc, training_pb2, training_pb2_grpc
 
-from ..conftest import free_port
+from ..conftest import service_process
 from .conftest import BIN, HAS_TRAIN_JOB, NO_TRAIN_JOB, publish_dataset
 
 TOKEN = "train-token-42"
@@ -38,32 +37,10 @@ SUCCEEDED = operations_pb2.OPERATION_STATE_SUCCEEDED
 
 @contextlib.contextmanager
 def training_server(log: Path, env: dict[str, str]) -> Iterator[str]:
-    port = free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("REVIEWSTACK_", "KUBERNETES_"))}
     full_env.update({"REVIEWSTACK_AUTH_TOKEN": TOKEN, "REVIEWSTACK_POLL_INTERVAL_S": "0.2", **env})
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(BIN / "reviewstack-training"), "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out,
-            stderr=out,
-            env=full_env,
-        )
-    target = f"127.0.0.1:{port}"
-    try:
-        stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(target))
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log.read_text()
-            with contextlib.suppress(grpc.RpcError):
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    break
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+    with service_process("reviewstack-training", SERVICE, full_env, log, ready_timeout_s=60) as target:
         yield target
-    finally:
-        proc.terminate()
-        assert proc.wait(timeout=30) == 0, "SIGTERM must drain and exit 0:\n" + log.read_text()
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -56,6 +56,11 @@ class Call:
     full_method: str  # "/reviewstack.v1.DataPrep/ListDatasets"
     context: grpc.aio.ServicerContext
     response_streaming: bool
+    deadline_at: float | None = field(default=None, init=False)  # monotonic; read while the call is alive
+
+    def __post_init__(self) -> None:
+        remaining = self.context.time_remaining()
+        object.__setattr__(self, "deadline_at", None if remaining is None else time.monotonic() + remaining)
 
     @property
     def service(self) -> str:
@@ -74,17 +79,17 @@ class Call:
         return None
 
 
-def status_of(context: grpc.aio.ServicerContext, exc: BaseException | None) -> grpc.StatusCode:
+def status_of(call: Call, exc: BaseException | None) -> grpc.StatusCode:
     """The status a call ends with, as seen from a layer that the outcome passed through."""
-    code = context.code()
-    if exc is None:
-        return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK
     if isinstance(exc, asyncio.CancelledError | GeneratorExit):
-        # grpc cancels the handler's task when the client goes away or its deadline passes
-        remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:
+        # grpc cancels the handler's task when the client goes away or its deadline passes; the context
+        # of a call whose client has gone must not be touched (grpc may have freed it)
+        if call.deadline_at is not None and time.monotonic() >= call.deadline_at:
             return grpc.StatusCode.DEADLINE_EXCEEDED
         return grpc.StatusCode.CANCELLED
+    code = call.context.code()
+    if exc is None:
+        return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK
     if isinstance(code, grpc.StatusCode) and code is not grpc.StatusCode.OK:
         return code
     # an exception nobody mapped: grpc answers it with UNKNOWN
@@ -179,6 +184,9 @@ class RequestLogInterceptor(LayerInterceptor):
         structlog.contextvars.bind_contextvars(request_id=request_id)
         # set before the handler runs so that an abort anywhere below still carries it
         call.context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+        # read now: once a stream's client has gone, grpc's cython context may be freed, and peer() on it
+        # crashed the process (SIGSEGV after a WatchOperation the client closed)
+        peer = call.context.peer()
         start = time.perf_counter()
         failure: BaseException | None = None
         try:
@@ -189,7 +197,7 @@ class RequestLogInterceptor(LayerInterceptor):
         finally:
             if failure is None:
                 _keep_request_id(call.context, request_id)
-            code = status_of(call.context, failure)
+            code = status_of(call, failure)
             quiet = call.full_method.startswith(QUIET_PREFIXES)
             level = "debug" if quiet else "info"
             if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
@@ -199,7 +207,7 @@ class RequestLogInterceptor(LayerInterceptor):
                 method=call.full_method,
                 code=code.name,
                 duration_ms=round((time.perf_counter() - start) * 1000, 2),
-                peer=call.context.peer(),
+                peer=peer,
             )
 
 

@@ -52,7 +52,7 @@ class MetricsInterceptor(LayerInterceptor):
             failure = exc
             raise
         finally:
-            HANDLED.labels(service, method, status_of(call.context, failure).name).inc()
+            HANDLED.labels(service, method, status_of(call, failure).name).inc()
             HANDLING_SECONDS.labels(service, method).observe(time.perf_counter() - start)
 
 
