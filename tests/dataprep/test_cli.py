@@ -36,35 +36,26 @@ def test_build_list_and_show(tmp_path):
 
 
 def test_errors_are_one_line_without_traceback(tmp_path):
-    run = _run(
-        "data",
-        "build",
-        "--source",
-        str(tmp_path / "missing"),
-        "--paper-version",
-        "late",
-        "--out",
-        str(tmp_path / "o"),
-        "--name",
-        "x",
-    )
+    def build(source: str, *extra: str) -> subprocess.CompletedProcess:
+        return _run(
+            "data",
+            "build",
+            "--source",
+            source,
+            "--paper-version",
+            "late",
+            "--out",
+            str(tmp_path / "o"),
+            "--name",
+            "x",
+            *extra,
+        )
+
+    run = build(str(tmp_path / "missing"))
     assert run.returncode == 2
     assert "error:" in run.stderr and "missing does not exist" in run.stderr.replace("\n", "")
     assert "Traceback" not in run.stderr
-    bad_split = _run(
-        "data",
-        "build",
-        "--source",
-        str(tmp_path),
-        "--paper-version",
-        "late",
-        "--out",
-        str(tmp_path / "o"),
-        "--name",
-        "x",
-        "--split",
-        "0.9,0.9,0.1",
-    )
+    bad_split = build(str(tmp_path), "--split", "0.9,0.9,0.1")
     assert (
         bad_split.returncode == 2 and "sum to 1" in bad_split.stderr and "Traceback" not in bad_split.stderr
     )
