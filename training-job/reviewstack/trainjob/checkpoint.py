@@ -4,10 +4,16 @@ A checkpoint (`runs/<id>/checkpoints/step-N/`) holds the trainable weights (LoRA
 weights for full fine-tuning), the optimizer and scheduler state, the RNG states and the data position.
 It is a store publication, so its manifest is written last: a pod killed while uploading leaves a
 folder that `latest_checkpoint` does not see, and the restarted run resumes from the one before.
+
+Under DeepSpeed ZeRO-3 (`save_zero_checkpoint`) the weights and optimizer state are partitioned across
+ranks, which may sit on different nodes: each rank uploads its own shard files (`zero/…`, `rng-rankR.pt`)
+and rank 0 publishes the manifest listing all of them once every rank is done. Such a checkpoint can
+only be resumed by the same number of processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -20,10 +26,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from reviewstack.common.errors import InvalidArgument
+from reviewstack.common.errors import FailedPrecondition, InvalidArgument
 from reviewstack.common.store import ArtifactStore
 
 _STEP = re.compile(r"/step-(\d+)$")
+_RANK_FILE = re.compile(r"(?:zero_pp_rank_|rng-rank)(\d+)[._]")  # a file only that rank reads back
+ZERO3 = "deepspeed-zero3"  # manifest "format" of a sharded checkpoint; absent for a plain one
+_ZERO_TAG = "state"
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,43 @@ def latest_checkpoint(store: ArtifactStore, run_prefix: str) -> str | None:
     return max(steps)[1] if steps else None
 
 
+def check_resumable(store: ArtifactStore, prefix: str, zero3: bool, world_size: int) -> None:
+    """Refuse, before any model is loaded, a checkpoint whose optimizer state this run cannot take: it
+    fits only the layout that wrote it (ZeRO-3 shards it per process)."""
+    manifest = store.read_manifest(prefix)
+    sharded = manifest.get("format") == ZERO3
+    written, now = _layout(sharded, manifest.get("world_size")), _layout(zero3, world_size)
+    if written != now:
+        raise FailedPrecondition(
+            f"checkpoint {store.uri_for(prefix)} was written by {written} and this run has {now}: "
+            f"resume with {written} (torchrun --nproc-per-node sets the processes), or start a new run id"
+        )
+
+
+def _layout(zero3: bool, world_size: Any) -> str:
+    if not zero3:
+        return "deepspeed=none"
+    return f"deepspeed=zero3 with {world_size} process{'' if world_size == 1 else 'es'}"
+
+
+def trainable_shapes(model: Any) -> dict[str, list[int]]:
+    """Name → full shape of each trainable weight (a ZeRO-3 partitioned one keeps it in `ds_shape`)."""
+    return {
+        name: list(getattr(p, "ds_shape", p.shape)) for name, p in model.named_parameters() if p.requires_grad
+    }
+
+
+def _check_trainable(store: ArtifactStore, prefix: str, saved: dict[str, list[int]], model: Any) -> None:
+    expected = trainable_shapes(model)
+    if saved != expected:
+        differ = {n for n in saved.keys() | expected.keys() if saved.get(n) != expected.get(n)}
+        raise InvalidArgument(
+            f"checkpoint {store.uri_for(prefix)} does not match this model's trainable weights "
+            f"({len(differ)} differ in name or shape): resume with the same method, LoRA shape "
+            "and base model, or start a new run id"
+        )
+
+
 def load_checkpoint(
     store: ArtifactStore, prefix: str, model: Any, optimizer: Any, scheduler: Any
 ) -> TrainerState:
@@ -93,13 +139,7 @@ def load_checkpoint(
         folder = Path(tmp)
         store.download_dir(prefix, folder)
         tensors = load_file(folder / "trainable.safetensors")
-        expected = {name for name, p in model.named_parameters() if p.requires_grad}
-        if set(tensors) != expected:
-            raise InvalidArgument(
-                f"checkpoint {store.uri_for(prefix)} does not match this model's trainable weights "
-                f"({len(set(tensors) ^ expected)} names differ): resume with the same method, LoRA shape "
-                "and base model, or start a new run id"
-            )
+        _check_trainable(store, prefix, {n: list(t.shape) for n, t in tensors.items()}, model)
         params = dict(model.named_parameters())
         with torch.no_grad():
             for name, tensor in tensors.items():
@@ -110,12 +150,83 @@ def load_checkpoint(
         return TrainerState(**json.loads((folder / "trainer_state.json").read_text()))
 
 
-def save_best(
-    store: ArtifactStore, run_prefix: str, model: Any, tokenizer: Any, step: int, val_loss: float
-) -> None:
-    """`best/`: the adapter (PEFT layout, loadable by any PEFT user) or the full model, with its score."""
+def save_zero_checkpoint(
+    store: ArtifactStore, run_prefix: str, engine: Any, model: Any, state: TrainerState, rank: int, world: int
+) -> str:
+    """A ZeRO-3 checkpoint; every rank must call it. Each rank uploads the shards it wrote itself (ranks
+    may be on different nodes), then rank 0 lists them all in the manifest it writes last.
+
+    The trainable weights live in the shards (fp32 master copies; `zero/zero_to_fp32.py` rebuilds them
+    offline); `trainable.json` names them so that a resume with another model is refused clearly."""
+    import torch.distributed as dist
+
+    prefix = f"{run_prefix}/checkpoints/step-{state.step}"
+    with contextlib.ExitStack() as stack:
+        # rank 0 opens the publication first: opening clears leftovers of an unfinished attempt
+        pub = stack.enter_context(store.publish(prefix, overwrite=True)) if rank == 0 else None
+        dist.barrier()
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        # frozen weights are the base model, reloaded from base_model on resume: not saved per rank
+        engine.save_checkpoint(str(folder / "zero"), tag=_ZERO_TAG, exclude_frozen_parameters=True)
+        torch.save(_rng_state(), folder / f"rng-rank{rank}.pt")
+        mine = [p.relative_to(folder).as_posix() for p in sorted(folder.rglob("*")) if p.is_file()]
+        for name in mine:
+            if pub is not None:
+                pub.put_file(name, folder / name)
+            else:
+                store.put_file(f"{prefix}/{name}", folder / name)
+        theirs: list[list[str] | None] = [None] * world
+        dist.gather_object(mine, theirs if rank == 0 else None, dst=0)
+        if pub is not None:
+            for name in (n for names in theirs[1:] for n in names or []):
+                if name in pub.files:
+                    raise FailedPrecondition(f"two ranks wrote {name} into {store.uri_for(prefix)}")
+                pub.files[name] = store.stat(f"{prefix}/{name}")  # uploaded by its own rank
+            pub.put_bytes("trainable.json", json.dumps(trainable_shapes(model), indent=1).encode())
+            pub.put_bytes("trainer_state.json", json.dumps(state.to_json(), indent=2).encode())
+            pub.manifest.update(
+                {"kind": "checkpoint", "step": state.step, "format": ZERO3, "world_size": world}
+            )
+    dist.barrier()  # the manifest is written: every rank may rely on this checkpoint from here on
+    return prefix
+
+
+def load_zero_checkpoint(
+    store: ArtifactStore, prefix: str, engine: Any, model: Any, rank: int
+) -> TrainerState:
+    """Restore a ZeRO-3 checkpoint into a fresh engine; every rank fetches only its own shards."""
+    manifest = store.read_manifest(prefix)
     with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        folder = Path(tmp)
+        for name in manifest["files"]:
+            match = _RANK_FILE.search(name.rsplit("/", 1)[-1])
+            if match is None or int(match.group(1)) == rank:
+                store.download(f"{prefix}/{name}", folder / name)
+        _check_trainable(store, prefix, json.loads((folder / "trainable.json").read_text()), model)
+        # frozen weights were not saved (see save_zero_checkpoint): only the trainable ones must match
+        loaded, _ = engine.load_checkpoint(str(folder / "zero"), tag=_ZERO_TAG, load_module_strict=False)
+        if loaded is None:
+            raise FailedPrecondition(
+                f"DeepSpeed found no checkpoint in {store.uri_for(prefix)}; start a new run id"
+            )
+        _set_rng_state(torch.load(folder / f"rng-rank{rank}.pt", weights_only=False))
+        return TrainerState(**json.loads((folder / "trainer_state.json").read_text()))
+
+
+def save_best(
+    store: ArtifactStore,
+    run_prefix: str,
+    model: Any,
+    tokenizer: Any,
+    step: int,
+    val_loss: float,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """`best/`: the adapter (PEFT layout, loadable by any PEFT user) or the full model, with its score.
+
+    `state_dict` gives the weights when the model's own are partitioned (ZeRO-3)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         with store.publish(f"{run_prefix}/best", overwrite=True) as pub:
             pub.put_dir(tmp)

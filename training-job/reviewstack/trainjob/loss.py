@@ -8,17 +8,12 @@ linear + cross-entropy the logits are never materialised at all.
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from reviewstack.trainjob.data import IGNORE_INDEX
-
-
-def liger_available() -> bool:
-    return importlib.util.find_spec("liger_kernel") is not None
 
 
 def split_causal_lm(model: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -56,3 +51,26 @@ class ResponseLoss:
             logits = head(selected).float()  # [N, V]: only the response positions
             loss = F.cross_entropy(logits, labels, reduction="sum")
         return loss, int(labels.numel())
+
+
+class ResponseLossModel(torch.nn.Module):
+    """The causal LM with `ResponseLoss` as its forward: `(input_ids, attention_mask, labels)` →
+    (summed loss, labelled positions).
+
+    A module rather than a function because DeepSpeed ZeRO-3 keeps each weight partitioned across ranks
+    and gathers it through module hooks, which it resets at the top-level forward of the module it wraps;
+    the loss must therefore run inside that forward (`engine(**batch)`). The plain path calls the same
+    module, so both compute the loss identically.
+    """
+
+    def __init__(self, model: torch.nn.Module, loss: ResponseLoss) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = loss
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, int]:
+        return self.loss(
+            self.model, {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        )

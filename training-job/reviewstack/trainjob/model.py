@@ -12,6 +12,7 @@ import torch
 from reviewstack.common.errors import FailedPrecondition, InvalidArgument
 from reviewstack.common.logging import get_logger
 from reviewstack.common.runspec import TrainSpec
+from reviewstack.trainjob import kernels
 from reviewstack.trainjob.rope import apply_position_interpolation, interpolation_factor
 
 log = get_logger(__name__)
@@ -48,7 +49,10 @@ def check_base_model(path: str) -> None:
 
 
 def load_model(spec: TrainSpec, device: torch.device, dtype: torch.dtype) -> tuple[Any, float]:
-    """The model ready to train, and the PI factor written into its config."""
+    """The model ready to train, and the PI factor written into its config.
+
+    With deepspeed=zero3 the caller holds a `HfDeepSpeedConfig` first, so `from_pretrained` partitions
+    the weights across ranks as it loads them; such a model stays where DeepSpeed put it (no `.to`)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(spec.base_model, local_files_only=True)
@@ -63,18 +67,22 @@ def load_model(spec: TrainSpec, device: torch.device, dtype: torch.dtype) -> tup
     if spec.method == "qlora":
         kwargs["quantization_config"] = _four_bit(dtype, device)
     model = AutoModelForCausalLM.from_pretrained(spec.base_model, **kwargs)
-    if spec.method != "qlora":
+    if spec.method != "qlora" and spec.deepspeed != "zero3":
         model.to(device)
     model.config.use_cache = False
+    liger = kernels.use_liger(spec.liger, device) and kernels.apply_liger(model)
     if spec.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if spec.method in ("lora", "qlora"):
         model = _with_lora(model, spec)
+    if spec.method == "lora" and device.type == "cuda" and dtype == torch.bfloat16:
+        kernels.lora_in_compute_dtype(model)
     log.info(
         "model loaded",
         base=spec.base_model,
         pi_factor=factor,
         attention=kwargs["attn_implementation"],
+        liger=liger,
         trainable=trainable_parameters(model),
         dtype=str(dtype),
     )
@@ -98,7 +106,11 @@ def _with_lora(model: Any, spec: TrainSpec) -> Any:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if spec.method == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=spec.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [m for m in spec.lora.target_modules if m not in present]
     if missing:
@@ -110,11 +122,12 @@ def _with_lora(model: Any, spec: TrainSpec) -> Any:
         target_modules=list(spec.lora.target_modules),
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(model, lora)
-    if spec.gradient_checkpointing:
-        model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
-    return model
+    # non-reentrant checkpointing reaches the adapters inside checkpointed blocks without an input that
+    # requires grad (the reentrant kind needed `enable_input_require_grads`, a wasted backward into layer 0)
+    return get_peft_model(model, lora)
 
 
 def trainable_parameters(model: Any) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """Counted from the full shapes: a ZeRO-3 partitioned weight holds an empty tensor, its size in
+    `ds_numel`."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)

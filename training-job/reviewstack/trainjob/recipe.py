@@ -4,12 +4,21 @@ Supported: LoRA (default), QLoRA (bitsandbytes + GPU), full fine-tuning; Positio
 target context; flash attention 2 when importable, SDPA otherwise; gradient checkpointing; loss on the
 response only with logits only at labelled positions (Liger's fused kernel when installed); resume from
 the latest complete checkpoint of the same run id; best-by-validation-loss `best/`; `merged/` weights.
+DeepSpeed ZeRO-3 (deepspeed=zero3, zero.py): one or several processes started by torchrun, NCCL on
+GPUs, gloo on CPUs; weights partitioned as they load, the loss computed inside the engine's forward,
+each rank's data shard and optimizer shard, losses and counts summed over ranks, checkpoints holding
+every rank's shard (resumable by the same number of processes only). On SIGTERM all ranks stop after
+the same step and checkpoint; torchrun kills them 30 s after passing SIGTERM on, so give it
+`--shutdown-timeout` longer than a step plus a checkpoint.
 Not supported, refused at start: several processes without DeepSpeed ZeRO-3 (plain DDP would hold a
-full model copy per GPU, which 12k-token 8B training cannot afford); QLoRA without a GPU.
+full model copy per GPU, which 12k-token 8B training cannot afford); QLoRA without a GPU; QLoRA with
+ZeRO-3. GPU speed-ups that keep the maths (Liger kernels, LoRA in bf16 under autocast, cuDNN attention)
+are in kernels.py; under ZeRO-3 the loss uses the plain head instead of Liger's fused one.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import random
@@ -29,8 +38,16 @@ from reviewstack.common.settings import StoreSettings
 from reviewstack.common.store import open_store
 from reviewstack.common.tokenizer import load_tokenizer
 from reviewstack.trainjob import checkpoint
-from reviewstack.trainjob.data import EpochSampler, ExampleBuilder, build_examples, collate, open_dataset
-from reviewstack.trainjob.loss import ResponseLoss, liger_available
+from reviewstack.trainjob.data import (
+    EpochSampler,
+    Example,
+    ExampleBuilder,
+    build_examples,
+    collate,
+    open_dataset,
+)
+from reviewstack.trainjob.kernels import step_context, use_liger
+from reviewstack.trainjob.loss import ResponseLoss, ResponseLossModel
 from reviewstack.trainjob.model import check_base_model, load_model
 from reviewstack.trainjob.reporting import RunReporter
 from reviewstack.trainjob.rope import interpolation_factor
@@ -48,17 +65,25 @@ class FineTuneRecipe:
         self.store_settings = store_settings or StoreSettings()
         self.rank = int(os.environ.get("RANK", "0"))
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        if self.world_size > 1 and spec.deepspeed != "zero3":
+        self.zero3 = spec.deepspeed == "zero3"
+        if self.world_size > 1 and not self.zero3:
             raise FailedPrecondition(f"{self.world_size} processes need deepspeed=zero3 (no plain DDP)")
-        if spec.deepspeed == "zero3":
-            raise FailedPrecondition(
-                "deepspeed=zero3 is not available in this build of the training job yet; run one process "
-                "with deepspeed=none"
+        if spec.effective_batch_size % (spec.micro_batch_size * self.world_size):
+            raise InvalidArgument(
+                f"effective_batch_size {spec.effective_batch_size} is not a multiple of micro_batch_size × "
+                f"processes ({spec.micro_batch_size} × {self.world_size}): change one of them"
             )
+        if self.zero3:
+            _check_zero3(spec)
         self.device = _device(spec.device)
         self.dtype = _dtype(spec.precision, self.device)
+        if self.zero3:
+            from reviewstack.trainjob import zero
+
+            zero.select_accelerator(self.device)
         _seed_everything(spec.seed)
         self._stop = False
+        self.engine: Any = None  # the DeepSpeed engine under ZeRO-3
 
     # -- before any training --------------------------------------------------------------------------
     def preflight(self) -> None:
@@ -83,11 +108,14 @@ class FineTuneRecipe:
             raise InvalidArgument(f"dataset {self.dataset.uri} has no training records")
         self.output = open_store(self.spec.output, self.store_settings)
         self.output.check_writable()
+        self.run_prefix = f"runs/{self.spec.run_id}"
+        self.latest = checkpoint.latest_checkpoint(self.output, self.run_prefix)
+        if self.latest:  # optimizer state fits only the layout that wrote it
+            checkpoint.check_resumable(self.output, self.latest, self.zero3, self.world_size)
 
     # -- building the parts, in order ---------------------------------------------------------------
     def setup(self) -> None:
         spec = self.spec
-        self.run_prefix = f"runs/{spec.run_id}"
         if self.rank == 0:
             self.output.put_bytes(f"{self.run_prefix}/spec.json", spec.model_dump_json(indent=2).encode())
         # data before the model: the step count (and so the scheduler) depends on it
@@ -100,44 +128,67 @@ class FineTuneRecipe:
         self.sampler = EpochSampler(
             len(self.train_examples), spec.micro_batch_size, spec.seed, self.rank, self.world_size
         )
-        self.accumulation = max(1, spec.effective_batch_size // (spec.micro_batch_size * self.world_size))
+        self.accumulation = spec.effective_batch_size // (spec.micro_batch_size * self.world_size)
         steps_per_epoch = max(1, self.sampler.batches_per_epoch // self.accumulation)
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = math.ceil(spec.epochs * steps_per_epoch)
         if spec.max_steps:
             self.total_steps = min(self.total_steps, spec.max_steps)
-        self.model, self.pi_factor = load_model(spec, self.device, self.dtype)
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            trainable, lr=spec.learning_rate, weight_decay=spec.weight_decay, fused=self.device.type == "cuda"
-        )
         from transformers import get_scheduler
 
-        self.scheduler = get_scheduler(
-            spec.lr_scheduler,
-            self.optimizer,
-            num_warmup_steps=int(spec.warmup_ratio * self.total_steps),
-            num_training_steps=self.total_steps,
-        )
-        use_liger = spec.liger == "on" or (spec.liger == "auto" and liger_available())
-        self.loss = ResponseLoss(use_liger)
+        def schedule(optimizer: Any) -> Any:
+            return get_scheduler(
+                spec.lr_scheduler,
+                optimizer,
+                num_warmup_steps=int(spec.warmup_ratio * self.total_steps),
+                num_training_steps=self.total_steps,
+            )
+
+        # Liger's fused loss reads lm_head's weight outside the module, where ZeRO-3 has not gathered it;
+        # there the plain head on the response positions (as fast at ~1k labelled tokens) is used
+        fused_loss = use_liger(spec.liger, self.device) and not self.zero3
+        if self.zero3:
+            from reviewstack.trainjob import zero
+
+            zero.init_distributed(self.device)
+            config = zero.build_config(spec, self.accumulation, self.world_size, self.dtype == torch.bfloat16)
+            self._hf_ds_config = zero.hf_config(config)  # held: transformers keeps a weak reference
+            self.model, self.pi_factor = load_model(spec, self.device, self.dtype)
+            self.loss_model = ResponseLossModel(self.model, ResponseLoss(fused_loss))
+            self.engine, self.scheduler = zero.initialize(self.loss_model, config, schedule)
+        else:
+            self.model, self.pi_factor = load_model(spec, self.device, self.dtype)
+            self.loss_model = ResponseLossModel(self.model, ResponseLoss(fused_loss))
+            trainable = [p for p in self.model.parameters() if p.requires_grad]
+            self.optimizer = torch.optim.AdamW(
+                trainable,
+                lr=spec.learning_rate,
+                weight_decay=spec.weight_decay,
+                fused=self.device.type == "cuda",
+            )
+            self.scheduler = schedule(self.optimizer)
         self.reporter = RunReporter(self.output, self.run_prefix, self.total_steps, enabled=self.rank == 0)
         self.state = checkpoint.TrainerState(0, self.sampler.state_dict(), None, None, 0)
-        latest = checkpoint.latest_checkpoint(self.output, self.run_prefix)
-        if latest:
-            self.state = checkpoint.load_checkpoint(
-                self.output, latest, self.model, self.optimizer, self.scheduler
-            )
+        if self.latest:
+            if self.engine is not None:
+                self.state = checkpoint.load_zero_checkpoint(
+                    self.output, self.latest, self.engine, self.model, self.rank
+                )
+            else:
+                self.state = checkpoint.load_checkpoint(
+                    self.output, self.latest, self.model, self.optimizer, self.scheduler
+                )
             self.sampler.load_state_dict(self.state.sampler)
             self.reporter.resume(self.state.step)
             self.reporter.best = _best(self.state)
-            log.info("resumed", checkpoint=self.output.uri_for(latest), step=self.state.step)
+            log.info("resumed", checkpoint=self.output.uri_for(self.latest), step=self.state.step)
         log.info(
             "setup done",
             train=len(self.train_examples),
             val=len(self.val_examples),
             total_steps=self.total_steps,
             accumulation=self.accumulation,
+            processes=self.world_size,
         )
 
     # -- the loop ------------------------------------------------------------------------------------
@@ -146,25 +197,28 @@ class FineTuneRecipe:
         batches = iter(self.sampler)
         pad_id = self.tokenizer.tokenizer.pad_token_id
         pad_id = self.tokenizer.tokenizer.eos_token_id if pad_id is None else pad_id
-        self.model.train()
+        self.loss_model.train()
         for step in range(self.state.step + 1, self.total_steps + 1):
             started = time.perf_counter()
             micro = [
                 [self.train_examples[i] for i in indices] for indices in islice(batches, self.accumulation)
             ]
-            response_tokens = sum(e.response_tokens for batch in micro for e in batch)
+            # normalised by the response tokens of the whole accumulated batch on all ranks, so that every
+            # token weighs the same; × world size undoes the mean DeepSpeed takes over ranks' gradients
+            response_tokens, tokens = map(
+                int,
+                self._sum_over_ranks(
+                    sum(e.response_tokens for batch in micro for e in batch),
+                    sum(len(e.input_ids) for batch in micro for e in batch),
+                ),
+            )
+            scale = self.world_size / max(response_tokens, 1)
             loss_sum = 0.0
             for batch in micro:
-                summed, _ = self.loss(self.model, _to(collate(batch, pad_id), self.device))
-                (summed / max(response_tokens, 1)).backward()
-                loss_sum += float(summed.detach())
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in self.model.parameters() if p.requires_grad], self.spec.max_grad_norm
-            )
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            tokens = sum(len(e.input_ids) for batch in micro for e in batch)
+                loss_sum += self._backward(batch, pad_id, scale)
+            grad_norm = self._optimizer_step()
+            loss_sum, stopping = self._sum_over_ranks(loss_sum, float(self._stop))
+            stop = stopping > 0  # agreed by all ranks: one that stopped alone would leave the others hanging
             self.state = checkpoint.TrainerState(
                 step,
                 self.sampler.state_dict(),
@@ -177,47 +231,103 @@ class FineTuneRecipe:
                 "epoch": round(step / self.steps_per_epoch, 4),
                 "loss": loss_sum / max(response_tokens, 1),
                 "lr": self.scheduler.get_last_lr()[0],
-                "grad_norm": float(grad_norm),
+                "grad_norm": grad_norm,
                 "tokens_per_s": tokens / (time.perf_counter() - started),
                 "peak_mem_gib": _peak_memory_gib(self.device),
             }
             if step % self.spec.eval_steps == 0 or step == self.total_steps:
                 row["val_loss"] = self.evaluate(pad_id)
                 self._maybe_best(step, row["val_loss"])
-            saving = step % self.spec.save_steps == 0 or step == self.total_steps or self._stop
+            saving = step % self.spec.save_steps == 0 or step == self.total_steps or stop
             self.reporter.log(row, force="val_loss" in row or saving)  # metrics durable up to each checkpoint
-            if step % self.spec.logging_steps == 0:
+            if step % self.spec.logging_steps == 0 and self.rank == 0:
                 log.info("step", **{k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()})
             if saving:
                 self.save()
-            if self._stop:
+            if stop:
                 raise Preempted(f"stopped by SIGTERM after step {step}; a restart resumes from it")
+
+    def _backward(self, batch: list[Example], pad_id: int, scale: float) -> float:
+        """One micro-batch's forward and backward; its summed loss.
+
+        Both inside the step context: gradient checkpointing re-runs block forwards during backward."""
+        with step_context(self.device, self.dtype):
+            summed, _ = self._forward(batch, pad_id)
+            if self.engine is not None:
+                self.engine.backward(summed * scale, scale_wrt_gas=False)
+            else:
+                (summed * scale).backward()
+        if self.engine is not None:
+            self.engine.step()  # DeepSpeed applies the update at the last micro-batch only
+        return float(summed.detach())
+
+    def _forward(self, batch: list[Example], pad_id: int) -> tuple[torch.Tensor, int]:
+        forward = self.engine if self.engine is not None else self.loss_model
+        return forward(**_to(collate(batch, pad_id), self.device))
+
+    def _optimizer_step(self) -> float:
+        """Clip, step and schedule (DeepSpeed did all three in its last `step()`); the gradient norm."""
+        if self.engine is not None:
+            if not self.engine.was_step_applied():
+                raise RuntimeError("DeepSpeed's accumulation boundary is out of step with the recipe's")
+            return float(self.engine.get_global_grad_norm())
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in self.model.parameters() if p.requires_grad], self.spec.max_grad_norm
+        )
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(grad_norm)
+
+    def _sum_over_ranks(self, *values: float) -> list[float]:
+        if self.world_size == 1:
+            return list(values)
+        totals = torch.tensor(values, dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(totals)
+        return totals.tolist()
 
     @torch.no_grad()
     def evaluate(self, pad_id: int) -> float:
-        """Mean validation loss per response token (the training loss when there is no val split)."""
+        """Mean validation loss per response token (the training loss when there is no val split).
+
+        Each rank takes every world-size-th example; all ranks run the same number of forwards (a ZeRO-3
+        forward is collective), one with nothing left repeats an example and does not count it."""
         examples = self.val_examples or self.train_examples[: self.spec.max_eval_examples or 16]
-        self.model.eval()
+        mine = examples[self.rank :: self.world_size]
+        size = self.spec.micro_batch_size
+        self.loss_model.eval()
         total, tokens = 0.0, 0
-        for start in range(0, len(examples), self.spec.micro_batch_size):
-            batch = examples[start : start + self.spec.micro_batch_size]
-            summed, n = self.loss(self.model, _to(collate(batch, pad_id), self.device))
-            total, tokens = total + float(summed), tokens + n
-        self.model.train()
+        with step_context(self.device, self.dtype):
+            for start in range(0, math.ceil(len(examples) / self.world_size), size):
+                batch = mine[start : start + size]
+                summed, n = self._forward(batch or examples[:1], pad_id)
+                if batch:
+                    total, tokens = total + float(summed), tokens + n
+        self.loss_model.train()
+        total, tokens = self._sum_over_ranks(total, tokens)
         return total / max(tokens, 1)
 
     def _maybe_best(self, step: int, val_loss: float) -> None:
         if self.state.best_val_loss is not None and val_loss >= self.state.best_val_loss:
-            return
+            return  # the same decision on every rank: val_loss is summed over all of them
         self.state = checkpoint.TrainerState(step, self.state.sampler, step, val_loss, self.state.tokens_seen)
         self.reporter.best = _best(self.state)
+        weights = None
+        if self.engine is not None:  # partitioned: gathered by every rank, written by rank 0
+            from reviewstack.trainjob import zero
+
+            weights = zero.gathered_trainable_state(self.model, self.rank)
         if self.rank == 0:
             checkpoint.save_best(
-                self.output, self.run_prefix, self.model, self.tokenizer.tokenizer, step, val_loss
+                self.output, self.run_prefix, self.model, self.tokenizer.tokenizer, step, val_loss, weights
             )
 
     def save(self) -> None:
-        if self.rank == 0:
+        if self.engine is not None:
+            checkpoint.save_zero_checkpoint(
+                self.output, self.run_prefix, self.engine, self.model, self.state, self.rank, self.world_size
+            )
+        elif self.rank == 0:
             checkpoint.save_checkpoint(
                 self.output, self.run_prefix, self.model, self.optimizer, self.scheduler, self.state
             )
@@ -233,6 +343,10 @@ class FineTuneRecipe:
             "final_loss": self.reporter.latest.get("loss"),
             "pi_factor": self.pi_factor,
         }
+        if self.engine is not None:
+            from reviewstack.trainjob import zero
+
+            zero.release()  # rank 0's merge loads a whole base model, which ZeRO-3 must not partition
         if self.rank == 0:
             if self.spec.merge:
                 lineage = {
@@ -271,6 +385,18 @@ class FineTuneRecipe:
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         log.warning("SIGTERM: saving a checkpoint after the current step")
         self._stop = True
+
+
+def _check_zero3(spec: TrainSpec) -> None:
+    if importlib.util.find_spec("deepspeed") is None:
+        raise FailedPrecondition(
+            "deepspeed=zero3 needs the deepspeed package: pip install 'reviewstack-trainjob[deepspeed]'"
+        )
+    if spec.method == "qlora":
+        raise FailedPrecondition(
+            "method=qlora with deepspeed=zero3 is not supported: use method=lora (ZeRO-3 already shards "
+            "the base weights across GPUs) or qlora on one GPU with deepspeed=none"
+        )
 
 
 def _best(state: checkpoint.TrainerState) -> dict[str, Any] | None:

@@ -1,0 +1,376 @@
+"""Benchmark: training tokens/s and peak GPU memory at 12,288 tokens, Llama-3-8B shape, random weights.
+
+LoRA r=16 on all seven projections, gradient checkpointing, one 12,288-token sequence per step (an
+11,138-token prompt and a 1,150-token response, the method's lengths). Variants, each in its own process
+so that peak memory is its own:
+- baseline: plain transformers + PEFT as a user would write it (`model(input_ids, labels=...)`, logits
+  for every position, SDPA, PEFT's default fp32 adapters);
+- ours: this training job's components (model loading with Position Interpolation and its speed-ups,
+  the response-only loss, the same optimizer);
+- ours-no-liger: ours without the Liger kernels (what the Triton kernels buy);
+- zero3-<N>gpu: ours under DeepSpeed ZeRO-3 over N GPUs (torchrun), aggregate tokens/s.
+
+    python bench/train_throughput.py [--variants baseline,ours,zero3-2gpu] [--out FILE]
+    python bench/train_throughput.py --tiny   # a CPU smoke run of every code path on a tiny model
+
+Prints a table and writes the JSON (card, commit, baseline_tok_s, ours_tok_s, ours_peak_gib,
+zero3_2gpu_speedup, one row per variant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+LLAMA3_8B = {
+    "vocab_size": 128256,
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "max_position_embeddings": 8192,
+    "rope_theta": 500000.0,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": False,
+}
+TINY = {
+    **LLAMA3_8B,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
+PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+# -- the model on disk ----------------------------------------------------------------------------------
+def make_random_model(directory: Path, tiny: bool) -> float:
+    """A Llama-3-8B-shaped checkpoint with random weights (no hub here); returns seconds spent."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    if (directory / "config.json").exists():
+        return 0.0
+    started = time.perf_counter()
+    config = LlamaConfig(**(TINY if tiny else LLAMA3_8B))
+    device = "cpu" if tiny else "cuda"
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(directory, max_shard_size="5GB")
+    del model
+    return time.perf_counter() - started
+
+
+def synthetic_batch(lengths: tuple[int, int], vocab: int, device: torch.device, seed: int) -> dict[str, Any]:
+    """Random token ids (never zeros: they can run faster than real data); loss on the response only."""
+    prompt, response = lengths
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (1, prompt + response), generator=generator)
+    labels = ids.clone()
+    labels[:, :prompt] = -100
+    mask = torch.ones_like(ids)
+    return {k: v.to(device) for k, v in {"input_ids": ids, "attention_mask": mask, "labels": labels}.items()}
+
+
+# -- one variant, in this process ------------------------------------------------------------------------
+def run_baseline(model_dir: Path, device: torch.device, dtype: torch.dtype, grad_ckpt: bool) -> Any:
+    """The plain recipe: HF model + PEFT LoRA, HF's own loss over full logits."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa").to(
+        device
+    )
+    model.config.use_cache = False
+    if grad_ckpt:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model = get_peft_model(
+        model,
+        LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=PROJECTIONS, task_type="CAUSAL_LM"),
+    )
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=device.type == "cuda"
+    )
+
+    def step(batch: dict[str, Any]) -> float:
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    return step
+
+
+def run_ours(
+    model_dir: Path, device: torch.device, dtype: torch.dtype, liger: str, tiny: bool, zero3: bool
+) -> Any:
+    """This training job's path: its spec, model loading, loss module, step context and optimizer
+    (or, under ZeRO-3, its DeepSpeed engine)."""
+    from reviewstack.common.runspec import TrainSpec
+    from reviewstack.trainjob import zero
+    from reviewstack.trainjob.kernels import step_context
+    from reviewstack.trainjob.loss import ResponseLoss, ResponseLossModel
+    from reviewstack.trainjob.model import load_model
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    spec = TrainSpec(
+        run_id="bench",
+        dataset="unused",
+        base_model=str(model_dir),
+        output="unused",
+        target_context=12_288,  # PI 1.5, as in the method
+        max_prompt_length=11_138 if not tiny else 192,
+        max_response_length=1_150 if not tiny else 64,
+        device=device.type,
+        precision="bf16" if dtype == torch.bfloat16 else "fp32",
+        liger=liger,
+        deepspeed="zero3" if zero3 else "none",
+        effective_batch_size=world,
+    )
+    if zero3:
+        zero.init_distributed(device)
+        config = zero.build_config(spec, 1, world, dtype == torch.bfloat16)
+        held = zero.hf_config(config)  # noqa: F841 — must outlive from_pretrained
+    model, _ = load_model(spec, device, dtype)
+    loss_model = ResponseLossModel(model, ResponseLoss(liger == "on" and not zero3))
+    if zero3:
+        engine, _ = zero.initialize(
+            loss_model, config, lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+        )
+
+        def step(batch: dict[str, Any]) -> float:
+            with step_context(device, dtype):
+                summed, n = engine(**batch)
+                engine.backward(summed / n, scale_wrt_gas=False)
+            engine.step()
+            return float(summed.detach()) / n
+
+        return step
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=device.type == "cuda"
+    )
+
+    def plain_step(batch: dict[str, Any]) -> float:
+        with step_context(device, dtype):
+            summed, n = loss_model(**batch)
+            (summed / n).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(summed.detach()) / n
+
+    return plain_step
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any] | None:
+    tiny = args.tiny
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    device = torch.device("cpu") if tiny else torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    dtype = torch.float32 if tiny else torch.bfloat16
+    lengths = (192, 64) if tiny else (11_138, 1_150)
+    model_dir = Path(args.model_dir)
+    if args.variant == "baseline":
+        step = run_baseline(model_dir, device, dtype, grad_ckpt=True)
+    elif args.variant in ("ours", "ours-no-liger", "zero3"):
+        liger = "off" if args.variant == "ours-no-liger" or tiny else "on"
+        step = run_ours(model_dir, device, dtype, liger, tiny, zero3=args.variant == "zero3")
+    else:
+        raise SystemExit(f"unknown variant {args.variant}")
+    vocab = (TINY if tiny else LLAMA3_8B)["vocab_size"]
+    count = args.warmup + args.steps
+    batches = [synthetic_batch(lengths, vocab, device, rank * count + i) for i in range(count)]
+    losses, times = [], []
+    for i, batch in enumerate(batches):
+        if i == args.warmup and device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        losses.append(step(batch))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - started)
+    seconds = statistics.median(times)
+    tokens = sum(lengths) * world  # every rank trains its own sequence each step
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
+    if rank != 0:
+        return None
+    return {
+        "variant": args.variant if args.variant != "zero3" else f"zero3-{world}gpu",
+        "gpus": world,
+        "tokens_per_step": tokens,
+        "step_s": round(seconds, 4),
+        "step_s_spread": round(max(times) - min(times), 4),
+        "tok_s": round(tokens / seconds, 1),
+        "peak_gib": round(peak, 2),
+        "loss_first": round(losses[0], 4),
+        "loss_last": round(losses[-1], 4),
+    }
+
+
+# -- the driver ------------------------------------------------------------------------------------------
+def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
+    command = [
+        sys.executable,
+        __file__,
+        "--one",
+        variant,
+        "--model-dir",
+        args.model_dir,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+    ]
+    if variant.startswith("zero3-"):  # zero3-<N>gpu: N processes under torchrun
+        processes = variant.removeprefix("zero3-").removesuffix("gpu")
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            processes,
+            *command[1:3],
+            "zero3",
+            *command[4:],
+        ]
+    if args.tiny:
+        command.append("--tiny")
+    result = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
+    if result.returncode != 0:
+        sys.stderr.write(result.stderr[-4000:])
+        errors = [line for line in result.stderr.splitlines() if "Error" in line] or ["failed"]
+        return {"variant": variant, "error": errors[-1][:200]}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def card() -> str:
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("REVIEWSTACK_COMMIT", "unknown")
+
+
+def report(rows: list[dict[str, Any]], extra: dict[str, Any], out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"training throughput, {extra['tokens_per_step']:,} tokens/step/GPU — {extra['card']}"
+    )
+    for column in ("variant", "gpus", "step s", "tok/s", "× baseline", "peak GiB", "loss first→last"):
+        table.add_column(column, justify="right" if column != "variant" else "left")
+    base = next((r["tok_s"] for r in rows if r.get("variant") == "baseline" and "tok_s" in r), None)
+    for row in rows:
+        if "error" in row:
+            table.add_row(row["variant"], "", "", "", "", "", row["error"][:60])
+            continue
+        speedup = f"{row['tok_s'] / base:.2f}" if base else ""
+        table.add_row(
+            row["variant"],
+            str(row["gpus"]),
+            f"{row['step_s']:.3f}",
+            f"{row['tok_s']:,.0f}",
+            speedup,
+            f"{row['peak_gib']:.1f}",
+            f"{row['loss_first']:.3f}→{row['loss_last']:.3f}",
+        )
+    Console().print(table)
+    print(f"wrote {out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", default="baseline,ours,ours-no-liger,zero3-1gpu,zero3-2gpu")
+    parser.add_argument("--model-dir", default="/tmp/reviewstack-bench/llama3-8b-random")
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--tiny", action="store_true", help="CPU smoke run on a tiny model")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "train_throughput.json"))
+    parser.add_argument("--one", metavar="VARIANT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        args.variant = args.one
+        row = measure(args)
+        if row is not None:
+            print(json.dumps(row), flush=True)
+        return
+    if args.tiny and args.model_dir == parser.get_default("model_dir"):
+        args.model_dir = "/tmp/reviewstack-bench/llama3-tiny-random"
+    created_s = make_random_model(Path(args.model_dir), args.tiny)
+    rows: list[dict[str, Any]] = []
+    for variant in args.variants.split(","):
+        rows.append(run_variant(variant, args))
+        print(json.dumps(rows[-1]), flush=True)
+        summary = summarise(rows, args, created_s)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # written after every variant: a run cut
+        Path(args.out).write_text(json.dumps({**summary, "rows": rows}, indent=2) + "\n")  # short keeps rows
+    report(rows, summary, Path(args.out))
+
+
+def summarise(rows: list[dict[str, Any]], args: argparse.Namespace, created_s: float) -> dict[str, Any]:
+    by = {r["variant"]: r for r in rows if "tok_s" in r}
+    extra = {
+        "benchmark": "train_throughput",
+        "date": datetime.now(UTC).date().isoformat(),
+        "card": card(),
+        "commit": commit(),
+        "torch": torch.__version__,
+        "transformers": _version("transformers"),
+        "peft": _version("peft"),
+        "deepspeed": _version("deepspeed"),
+        "liger_kernel": _version("liger_kernel"),
+        "shape": "Llama-3-8B (random weights)",
+        "tokens_per_step": 12_288 if not args.tiny else 256,
+        "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "targets": PROJECTIONS},
+        "random_model_created_s": round(created_s, 1),
+        "baseline_tok_s": by.get("baseline", {}).get("tok_s"),
+        "ours_tok_s": by.get("ours", {}).get("tok_s"),
+        "ours_peak_gib": by.get("ours", {}).get("peak_gib"),
+        "baseline_peak_gib": by.get("baseline", {}).get("peak_gib"),
+        "zero3_2gpu_tok_s": by.get("zero3-2gpu", {}).get("tok_s"),
+        "zero3_1gpu_tok_s": by.get("zero3-1gpu", {}).get("tok_s"),
+    }
+    if extra["baseline_tok_s"] and extra["ours_tok_s"]:
+        extra["ours_speedup"] = round(extra["ours_tok_s"] / extra["baseline_tok_s"], 3)
+    # ZeRO-3 on 2 GPUs against one GPU: against this trainer's own single-GPU path (the stricter
+    # comparison: DeepSpeed's overhead included) and against ZeRO-3 on one GPU
+    for name, single in (("zero3_2gpu_speedup", "ours"), ("zero3_2gpu_speedup_vs_zero3_1gpu", "zero3-1gpu")):
+        if "zero3-2gpu" in by and single in by:
+            extra[name] = round(by["zero3-2gpu"]["tok_s"] / by[single]["tok_s"], 3)
+    return extra
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package.replace("_", "-"))
+    except PackageNotFoundError:
+        return None
+
+
+if __name__ == "__main__":
+    main()
