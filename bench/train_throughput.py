@@ -57,20 +57,17 @@ PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 
 
 # -- the model on disk ----------------------------------------------------------------------------------
-def make_random_model(directory: Path, tiny: bool) -> float:
-    """A Llama-3-8B-shaped checkpoint with random weights (no hub here); returns seconds spent."""
+def make_random_model(directory: Path, tiny: bool) -> None:
+    """A Llama-3-8B-shaped checkpoint with random weights (no hub here)."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     if (directory / "config.json").exists():
-        return 0.0
-    started = time.perf_counter()
+        return
     config = LlamaConfig(**(TINY if tiny else LLAMA3_8B))
     device = "cpu" if tiny else "cuda"
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(directory, max_shard_size="5GB")
-    del model
-    return time.perf_counter() - started
 
 
 def synthetic_batch(lengths: tuple[int, int], vocab: int, device: torch.device, seed: int) -> dict[str, Any]:
@@ -313,13 +310,23 @@ def main() -> None:
     args = parser.parse_args()
     if args.one:
         args.variant = args.one
+        if args.one == "make-model":
+            make_random_model(Path(args.model_dir), args.tiny)
+            return
         row = measure(args)
         if row is not None:
             print(json.dumps(row), flush=True)
         return
     if args.tiny and args.model_dir == parser.get_default("model_dir"):
         args.model_dir = "/tmp/reviewstack-bench/llama3-tiny-random"
-    created_s = make_random_model(Path(args.model_dir), args.tiny)
+    # in a child process: this one must hold no GPU memory while the variants run
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, __file__, "--one", "make-model", "--model-dir", args.model_dir]
+        + (["--tiny"] if args.tiny else []),
+        check=True,
+    )
+    created_s = time.perf_counter() - started
     rows: list[dict[str, Any]] = []
     for variant in args.variants.split(","):
         rows.append(run_variant(variant, args))
