@@ -38,8 +38,11 @@ class ResponseLoss:
 
     def __call__(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         backbone, head = split_causal_lm(model)
+        # no mask when nothing is padded (always at micro-batch 1): some transformers versions then build
+        # a dense [T, T] mask, which rules out SDPA's flash and cuDNN kernels (at 12k tokens: out of memory)
+        mask = batch["attention_mask"]
         hidden = backbone(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+            input_ids=batch["input_ids"], attention_mask=None if bool(mask.all()) else mask, use_cache=False
         ).last_hidden_state  # [B, T, H]
         targets = batch["labels"][:, 1:]  # position t predicts token t+1
         keep = targets != IGNORE_INDEX

@@ -72,7 +72,7 @@ def load_model(spec: TrainSpec, device: torch.device, dtype: torch.dtype) -> tup
     model.config.use_cache = False
     liger = kernels.use_liger(spec.liger, device) and kernels.apply_liger(model)
     if spec.gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        _enable_checkpointing(model)
     if spec.method in ("lora", "qlora"):
         model = _with_lora(model, spec)
     if spec.method == "lora" and device.type == "cuda" and dtype == torch.bfloat16:
@@ -87,6 +87,16 @@ def load_model(spec: TrainSpec, device: torch.device, dtype: torch.dtype) -> tup
         dtype=str(dtype),
     )
     return model, factor
+
+
+def _enable_checkpointing(model: Any) -> None:
+    """Non-reentrant activation checkpointing, under the method's name in this transformers version
+    (`activation_checkpointing_enable` in recent ones; GPU images often carry an older release)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def _four_bit(dtype: torch.dtype, device: torch.device) -> Any:
