@@ -98,6 +98,7 @@ def run_baseline(model_dir: Path, device: torch.device, dtype: torch.dtype, grad
         model,
         LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=PROJECTIONS, task_type="CAUSAL_LM"),
     )
+    model.train()  # from_pretrained returns eval mode, where transformers skips gradient checkpointing
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=device.type == "cuda"
     )
@@ -146,6 +147,7 @@ def run_ours(
         held = zero.hf_config(config)  # noqa: F841 — must outlive from_pretrained
     model, _ = load_model(spec, device, dtype)
     loss_model = ResponseLossModel(model, ResponseLoss(liger == "on" and not zero3))
+    loss_model.train()  # as the recipe does: transformers checkpoints only in training mode
     if zero3:
         engine, _ = zero.initialize(
             loss_model, config, lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)

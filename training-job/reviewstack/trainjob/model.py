@@ -75,7 +75,12 @@ def load_model(spec: TrainSpec, device: torch.device, dtype: torch.dtype) -> tup
         _enable_checkpointing(model)
     if spec.method in ("lora", "qlora"):
         model = _with_lora(model, spec)
-    if spec.method == "lora" and device.type == "cuda" and dtype == torch.bfloat16:
+    if (
+        spec.method == "lora"
+        and spec.deepspeed == "none"
+        and device.type == "cuda"
+        and dtype == torch.bfloat16
+    ):
         kernels.lora_in_compute_dtype(model)
     log.info(
         "model loaded",
@@ -134,7 +139,10 @@ def _with_lora(model: Any, spec: TrainSpec) -> Any:
     )
     # non-reentrant checkpointing reaches the adapters inside checkpointed blocks without an input that
     # requires grad (the reentrant kind needed `enable_input_require_grads`, a wasted backward into layer 0)
-    return get_peft_model(model, lora)
+    # under ZeRO-3 the adapters take the base weights' dtype: DeepSpeed keeps fp32 master copies in its
+    # optimizer and gathers weights in its own dtype (its forward runs without our autocast); elsewhere
+    # PEFT's fp32 adapters are the master weights
+    return get_peft_model(model, lora, autocast_adapter_dtype=spec.deepspeed != "zero3")
 
 
 def trainable_parameters(model: Any) -> int:
