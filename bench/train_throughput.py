@@ -266,12 +266,15 @@ def card() -> str:
 
 
 def commit() -> str:
+    """REVIEWSTACK_COMMIT when set (a copy of the tree may carry a stale .git), else git's HEAD."""
+    if os.environ.get("REVIEWSTACK_COMMIT"):
+        return os.environ["REVIEWSTACK_COMMIT"]
     try:
         return subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=True
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("REVIEWSTACK_COMMIT", "unknown")
+        return "unknown"
 
 
 def report(rows: list[dict[str, Any]], extra: dict[str, Any], out: Path) -> None:
