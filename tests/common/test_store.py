@@ -297,6 +297,28 @@ def test_publication_exception_leaves_nothing(store: ArtifactStore) -> None:
         store.read_manifest("datasets/y/v1")
 
 
+def test_publication_adopts_files_other_writers_uploaded(store: ArtifactStore) -> None:
+    """Another process (a second training rank) uploads its shard itself; the publication lists it in the
+    manifest, refuses it twice, and removes it on rollback."""
+    with store.publish("runs/r/checkpoints/step-1") as pub:
+        pub.put_bytes("rank0.pt", b"zero")
+        store.put_bytes("runs/r/checkpoints/step-1/rank1.pt", b"one")  # the other rank's own upload
+        ref = pub.adopt("rank1.pt")
+        assert ref.sha256 == hashlib.sha256(b"one").hexdigest()
+        with pytest.raises(FailedPrecondition, match="already part"):
+            pub.adopt("rank1.pt")
+    files = store.read_manifest("runs/r/checkpoints/step-1")["files"]
+    assert files["rank1.pt"] == {"sha256": hashlib.sha256(b"one").hexdigest(), "size": 3}
+    with pytest.raises(NotFound):
+        with store.publish("runs/r/checkpoints/step-2") as pub:
+            pub.adopt("never-uploaded.pt")
+    with pytest.raises(RuntimeError), store.publish("runs/r/checkpoints/step-3") as pub:
+        store.put_bytes("runs/r/checkpoints/step-3/rank1.pt", b"one")
+        pub.adopt("rank1.pt")
+        raise RuntimeError("rank 0 failed")
+    assert keys(store, "runs/r/checkpoints/step-3") == []
+
+
 def test_publication_rejects_reserved_names(store: ArtifactStore) -> None:
     with pytest.raises(InvalidArgument), store.publish("d/v1") as pub:
         pub.put_bytes("manifest.json", b"{}")

@@ -179,9 +179,7 @@ def save_zero_checkpoint(
         dist.gather_object(mine, theirs if rank == 0 else None, dst=0)
         if pub is not None:
             for name in (n for names in theirs[1:] for n in names or []):
-                if name in pub.files:
-                    raise FailedPrecondition(f"two ranks wrote {name} into {store.uri_for(prefix)}")
-                pub.files[name] = store.stat(f"{prefix}/{name}")  # uploaded by its own rank
+                pub.adopt(name)  # uploaded by its own rank; two ranks writing one name is refused
             pub.put_bytes("trainable.json", json.dumps(trainable_shapes(model), indent=1).encode())
             pub.put_bytes("trainer_state.json", json.dumps(state.to_json(), indent=2).encode())
             pub.manifest.update(

@@ -465,6 +465,15 @@ class Publication:
             for p in files
         ]
 
+    def adopt(self, name: str) -> ArtifactRef:
+        """Record a file that another process uploaded under this prefix (another rank's checkpoint
+        shard, say), so that the manifest lists it and a rollback removes it."""
+        key = self._key(name)
+        with self._lock:
+            if name in self.files:
+                raise FailedPrecondition(f"{self.store.uri_for(key)} is already part of this publication")
+        return self._record(name, self.store.stat(key))
+
     @contextlib.contextmanager
     def writer(self, name: str) -> Iterator[ObjectWriter]:
         with self.store.writer(self._key(name)) as w:
