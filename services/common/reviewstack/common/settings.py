@@ -62,3 +62,13 @@ class ServerSettings(LoggingSettings, StoreSettings):
         60.0, gt=0, description="deadline applied to unary calls whose client set none"
     )
     shutdown_grace_s: float = Field(10.0, ge=0, description="time in-flight calls get on SIGTERM")
+
+
+class EmbeddedModelSettings(BaseReviewStackSettings):
+    """Where the embedded default model (SmolLM2-135M-Instruct) is materialised from its package."""
+
+    embedded_model_dir: Path | None = Field(
+        None,
+        description="directory of the materialised embedded model "
+        "(default <venv>/share/reviewstack/models/smollm2-135m-instruct)",
+    )
