@@ -309,9 +309,8 @@ def test_publication_adopts_files_other_writers_uploaded(store: ArtifactStore) -
             pub.adopt("rank1.pt")
     files = store.read_manifest("runs/r/checkpoints/step-1")["files"]
     assert files["rank1.pt"] == {"sha256": hashlib.sha256(b"one").hexdigest(), "size": 3}
-    with pytest.raises(NotFound):
-        with store.publish("runs/r/checkpoints/step-2") as pub:
-            pub.adopt("never-uploaded.pt")
+    with pytest.raises(NotFound), store.publish("runs/r/checkpoints/step-2") as pub:
+        pub.adopt("never-uploaded.pt")
     with pytest.raises(RuntimeError), store.publish("runs/r/checkpoints/step-3") as pub:
         store.put_bytes("runs/r/checkpoints/step-3/rank1.pt", b"one")
         pub.adopt("rank1.pt")
