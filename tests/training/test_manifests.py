@@ -127,6 +127,8 @@ def test_what_every_shape_shares(rendered):
         assert {"mountPath": "/dev/shm", "name": "dshm"} in container["volumeMounts"]
         env = _env(job)
         assert env["REVIEWSTACK_S3_ENDPOINT"] == "minio:9000"
+        # torchrun lets workers checkpoint after SIGTERM for most of the kubelet's grace period
+        assert 30 < int(env["TORCHRUN_SHUTDOWN_TIMEOUT"]) < pod["terminationGracePeriodSeconds"]
         assert env["REVIEWSTACK_S3_SECRET_KEY"] == {
             "secretKeyRef": {"key": "secret-key", "name": "review-stack-s3"}
         }

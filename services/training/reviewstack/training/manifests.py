@@ -53,7 +53,8 @@ if [ "${NNODES:-1}" -gt 1 ] || [ "${NPROC_PER_NODE:-1}" -gt 1 ]; then
   else
     rdzv="--standalone"
   fi
-  torchrun $rdzv --nproc-per-node="${NPROC_PER_NODE:-1}" --no-python \
+  torchrun $rdzv --nproc-per-node="${NPROC_PER_NODE:-1}" \
+    --shutdown-timeout="${TORCHRUN_SHUTDOWN_TIMEOUT:-30}" --no-python \
     sh -c 'm="$1"; shift; "$@"; rc=$?; if [ "$rc" -eq 2 ]; then : > "$m"; fi; exit "$rc"' \
     worker "$marker" "$command" "$@" &
 else
@@ -162,6 +163,9 @@ def _container_env(
         _env("MASTER_ADDR", master_addr),
         _env("MASTER_PORT", str(template.rdzv_port)),
         _env("TRAIN_EXIT_MARKER", EXIT_MARKER),
+        # torchrun kills workers this long after passing SIGTERM on (its own default, 30 s, is shorter than
+        # an accumulated 12k-token step plus a checkpoint); the kubelet's grace period bounds it
+        _env("TORCHRUN_SHUTDOWN_TIMEOUT", str(max(template.termination_grace_s - 15, 10))),
         # non-root with a read-only home in most images: caches (HF, torch, Triton, DeepSpeed ops) go here
         _env("HOME", SCRATCH),
         _env("TMPDIR", SCRATCH),
