@@ -16,6 +16,7 @@ restarted run with the same run id resumes from its latest complete checkpoint.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -102,8 +103,9 @@ def main(argv: list[str] | None = None) -> None:
         if spec is not None:
             _record_failure(spec, str(exc))
         raise SystemExit(BAD_INPUT) from None
-    log.info("training finished", **{k: v for k, v in summary.items() if v is not None})
-    print(json.dumps(summary))
+    if os.environ.get("RANK", "0") == "0":  # one summary per run, not one per process
+        log.info("training finished", **{k: v for k, v in summary.items() if v is not None})
+        print(json.dumps(summary))
 
 
 if __name__ == "__main__":
