@@ -13,6 +13,10 @@ so that peak memory is its own:
     python bench/train_throughput.py [--variants baseline,ours,zero3-2gpu] [--out FILE]
     python bench/train_throughput.py --tiny   # a CPU smoke run of every code path on a tiny model
 
+Needs CUDA GPUs (two for zero3-2gpu), the packages deepspeed and liger-kernel, this repository's
+packages importable (`make install`, or PYTHONPATH=services/common:training-job after `make proto`),
+~20 GB of disk for the random model and ~1 minute per variant.
+
 Prints a table and writes the JSON (card, commit, baseline_tok_s, ours_tok_s, ours_peak_gib,
 zero3_2gpu_speedup, one row per variant).
 """
