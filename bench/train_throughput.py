@@ -17,6 +17,9 @@ Needs CUDA GPUs (two for zero3-2gpu), the packages deepspeed and liger-kernel, t
 packages importable (`make install`, or PYTHONPATH=services/common:training-job after `make proto`),
 ~20 GB of disk for the random model and ~1 minute per variant.
 
+BENCH_ZERO3_OPTIONS (JSON) is merged into the ZeRO-3 variants' `zero_optimization`, to try DeepSpeed
+settings without editing the config.
+
 Prints a table and writes the JSON (card, commit, baseline_tok_s, ours_tok_s, ours_peak_gib,
 zero3_2gpu_speedup, one row per variant).
 """
@@ -24,6 +27,7 @@ zero3_2gpu_speedup, one row per variant).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -148,6 +152,7 @@ def run_ours(
     if zero3:
         zero.init_distributed(device)
         config = zero.build_config(spec, 1, world, dtype == torch.bfloat16)
+        config["zero_optimization"].update(json.loads(os.environ.get("BENCH_ZERO3_OPTIONS", "{}")))
         held = zero.hf_config(config)  # noqa: F841 — must outlive from_pretrained
     model, _ = load_model(spec, device, dtype)
     loss_model = ResponseLossModel(model, ResponseLoss(liger == "on" and not zero3))
@@ -157,13 +162,21 @@ def run_ours(
             loss_model, config, lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
         )
 
+        phases: list[tuple[float, float, float]] = []  # forward, backward, optimizer seconds
+
         def step(batch: dict[str, Any]) -> float:
+            marks = [time.perf_counter()]
             with step_context(device, dtype):
                 summed, n = engine(**batch)
+                marks.append(_synced(device))
                 engine.backward(summed / n, scale_wrt_gas=False)
+                marks.append(_synced(device))
             engine.step()
+            marks.append(_synced(device))
+            phases.append(tuple(b - a for a, b in itertools.pairwise(marks)))
             return float(summed.detach()) / n
 
+        step.phases = phases  # type: ignore[attr-defined]
         return step
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=device.type == "cuda"
@@ -178,6 +191,12 @@ def run_ours(
         return float(summed.detach()) / n
 
     return plain_step
+
+
+def _synced(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -213,7 +232,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any] | None:
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
     if rank != 0:
         return None
+    phases = getattr(step, "phases", [])[args.warmup :]
+    breakdown = (
+        {
+            name: round(statistics.median(p[i] for p in phases), 4)
+            for i, name in enumerate(("forward_s", "backward_s", "optimizer_s"))
+        }
+        if phases
+        else {}
+    )
     return {
+        **breakdown,
         "variant": args.variant if args.variant != "zero3" else f"zero3-{world}gpu",
         "gpus": world,
         "tokens_per_step": tokens,
@@ -260,7 +289,10 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         sys.stderr.write(result.stderr[-4000:])
         errors = [line for line in result.stderr.splitlines() if "Error" in line] or ["failed"]
         return {"variant": variant, "error": errors[-1][:200]}
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    if variant.startswith("zero3-"):  # DeepSpeed stops prefetching weights when its trace is invalidated
+        row["trace_invalidations"] = result.stderr.count("Invalidate trace cache")
+    return row
 
 
 def card() -> str:
