@@ -17,8 +17,9 @@ Needs CUDA GPUs (two for zero3-2gpu), the packages deepspeed and liger-kernel, t
 packages importable (`make install`, or PYTHONPATH=services/common:training-job after `make proto`),
 ~20 GB of disk for the random model and ~1 minute per variant.
 
-BENCH_ZERO3_OPTIONS (JSON) is merged into the ZeRO-3 variants' `zero_optimization`, to try DeepSpeed
-settings without editing the config.
+To try DeepSpeed settings without editing its config, BENCH_ZERO3_OPTIONS (JSON) is merged into the
+ZeRO-3 variants' config, e.g. '{"zero_optimization": {"reduce_bucket_size": 1e7}}'. BENCH_PROFILE=FILE
+writes a torch profiler table of rank 0's last step there.
 
 Prints a table and writes the JSON (card, commit, baseline_tok_s, ours_tok_s, ours_peak_gib,
 zero3_2gpu_speedup, one row per variant).
@@ -151,8 +152,8 @@ def run_ours(
     )
     if zero3:
         zero.init_distributed(device)
-        config = zero.build_config(spec, 1, world, dtype == torch.bfloat16)
-        config["zero_optimization"].update(json.loads(os.environ.get("BENCH_ZERO3_OPTIONS", "{}")))
+        config = zero.build_config(spec, 1, world, device, dtype)
+        _merge(config, json.loads(os.environ.get("BENCH_ZERO3_OPTIONS", "{}")))
         held = zero.hf_config(config)  # noqa: F841 — must outlive from_pretrained
     model, _ = load_model(spec, device, dtype)
     loss_model = ResponseLossModel(model, ResponseLoss(liger == "on" and not zero3))
@@ -193,6 +194,26 @@ def run_ours(
     return plain_step
 
 
+def _merge(config: dict[str, Any], overrides: dict[str, Any]) -> None:
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            _merge(config[key], value)
+        else:
+            config[key] = value
+
+
+def _profile(step: Any, batch: dict[str, Any], out: Path, rank: int) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        step(batch)
+        _synced(batch["input_ids"].device)
+    if rank == 0:
+        sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+        out.write_text(prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=60))
+
+
 def _synced(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -228,6 +249,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any] | None:
         if i >= args.warmup:
             times.append(time.perf_counter() - started)
     seconds = statistics.median(times)
+    if os.environ.get("BENCH_PROFILE"):  # one more, untimed step under the profiler
+        _profile(step, batches[-1], Path(os.environ["BENCH_PROFILE"]), rank)
     tokens = sum(lengths) * world  # every rank trains its own sequence each step
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
     if rank != 0:

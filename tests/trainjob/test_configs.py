@@ -1,9 +1,13 @@
 """Every shipped training config is a valid spec once the per-run fields are given."""
 
+import json
 from pathlib import Path
 
 import pytest
+import torch
 
+from reviewstack.common.errors import FailedPrecondition
+from reviewstack.trainjob import zero
 from reviewstack.trainjob.main import read_spec
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "training-job" / "configs").glob("*.yaml"))
@@ -31,3 +35,24 @@ def test_overrides_reach_nested_keys_and_bad_ones_are_refused():
     assert spec.lora.r == 4 and spec.learning_rate == 3e-5
     with pytest.raises(ValidationError, match="lora_rank"):
         read_spec(str(CONFIGS[0]), [*RUN_FIELDS, "lora_rank=4"])
+
+
+@pytest.mark.parametrize(("device", "dtype"), [("cuda", torch.bfloat16), ("cpu", torch.float32)])
+def test_deepspeed_config_is_filled_from_the_spec_and_device(device, dtype):
+    spec = read_spec(str(CONFIGS[0]), RUN_FIELDS)
+    config = zero.build_config(spec, 4, 2, torch.device(device), dtype)
+    assert config["train_batch_size"] == spec.micro_batch_size * 4 * 2
+    assert config["optimizer"]["params"]["lr"] == spec.learning_rate
+    assert config["optimizer"]["params"]["fused"] is (device == "cuda")  # torch's fused AdamW on GPUs
+    assert config["bf16"]["enabled"] is (dtype == torch.bfloat16)
+    assert "auto" not in json.dumps(config)
+
+
+def test_deepspeed_config_that_contradicts_the_spec_is_refused(tmp_path, monkeypatch):
+    config = json.loads(zero.DEFAULT_CONFIG.read_text())
+    config["optimizer"]["params"]["lr"] = 0.5
+    (tmp_path / "zero3.json").write_text(json.dumps(config))
+    monkeypatch.setenv(zero.CONFIG_ENV, str(tmp_path / "zero3.json"))
+    spec = read_spec(str(CONFIGS[0]), RUN_FIELDS)
+    with pytest.raises(FailedPrecondition, match=r"optimizer\.params\.lr=0\.5 but the run needs"):
+        zero.build_config(spec, 1, 1, torch.device("cpu"), torch.float32)

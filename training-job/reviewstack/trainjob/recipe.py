@@ -151,7 +151,7 @@ class FineTuneRecipe:
             from reviewstack.trainjob import zero
 
             zero.init_distributed(self.device)
-            config = zero.build_config(spec, self.accumulation, self.world_size, self.dtype == torch.bfloat16)
+            config = zero.build_config(spec, self.accumulation, self.world_size, self.device, self.dtype)
             self._hf_ds_config = zero.hf_config(config)  # held: transformers keeps a weak reference
             self.model, self.pi_factor = load_model(spec, self.device, self.dtype)
             self.loss_model = ResponseLossModel(self.model, ResponseLoss(fused_loss))
