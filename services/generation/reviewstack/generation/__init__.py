@@ -1,0 +1,1 @@
+"""The embedded generation engine: a TGI-protocol server on transformers (see `main` for the run book)."""

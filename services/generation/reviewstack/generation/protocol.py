@@ -1,0 +1,145 @@
+"""TGI's HTTP request shapes and its validation rules, so that TGI clients meet the same answers here.
+
+The messages of the validation errors follow TGI's router (422, `error_type: validation`). Parameters
+that TGI accepts but this engine does not implement (best_of > 1, watermark, grammar, typical_p,
+frequency_penalty, adapters) are refused with a 422 that says so, never silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from reviewstack.generation.engine import Request
+from reviewstack.generation.sampling import RowSampling
+
+MAX_STOP_SEQUENCES = 4
+MAX_TOP_N_TOKENS = 5
+REFUSAL_PENALTY_HEADER = "X-Refusal-Penalty"
+
+
+class Parameters(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    best_of: int | None = None
+    decoder_input_details: bool = False
+    details: bool = False
+    do_sample: bool = False
+    frequency_penalty: float | None = None
+    grammar: Any = None
+    max_new_tokens: int | None = None
+    repetition_penalty: float | None = None
+    return_full_text: bool | None = None
+    seed: int | None = None
+    stop: list[str] = Field(default_factory=list)
+    temperature: float | None = None
+    top_k: int | None = None
+    top_n_tokens: int | None = None
+    top_p: float | None = None
+    truncate: int | None = None
+    typical_p: float | None = None
+    watermark: bool = False
+    adapter_id: str | None = None
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: str
+    parameters: Parameters = Field(default_factory=Parameters)
+    stream: bool = False
+
+
+class ValidationFailed(ValueError):
+    """A request TGI would answer with 422."""
+
+
+def validate(
+    body: GenerateRequest,
+    input_ids: list[int],
+    *,
+    max_input_tokens: int,
+    max_total_tokens: int,
+    refusal_penalty: float,
+) -> Request:
+    """The engine request for a TGI body whose inputs tokenized to `input_ids` (truncated here when
+    the body asks for it); raises ValidationFailed with TGI's message otherwise."""
+    p = body.parameters
+    _refuse_unsupported(p)
+    if not body.inputs:
+        raise ValidationFailed("`inputs` cannot be empty")
+    if p.temperature is not None and p.temperature <= 0:
+        raise ValidationFailed("`temperature` must be strictly positive")
+    if p.repetition_penalty is not None and p.repetition_penalty <= 0:
+        raise ValidationFailed("`repetition_penalty` must be strictly positive")
+    if p.top_p is not None and not 0 < p.top_p < 1:
+        raise ValidationFailed("`top_p` must be > 0.0 and < 1.0")
+    if p.top_k is not None and p.top_k <= 0:
+        raise ValidationFailed("`top_k` must be strictly positive")
+    if p.top_n_tokens is not None and p.top_n_tokens > MAX_TOP_N_TOKENS:
+        raise ValidationFailed(
+            f"`top_n_tokens` must be >= 0 and <= {MAX_TOP_N_TOKENS}. Given: {p.top_n_tokens}"
+        )
+    if len(p.stop) > MAX_STOP_SEQUENCES:
+        raise ValidationFailed(
+            f"`stop` supports up to {MAX_STOP_SEQUENCES} stop sequences. Given: {len(p.stop)}"
+        )
+    if p.max_new_tokens is not None and p.max_new_tokens <= 0:
+        raise ValidationFailed("`max_new_tokens` must be strictly positive")
+    if p.truncate is not None:
+        if not 0 < p.truncate <= max_input_tokens:
+            raise ValidationFailed(
+                f"`truncate` must be strictly positive and less than {max_input_tokens}. Given: {p.truncate}"
+            )
+        input_ids = input_ids[-p.truncate :]
+    length = len(input_ids)
+    if length > max_input_tokens:
+        raise ValidationFailed(f"`inputs` must have less than {max_input_tokens} tokens. Given: {length}")
+    max_new = p.max_new_tokens if p.max_new_tokens is not None else max_total_tokens - length
+    if length + max_new > max_total_tokens:
+        raise ValidationFailed(
+            f"`inputs` tokens + `max_new_tokens` must be <= {max_total_tokens}. "
+            f"Given: {length} `inputs` tokens and {max_new} `max_new_tokens`"
+        )
+    sampling = RowSampling(
+        do_sample=p.do_sample,
+        temperature=p.temperature or 1.0,
+        top_k=p.top_k or 0,
+        top_p=p.top_p or 1.0,
+        repetition_penalty=p.repetition_penalty or 1.0,
+        refusal_penalty=refusal_penalty,
+        top_n_tokens=p.top_n_tokens or 0,
+        seed=p.seed,
+    )
+    return Request(input_ids, max_new, sampling, list(p.stop), p.decoder_input_details)
+
+
+def _refuse_unsupported(p: Parameters) -> None:
+    unsupported = {
+        "best_of": p.best_of is not None and p.best_of > 1,
+        "watermark": p.watermark,
+        "grammar": p.grammar is not None,
+        "typical_p": p.typical_p is not None and p.typical_p < 1.0,
+        "frequency_penalty": bool(p.frequency_penalty),
+        "adapter_id": bool(p.adapter_id),
+    }
+    named = [name for name, used in unsupported.items() if used]
+    if named:
+        raise ValidationFailed(
+            f"this engine does not implement {', '.join(f'`{n}`' for n in named)}; leave them unset, "
+            "or serve the model with TGI"
+        )
+
+
+def refusal_penalty_from(header: str | None, default: float, maximum: float) -> float:
+    """λ for one request: the X-Refusal-Penalty header within [0, maximum], else the default."""
+    if header is None or header.strip() == "":
+        return default
+    try:
+        value = float(header)
+    except ValueError:
+        raise ValidationFailed(f"`{REFUSAL_PENALTY_HEADER}` must be a number. Given: {header!r}") from None
+    if not 0 <= value <= maximum:
+        raise ValidationFailed(f"`{REFUSAL_PENALTY_HEADER}` must be >= 0 and <= {maximum}. Given: {value}")
+    return value

@@ -1,0 +1,218 @@
+"""The TGI HTTP protocol over the engine: `/generate`, `/generate_stream` (SSE), `/` (what the
+`text-generation` client posts to), `/info`, `/health`, `/metrics`.
+
+Errors are TGI's JSON (`{"error": ..., "error_type": ...}`): 422 validation, 429 overloaded, 500
+generation. λ of the refusal penalty comes per request in the `X-Refusal-Penalty` header, within the
+bounds `/info` reports; without it the deployment's default applies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from reviewstack.generation import metrics
+from reviewstack.generation.engine import Engine, Finished, Handle, Overloaded, TokenInfo
+from reviewstack.generation.protocol import (
+    REFUSAL_PENALTY_HEADER,
+    GenerateRequest,
+    ValidationFailed,
+    refusal_penalty_from,
+    validate,
+)
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    model_id: str
+    model_dtype: str
+    model_device_type: str
+    max_input_tokens: int
+    max_total_tokens: int
+    max_concurrent_requests: int
+    max_batch_size: int
+    refusal_penalty: float
+    refusal_penalty_max: float
+
+
+def _error(status: int, message: str, kind: str) -> JSONResponse:
+    return JSONResponse({"error": message, "error_type": kind}, status_code=status)
+
+
+def create_app(engine: Engine, limits: ServerLimits, version: str = "0.1.0") -> FastAPI:
+    app = FastAPI(title="review-stack generation engine", version=version)
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed(_: Request, exc: RequestValidationError) -> JSONResponse:
+        metrics.VALIDATION_FAILURE.inc()
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return _error(422, f"malformed request: {problems}", "validation")
+
+    async def start(body: GenerateRequest, http: Request) -> Handle | JSONResponse:
+        metrics.REQUEST_COUNT.inc()
+        try:
+            penalty = refusal_penalty_from(
+                http.headers.get(REFUSAL_PENALTY_HEADER), limits.refusal_penalty, limits.refusal_penalty_max
+            )
+            ids = await asyncio.to_thread(engine.tokenizer.encode, body.inputs, add_special_tokens=False)
+            request = validate(
+                body,
+                ids,
+                max_input_tokens=limits.max_input_tokens,
+                max_total_tokens=limits.max_total_tokens,
+                refusal_penalty=penalty,
+            )
+        except ValidationFailed as exc:
+            metrics.VALIDATION_FAILURE.inc()
+            return _error(422, str(exc), "validation")
+        if not engine.alive:
+            return _error(500, "the generation engine is not running; see its log", "generation")
+        metrics.INPUT_LENGTH.observe(len(request.input_ids))
+        try:
+            return engine.submit(request, asyncio.get_running_loop())
+        except Overloaded as exc:
+            metrics.OVERLOADED.inc()
+            return _error(429, str(exc), "overloaded")
+
+    async def complete(body: GenerateRequest, http: Request) -> JSONResponse:
+        handle = await start(body, http)
+        if isinstance(handle, JSONResponse):
+            return handle
+        try:
+            while True:
+                kind, payload = await handle.events.get()
+                if kind == "error":
+                    return _error(500, payload, "generation")
+                if kind == "end":
+                    finished: Finished = payload[2]
+                    return JSONResponse(_response(body, finished))
+        finally:
+            handle.cancel()  # a client that went away frees its slot; a finished request ignores it
+
+    @app.post("/generate")
+    async def generate(body: GenerateRequest, http: Request) -> JSONResponse:
+        return await complete(body, http)
+
+    @app.post("/generate_stream")
+    async def generate_stream(body: GenerateRequest, http: Request) -> Response:
+        handle = await start(body, http)
+        if isinstance(handle, JSONResponse):
+            return handle
+        return StreamingResponse(_events(body, handle), media_type="text/event-stream")
+
+    @app.post("/")
+    async def compat(body: GenerateRequest, http: Request) -> Response:
+        """TGI's compatibility route: the `text-generation` client posts here, `stream` decides."""
+        if body.stream:
+            return await generate_stream(body, http)
+        response = await complete(body, http)
+        if response.status_code != 200:
+            return response
+        return JSONResponse([json.loads(response.body)])
+
+    @app.get("/info")
+    async def info() -> dict[str, Any]:
+        return {
+            "model_id": limits.model_id,
+            "model_sha": None,
+            "model_dtype": limits.model_dtype,
+            "model_device_type": limits.model_device_type,
+            "model_pipeline_tag": "text-generation",
+            "max_concurrent_requests": limits.max_concurrent_requests,
+            "max_best_of": 1,
+            "max_stop_sequences": 4,
+            "max_input_tokens": limits.max_input_tokens,
+            "max_total_tokens": limits.max_total_tokens,
+            "max_batch_size": limits.max_batch_size,
+            "validation_workers": 1,
+            "max_client_batch_size": 1,
+            "router": "reviewstack-generation",
+            "version": version,
+            "sha": None,
+            "docker_label": None,
+            "refusal_penalty": {
+                "default": limits.refusal_penalty,
+                "max": limits.refusal_penalty_max,
+                "header": REFUSAL_PENALTY_HEADER,
+            },
+        }
+
+    @app.get("/health")
+    async def health() -> Response:
+        if engine.alive:
+            return Response(status_code=200)
+        return _error(503, f"the generation engine is down: {engine.error}", "unhealthy")
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _token(info: TokenInfo) -> dict[str, Any]:
+    return asdict(info)
+
+
+def _full_text(body: GenerateRequest, text: str) -> str:
+    return body.inputs + text if body.parameters.return_full_text else text
+
+
+def _response(body: GenerateRequest, finished: Finished) -> dict[str, Any]:
+    result: dict[str, Any] = {"generated_text": _full_text(body, finished.generated_text)}
+    if body.parameters.details or body.parameters.decoder_input_details:
+        result["details"] = {
+            "finish_reason": finished.finish_reason,
+            "generated_tokens": finished.generated_tokens,
+            "seed": finished.seed,
+            "prefill": [{"id": t.id, "text": t.text, "logprob": t.logprob} for t in finished.prefill],
+            "tokens": [_token(t) for t in finished.tokens],
+            "top_tokens": [[_token(t) for t in step] for step in finished.top_tokens] or None,
+            "best_of_sequences": None,
+        }
+    return result
+
+
+async def _events(body: GenerateRequest, handle: Handle) -> AsyncIterator[str]:
+    index = 0
+    try:
+        while True:
+            kind, payload = await handle.events.get()
+            index += 1
+            if kind == "error":
+                yield _sse({"error": payload, "error_type": "generation"})
+                return
+            token, top = payload[0], payload[1]
+            event: dict[str, Any] = {
+                "index": index,
+                "token": _token(token),
+                "top_tokens": [_token(t) for t in top] if top else None,
+                "generated_text": None,
+                "details": None,
+            }
+            if kind == "end":
+                finished: Finished = payload[2]
+                event["generated_text"] = _full_text(body, finished.generated_text)
+                event["details"] = {
+                    "finish_reason": finished.finish_reason,
+                    "generated_tokens": finished.generated_tokens,
+                    "seed": finished.seed,
+                    "input_length": finished.input_length,
+                }
+                yield _sse(event)
+                return
+            yield _sse(event)
+    finally:
+        handle.cancel()
+
+
+def _sse(payload: dict[str, Any]) -> str:
+    return f"data:{json.dumps(payload)}\n\n"
