@@ -40,43 +40,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from benchlib import LLAMA3_8B, ROOT, TINY, card, commit, make_random_model, version
 
-ROOT = Path(__file__).resolve().parents[1]
-LLAMA3_8B = {
-    "vocab_size": 128256,
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "max_position_embeddings": 8192,
-    "rope_theta": 500000.0,
-    "rms_norm_eps": 1e-5,
-    "tie_word_embeddings": False,
-}
-TINY = {
-    **LLAMA3_8B,
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-}
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-# -- the model on disk ----------------------------------------------------------------------------------
-def make_random_model(directory: Path, tiny: bool) -> None:
-    """A Llama-3-8B-shaped checkpoint with random weights (no hub here)."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    if (directory / "config.json").exists():
-        return
-    config = LlamaConfig(**(TINY if tiny else LLAMA3_8B))
-    device = "cpu" if tiny else "cuda"
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    model.save_pretrained(directory, max_shard_size="5GB")
 
 
 def synthetic_batch(lengths: tuple[int, int], vocab: int, device: torch.device, seed: int) -> dict[str, Any]:
@@ -318,24 +284,6 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     return row
 
 
-def card() -> str:
-    if not torch.cuda.is_available():
-        return "cpu"
-    return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
-
-
-def commit() -> str:
-    """REVIEWSTACK_COMMIT when set (a copy of the tree may carry a stale .git), else git's HEAD."""
-    if os.environ.get("REVIEWSTACK_COMMIT"):
-        return os.environ["REVIEWSTACK_COMMIT"]
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def report(rows: list[dict[str, Any]], extra: dict[str, Any], out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -411,10 +359,10 @@ def summarise(rows: list[dict[str, Any]], args: argparse.Namespace, created_s: f
         "card": card(),
         "commit": commit(),
         "torch": torch.__version__,
-        "transformers": _version("transformers"),
-        "peft": _version("peft"),
-        "deepspeed": _version("deepspeed"),
-        "liger_kernel": _version("liger_kernel"),
+        "transformers": version("transformers"),
+        "peft": version("peft"),
+        "deepspeed": version("deepspeed"),
+        "liger_kernel": version("liger_kernel"),
         "shape": "Llama-3-8B (random weights)",
         "tokens_per_step": 12_288 if not args.tiny else 256,
         "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "targets": PROJECTIONS},
@@ -434,15 +382,6 @@ def summarise(rows: list[dict[str, Any]], args: argparse.Namespace, created_s: f
         if "zero3-2gpu" in by and single in by:
             extra[name] = round(by["zero3-2gpu"]["tok_s"] / by[single]["tok_s"], 3)
     return extra
-
-
-def _version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package.replace("_", "-"))
-    except PackageNotFoundError:
-        return None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,234 @@
+"""Benchmark: decode tokens/s of the embedded engine at an 11,000-token context, Llama-3-8B shape.
+
+Random weights (no hub), 11,000-token prompts, 256 new tokens each, greedy, in one process:
+- baseline: transformers' `model.generate` on one request (what a user would write);
+- engine, one request: the engine's own loop (scheduler, sampling, detokenizing, the penalty) on the
+  same weights, decode timed from its first token to its last, prefill apart;
+- engine, 16 requests at once: all 16 prefilled first, then aggregate decode tokens/s;
+- the same two with the refusal penalty on (λ = 1): its overhead. Random weights write random tokens,
+  so this is the cost of following every request's text, which is what the penalty costs outside a
+  refusal.
+Each figure is printed beside the memory-bandwidth limit: every decode step reads all weights plus every
+running request's KV cache.
+
+    python bench/serve_throughput.py [--out FILE] [--tokenizer DIR]
+    python bench/serve_throughput.py --tiny   # a CPU smoke run of every code path on a tiny model
+
+Needs a CUDA GPU, this repository's packages importable, the Llama-3 tokenizer (`make tokenizer`; on a
+bare machine pass --tokenizer), ~16 GB of disk for the random model. Prints a table and writes the JSON
+(card, commit, baseline_bs1_tok_s, bs1_tok_s, agg16_tok_s, penalty_overhead_pct, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from benchlib import ROOT, card, commit, make_random_model, version
+
+# bytes/s of HBM, from the vendors' data sheets
+BANDWIDTH = {"H100 80GB HBM3": 3.35e12, "H100 PCIe": 2.0e12, "H200": 4.8e12}
+
+
+def bandwidth() -> float | None:
+    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
+    return next((b for key, b in BANDWIDTH.items() if key in name), None)
+
+
+def prompts(count: int, length: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(1000, vocab - 1000, (length,), generator=generator).tolist() for _ in range(count)]
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def baseline(model: Any, prompt: list[int], new: int) -> dict[str, float]:
+    """transformers' generate, batch 1: prefill alone (one new token), then the whole request."""
+    ids = torch.tensor([prompt], device=model.device)
+    options = {"do_sample": False, "pad_token_id": 0, "eos_token_id": None}
+    timings = []
+    for tokens in (1, new):
+        sync()
+        started = time.perf_counter()
+        model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, **options)
+        sync()
+        timings.append(time.perf_counter() - started)
+    prefill, total = timings
+    return {"prefill_s": prefill, "decode_tok_s": (new - 1) / (total - prefill)}
+
+
+async def engine_run(engine: Any, batch: list[list[int]], new: int, penalty: float) -> dict[str, float]:
+    """Submit every prompt at once; decode is timed from the moment all have their first token."""
+    from reviewstack.generation.engine import Request
+    from reviewstack.generation.sampling import RowSampling
+
+    loop = asyncio.get_running_loop()
+    started = time.perf_counter()
+    handles = [engine.submit(Request(p, new, RowSampling(refusal_penalty=penalty)), loop) for p in batch]
+    firsts, ends = [], []
+
+    async def follow(handle: Any) -> None:
+        first = True
+        while True:
+            kind, payload = await handle.events.get()
+            if kind == "error":
+                raise RuntimeError(payload)
+            if first:
+                firsts.append(time.perf_counter())
+                first = False
+            if kind == "end":
+                ends.append(time.perf_counter())
+                return
+
+    await asyncio.gather(*(follow(h) for h in handles))
+    all_prefilled = max(firsts)
+    return {
+        "prefill_s": all_prefilled - started,
+        "decode_tok_s": len(batch) * (new - 1) / (max(ends) - all_prefilled),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tiny", action="store_true", help="CPU smoke run on a tiny model")
+    parser.add_argument("--model-dir", default="/tmp/reviewstack-bench/llama3-8b-random")
+    parser.add_argument("--tokenizer", help="Llama-3 tokenizer directory (default: the installed one)")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "serve_throughput.json"))
+    args = parser.parse_args()
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from reviewstack.common.tokenizer import default_tokenizer_dir
+    from reviewstack.generation.engine import Engine
+    from reviewstack.generation.runner import DecoderRunner
+    from reviewstack.penalty.core import PenaltyTable
+    from reviewstack.penalty.surfaces import token_surfaces
+
+    tiny = args.tiny
+    length, new, batch = (200, 16, 4) if tiny else (11_000, 256, 16)
+    model_dir = Path(args.model_dir + ("-tiny" if tiny else ""))
+    make_random_model(model_dir, tiny)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(Path(args.tokenizer or default_tokenizer_dir()) / name, model_dir / name)
+    device = "cpu" if tiny else "cuda"
+    dtype = torch.float32 if tiny else torch.bfloat16
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    work = prompts(batch + 1, length, model.config.vocab_size)
+
+    rows: dict[str, dict[str, float]] = {"baseline, batch 1": baseline(model, work[0], new)}
+    runner = DecoderRunner(model, max_batch=batch, max_total_tokens=length + new)
+    started = time.perf_counter()
+    graphs = runner.warm_up([1, batch])
+    capture_s = time.perf_counter() - started
+    engine = Engine(
+        runner,
+        tokenizer,
+        max_prefill_tokens=batch * length,  # all requests in before decoding: steady-state decode
+        penalty_table=PenaltyTable(token_surfaces(tokenizer)),
+    )
+    engine.eos_ids = set()  # random weights may write an end token: always generate `new` tokens
+    engine.start()
+    try:
+        for penalty in (0.0, 1.0):
+            suffix = "" if penalty == 0 else ", penalty λ=1"
+            asyncio.run(engine_run(engine, [work[1]], new, penalty))  # warm: allocator, first replays
+            rows[f"engine, batch 1{suffix}"] = asyncio.run(engine_run(engine, [work[1]], new, penalty))
+            rows[f"engine, {batch} at once{suffix}"] = asyncio.run(engine_run(engine, work[1:], new, penalty))
+    finally:
+        engine.stop()
+    limits = _limits(model, runner, length + new // 2, batch)
+    summary = _summary(rows, limits, batch, tiny, graphs, capture_s, length, new)
+    _report(rows, limits, summary, batch)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+def _limits(model: Any, runner: Any, context: int, batch: int) -> dict[int, float | None]:
+    """Decode tokens/s if each step only read weights and KV cache at full memory bandwidth."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    limit = bandwidth()
+    return {
+        b: (b * limit / (weights + b * context * runner.kv_bytes_per_token)) if limit else None
+        for b in (1, batch)
+    }
+
+
+def _summary(
+    rows: dict[str, dict[str, float]],
+    limits: dict[int, float | None],
+    batch: int,
+    tiny: bool,
+    graphs: int,
+    capture_s: float,
+    length: int,
+    new: int,
+) -> dict[str, Any]:
+    bs1, agg = rows["engine, batch 1"], rows[f"engine, {batch} at once"]
+    bs1_penalty = rows["engine, batch 1, penalty λ=1"]
+    agg_penalty = rows[f"engine, {batch} at once, penalty λ=1"]
+    return {
+        "benchmark": "serve_throughput",
+        "date": datetime.now(UTC).date().isoformat(),
+        "card": card(),
+        "commit": commit(),
+        "torch": torch.__version__,
+        "transformers": version("transformers"),
+        "shape": "Llama-3-8B (random weights)" if not tiny else "tiny Llama (random weights)",
+        "prompt_tokens": length,
+        "new_tokens": new,
+        "baseline_bs1_tok_s": round(rows["baseline, batch 1"]["decode_tok_s"], 1),
+        "baseline_prefill_s": round(rows["baseline, batch 1"]["prefill_s"], 3),
+        "bs1_tok_s": round(bs1["decode_tok_s"], 1),
+        "bs1_prefill_s": round(bs1["prefill_s"], 3),
+        f"agg{batch}_tok_s": round(agg["decode_tok_s"], 1),
+        f"agg{batch}_prefill_s": round(agg["prefill_s"], 3),
+        "penalty_overhead_pct": round(100 * (bs1["decode_tok_s"] / bs1_penalty["decode_tok_s"] - 1), 2),
+        f"penalty_overhead_pct_agg{batch}": round(
+            100 * (agg["decode_tok_s"] / agg_penalty["decode_tok_s"] - 1), 2
+        ),
+        "bandwidth_limit_tok_s": {str(b): (round(v, 1) if v else None) for b, v in limits.items()},
+        "cuda_graphs": graphs,
+        "cuda_graph_capture_s": round(capture_s, 1),
+        "rows": {name: {k: round(v, 3) for k, v in row.items()} for name, row in rows.items()},
+    }
+
+
+def _report(
+    rows: dict[str, dict[str, float]], limits: dict[int, float | None], summary: dict[str, Any], batch: int
+) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"decode at {summary['prompt_tokens']:,} tokens of context — {summary['card']}")
+    for column in ("run", "prefill s", "decode tok/s", "× baseline", "% of bandwidth limit"):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    base = rows["baseline, batch 1"]["decode_tok_s"]
+    for name, row in rows.items():
+        limit = limits.get(batch if f"{batch} at once" in name else 1)
+        table.add_row(
+            name,
+            f"{row['prefill_s']:.2f}",
+            f"{row['decode_tok_s']:,.1f}",
+            f"{row['decode_tok_s'] / base:.2f}",
+            f"{100 * row['decode_tok_s'] / limit:.0f}" if limit else "",
+        )
+    Console().print(table)
+    print(f"penalty overhead: {summary['penalty_overhead_pct']} % at batch 1")
+
+
+if __name__ == "__main__":
+    main()
