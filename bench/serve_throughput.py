@@ -129,10 +129,12 @@ def main() -> None:
     work = prompts(batch + 1, length, model.config.vocab_size)
 
     rows: dict[str, dict[str, float]] = {"baseline, batch 1": baseline(model, work[0], new)}
+    print(json.dumps(rows), flush=True)
     runner = DecoderRunner(model, max_batch=batch, max_total_tokens=length + new)
     started = time.perf_counter()
     graphs = runner.warm_up([1, batch])
     capture_s = time.perf_counter() - started
+    print(json.dumps({"cuda_graphs": graphs, "capture_s": round(capture_s, 1)}), flush=True)
     engine = Engine(
         runner,
         tokenizer,
@@ -147,6 +149,7 @@ def main() -> None:
             asyncio.run(engine_run(engine, [work[1]], new, penalty))  # warm: allocator, first replays
             rows[f"engine, batch 1{suffix}"] = asyncio.run(engine_run(engine, [work[1]], new, penalty))
             rows[f"engine, {batch} at once{suffix}"] = asyncio.run(engine_run(engine, work[1:], new, penalty))
+            print(json.dumps({k: rows[k] for k in list(rows)[-2:]}), flush=True)  # a cut run still tells
     finally:
         engine.stop()
     limits = _limits(model, runner, length + new // 2, batch)
