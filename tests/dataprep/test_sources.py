@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from reviewstack.common.errors import InvalidArgument
-from reviewstack.dataprep.sources import decode_paper, decode_review, discover, open_source
+from reviewstack.common.papers import decode_paper
+from reviewstack.dataprep.sources import decode_review, discover, open_source
 
 
 def tiny_pdf(lines: list[str]) -> bytes:

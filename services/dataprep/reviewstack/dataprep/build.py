@@ -21,23 +21,17 @@ from reviewstack.common.artifacts import ArtifactRef
 from reviewstack.common.aspects import EMPTY_ASPECT
 from reviewstack.common.errors import AlreadyExists, InvalidArgument
 from reviewstack.common.logging import get_logger
+from reviewstack.common.papers import clean_paper, decode_paper
 from reviewstack.common.prompt import PROMPT_VERSION, PromptBuilder
 from reviewstack.common.settings import StoreSettings
 from reviewstack.common.store import ArtifactStore, open_store
 from reviewstack.common.tokenizer import LoadedTokenizer, load_tokenizer
-from reviewstack.dataprep import cleaning, points, reviews
+from reviewstack.dataprep import points, reviews
 from reviewstack.dataprep.config import BuildConfig, PaperVersionMode
 from reviewstack.dataprep.distill import Distiller
 from reviewstack.dataprep.distill.embedded import EmbeddedDistiller, assign_aspect
 from reviewstack.dataprep.distill.llm import LLMDistiller
-from reviewstack.dataprep.sources import (
-    InputFile,
-    Skipped,
-    decode_paper,
-    decode_review,
-    discover,
-    open_source,
-)
+from reviewstack.dataprep.sources import InputFile, Skipped, decode_review, discover, open_source
 from reviewstack.dataprep.splits import SPLITS, assign_splits
 from reviewstack.dataprep.stats import aspect_stats, percentiles
 from reviewstack.dataprep.targets import fit_response, minimum_response_length
@@ -281,7 +275,7 @@ class DatasetBuild:
         except InvalidArgument as exc:
             skip(paper_key, str(exc))
             return None
-        cleaned = cleaning.clean_paper(text, drop_appendix=self.config.drop_appendix)
+        cleaned = clean_paper(text, drop_appendix=self.config.drop_appendix)
         if not cleaned.text.strip():
             skip(paper_key, "no text left after cleaning")
             return None

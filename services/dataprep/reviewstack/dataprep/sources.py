@@ -8,13 +8,13 @@ is returned as a `Skipped` entry with its reason.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from reviewstack.common.errors import InvalidArgument, NotFound
+from reviewstack.common.papers import pdf_supported
 from reviewstack.common.settings import StoreSettings
 from reviewstack.common.store import ArtifactStore, open_store
 
@@ -53,14 +53,6 @@ class InputFile:
 
     def to_json(self) -> dict[str, object]:
         return {"source": self.source, "path": self.path, "sha256": self.sha256, "size": self.size}
-
-
-def pdf_supported() -> bool:
-    try:
-        import pypdf  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def open_source(uri: str, settings: StoreSettings | None) -> ArtifactStore:
@@ -139,35 +131,6 @@ def discover(stores: Sequence[ArtifactStore]) -> tuple[list[PaperInput], list[Sk
 def read_bytes(store: ArtifactStore, key: str) -> tuple[bytes, InputFile]:
     data = store.get_bytes(key)
     return data, InputFile(store.uri, key, hashlib.sha256(data).hexdigest(), len(data))
-
-
-def decode_paper(key: str, data: bytes) -> str:
-    """Paper bytes → text; raises InvalidArgument with the reason the paper cannot be used."""
-    if key.lower().endswith(".pdf"):
-        return _pdf_text(data)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidArgument(
-            f"not UTF-8 text (invalid byte at offset {exc.start}); convert it to UTF-8"
-        ) from None
-    if not text.strip():
-        raise InvalidArgument("empty paper text")
-    return text.removeprefix("\ufeff")
-
-
-def _pdf_text(data: bytes) -> str:
-    from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
-
-    try:
-        pages = [page.extract_text() or "" for page in PdfReader(io.BytesIO(data)).pages]
-    except (PdfReadError, ValueError, KeyError) as exc:
-        raise InvalidArgument(f"unreadable PDF: {exc}") from None
-    text = "\n\n".join(pages)
-    if not text.strip():
-        raise InvalidArgument("PDF holds no extractable text (a scan?); provide a text or Markdown version")
-    return text
 
 
 def decode_review(data: bytes) -> dict:

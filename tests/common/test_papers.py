@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from reviewstack.dataprep.cleaning import CleanedPaper, clean_paper
+from reviewstack.common.papers import CleanedPaper, clean_paper
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "neurips2025-sample"
 SAMPLE_IDS = sorted(p.stem for p in (SAMPLE / "papers").glob("*.md"))

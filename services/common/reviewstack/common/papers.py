@@ -1,5 +1,8 @@
-"""Clean a paper's Markdown (parsed from its PDF) down to the text a reviewer model should read.
+"""A paper's text: from its file bytes (Markdown, text, PDF when pypdf is installed), cleaned down to
+what a reviewer model should read. Data-prep (training prompts) and the review service (serving prompts)
+share this one implementation, so a model is served the text it was trained on.
 
+Cleaning:
 The papers come from a docling-style PDF parser: every heading is a flat `## ` line whatever its depth
 (section numbers such as "3.1" are part of the heading text, not of the Markdown level), figures are
 `<!-- image -->` placeholders, `<`, `>` and `&` are HTML-escaped, and submission ("early") versions carry
@@ -23,10 +26,13 @@ everything after its heading.
 from __future__ import annotations
 
 import html
+import io
 import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from reviewstack.common.errors import InvalidArgument
 
 __all__ = ["CleanedPaper", "clean_paper"]
 
@@ -596,3 +602,41 @@ def _removed_labels(spans: Sequence[_Span]) -> list[str]:
         if s.label != "title line" and s.label not in labels:
             labels.append(s.label)
     return labels
+
+
+# -- file bytes → text ---------------------------------------------------------------------------------
+def pdf_supported() -> bool:
+    try:
+        import pypdf  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def decode_paper(key: str, data: bytes) -> str:
+    """Paper bytes → text; raises InvalidArgument with the reason the paper cannot be used."""
+    if key.lower().endswith(".pdf"):
+        return _pdf_text(data)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument(
+            f"not UTF-8 text (invalid byte at offset {exc.start}); convert it to UTF-8"
+        ) from None
+    if not text.strip():
+        raise InvalidArgument("empty paper text")
+    return text.removeprefix("\ufeff")
+
+
+def _pdf_text(data: bytes) -> str:
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        pages = [page.extract_text() or "" for page in PdfReader(io.BytesIO(data)).pages]
+    except (PdfReadError, ValueError, KeyError) as exc:
+        raise InvalidArgument(f"unreadable PDF: {exc}") from None
+    text = "\n\n".join(pages)
+    if not text.strip():
+        raise InvalidArgument("PDF holds no extractable text (a scan?); provide a text or Markdown version")
+    return text
