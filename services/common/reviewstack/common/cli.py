@@ -37,8 +37,14 @@ def _root(
 
 
 def _add_service_commands() -> None:
+    """Each entry point is a verb: a Typer app (a verb with sub-commands, `train run …`) or a function
+    (a verb that is one command, `review PAPER`)."""
     for entry in sorted(entry_points(group="reviewstack.cli"), key=lambda e: e.name):
-        app.add_typer(entry.load(), name=entry.name)
+        verb = entry.load()
+        if isinstance(verb, typer.Typer):
+            app.add_typer(verb, name=entry.name)
+        else:
+            app.command(name=entry.name)(verb)
 
 
 def main() -> None:

@@ -1,0 +1,243 @@
+"""`reviewstack review …`: review one paper in the terminal, or a folder of papers into the store.
+
+    reviewstack review paper.md                                  # embedded engine, started for the run
+    reviewstack review paper.pdf --server review:50051           # a running Review service
+    reviewstack review paper.md --backend http://tgi:80 --tokenizer /models/reviewer-v1
+    reviewstack review --batch papers/ --system reviewer-v1 --store s3://reviewstack --concurrency 8
+
+Without --server the review is written here, against --backend (a TGI-protocol server), or against the
+embedded engine started on --engine-model (default: the embedded SmolLM2 model) for the duration of the
+command. --batch writes reviews/<system>/<paper-id>.json to the store, skips papers already reviewed
+(an interrupted batch resumes) and shows progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from google.protobuf import json_format
+from rich.console import Console
+from rich.table import Table
+
+from reviewstack.common.errors import InvalidArgument
+from reviewstack.review.reviewer import PAPER_SUFFIXES
+from reviewstack.v1 import common_pb2, review_pb2
+
+out = Console()
+err = Console(stderr=True)
+Review = Callable[[review_pb2.ReviewRequest], Any]
+
+
+def review(
+    paper: Annotated[Path | None, typer.Argument(help="paper file: .md, .markdown, .txt or .pdf")] = None,
+    batch: Annotated[Path | None, typer.Option(help="review every paper file of this folder")] = None,
+    system: Annotated[str, typer.Option(help="--batch: reviews go to reviews/<system>/")] = "reviewstack",
+    store: Annotated[str | None, typer.Option(help="--batch: store (default REVIEWSTACK_STORE)")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="--batch: reviews written at once")] = 4,
+    server: Annotated[
+        str | None, typer.Option(envvar="REVIEWSTACK_REVIEW_SERVER", help="Review server HOST:PORT")
+    ] = None,
+    token: Annotated[str | None, typer.Option(envvar="REVIEWSTACK_TOKEN", help="bearer token")] = None,
+    backend: Annotated[str | None, typer.Option(help="TGI-protocol backend URL to review with here")] = None,
+    engine_model: Annotated[
+        Path | None, typer.Option(help="model directory to start the embedded engine on (default: embedded)")
+    ] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="the served model's tokenizer directory")] = None,
+    refusal_penalty: Annotated[float | None, typer.Option(min=0, help="λ of the refusal penalty")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=0, help="longest review in tokens (0 = default)")] = 0,
+    four_aspects: Annotated[bool, typer.Option("--four-aspects", help="the 4-aspect schema")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the review as JSON")] = False,
+) -> None:
+    """Review papers: one in the terminal, or a folder into the store."""
+    if (paper is None) == (batch is None):
+        raise InvalidArgument("give either a PAPER file or --batch DIR")
+    parameters = review_pb2.GenerationParameters(max_new_tokens=max_new_tokens)
+    if refusal_penalty is not None:
+        parameters.refusal_penalty = refusal_penalty
+    schema = common_pb2.ASPECT_SCHEMA_FOUR if four_aspects else common_pb2.ASPECT_SCHEMA_SEVEN
+    source = _Source(server, token, backend, engine_model, tokenizer)
+    if paper is not None:
+        asyncio.run(_one(source, _request(paper, schema, parameters), as_json))
+    else:
+        assert batch is not None
+        asyncio.run(_batch(source, batch, system, store, concurrency, schema, parameters))
+
+
+def _request(
+    path: Path, schema: int, parameters: review_pb2.GenerationParameters
+) -> review_pb2.ReviewRequest:
+    if not path.is_file():
+        raise InvalidArgument(f"{path}: no such file")
+    paper = common_pb2.Paper(
+        id=path.stem, file=common_pb2.PaperFile(filename=path.name, content=path.read_bytes())
+    )
+    return review_pb2.ReviewRequest(paper=paper, schema=schema, parameters=parameters)
+
+
+class _Source:
+    """Where reviews are written: a Review server, or a reviewer here against a backend."""
+
+    def __init__(
+        self,
+        server: str | None,
+        token: str | None,
+        backend: str | None,
+        engine_model: Path | None,
+        tokenizer: str | None,
+    ) -> None:
+        self.server, self.token, self.backend = server, token, backend
+        self.engine_model, self.tokenizer = engine_model, tokenizer
+
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[tuple[Review, Callable[..., AsyncIterator[Any]]]]:
+        async with AsyncExitStack() as stack:
+            if self.server:
+                from reviewstack.common.grpc import make_channel
+                from reviewstack.v1 import review_pb2_grpc
+
+                channel = await stack.enter_async_context(make_channel(self.server, self.token, aio=True))
+                stub = review_pb2_grpc.ReviewStub(channel)
+                yield stub.Review, stub.StreamReview
+                return
+            reviewer = await stack.enter_async_context(self._reviewer())
+            yield reviewer.review, reviewer.stream
+
+    @asynccontextmanager
+    async def _reviewer(self) -> AsyncIterator[Any]:
+        from reviewstack.common.tokenizer import load_tokenizer
+        from reviewstack.review.backend import Backend
+        from reviewstack.review.local_engine import budget, embedded_engine
+        from reviewstack.review.reviewer import Reviewer, ReviewLimits
+
+        async with AsyncExitStack() as stack:
+            url, model, limits = self.backend, None, ReviewLimits()
+            if url is None:
+                url, model = await stack.enter_async_context(embedded_engine(self.engine_model, err))
+                prompt, new = budget(model)
+                limits = ReviewLimits(max_prompt_length=prompt, max_new_tokens=new)
+            tokenizer = load_tokenizer(self.tokenizer or model)
+            yield Reviewer(tokenizer, Backend(url), limits)
+
+
+async def _one(source: _Source, request: review_pb2.ReviewRequest, as_json: bool) -> None:
+    final = None
+    async with source.open() as (_, stream):
+        if as_json:
+            with out.status("reviewing…"):
+                async for chunk in stream(request):
+                    final = chunk.final if chunk.HasField("final") else final
+        else:  # the review as the model writes it, then its structure
+            async for chunk in stream(request):
+                out.print(chunk.text, end="", markup=False, highlight=False)
+                final = chunk.final if chunk.HasField("final") else final
+    if final is None:
+        raise InvalidArgument("the stream ended without a review")
+    if as_json:
+        out.print_json(json_format.MessageToJson(final))
+    else:
+        out.print()
+        _print_summary(final)
+
+
+def _print_summary(response: review_pb2.ReviewResponse) -> None:
+    table = Table(title="review", show_lines=False)
+    table.add_column("aspect")
+    table.add_column("points", justify="right")
+    for aspect in response.review.aspects:
+        table.add_row(aspect.name[:70], "empty" if aspect.empty else str(len(aspect.items)))
+    out.print(table)
+    lineage = response.lineage
+    out.print(
+        f"[dim]model {lineage.model} · prompt {lineage.prompt_version} · "
+        f"λ {lineage.parameters.refusal_penalty} · "
+        f"{response.prompt_tokens} prompt + {response.generated_tokens} generated tokens[/]"
+    )
+    for warning in response.warnings:
+        err.print(f"[yellow]warning:[/] {warning}")
+
+
+async def _batch(
+    source: _Source,
+    folder: Path,
+    system: str,
+    store_uri: str | None,
+    concurrency: int,
+    schema: int,
+    parameters: review_pb2.GenerationParameters,
+) -> None:
+    from reviewstack.common.progress import ProgressDisplay
+    from reviewstack.common.settings import StoreSettings
+    from reviewstack.common.store import check_prefix, open_store
+
+    if not folder.is_dir():
+        raise InvalidArgument(f"--batch {folder}: not a folder")
+    prefix = check_prefix(f"reviews/{system}")
+    settings = StoreSettings(store=store_uri) if store_uri else StoreSettings()
+    store = open_store(settings.store, settings)
+    papers = sorted(p for p in folder.iterdir() if p.suffix.lower() in PAPER_SUFFIXES and p.is_file())
+    if not papers:
+        raise InvalidArgument(f"{folder} holds no paper files ({', '.join(PAPER_SUFFIXES)})")
+    todo = [p for p in papers if not store.exists(f"{prefix}/{p.stem}.json")]
+    done, failed = len(papers) - len(todo), []
+    gate = asyncio.Semaphore(concurrency)
+    async with source.open() as (review_call, _):
+        with ProgressDisplay() as progress:
+            progress.update("reviewing", done, len(papers), f"{done} already in the store")
+
+            async def one(path: Path) -> None:
+                nonlocal done
+                async with gate:
+                    request = _request(path, schema, parameters)
+                    try:
+                        response = await review_call(request)
+                    except Exception as exc:  # one paper's failure is reported, the batch goes on
+                        failed.append(f"{path.name}: {_reason(exc)}")
+                        return
+                    record = _record(path, request, response, system)
+                    await asyncio.to_thread(
+                        store.put_bytes, f"{prefix}/{path.stem}.json", json.dumps(record, indent=1).encode()
+                    )
+                    done += 1
+                    progress.update("reviewing", done, len(papers), path.stem)
+
+            await asyncio.gather(*(one(p) for p in todo))
+    out.print(f"{done} of {len(papers)} papers reviewed into {store.uri_for(prefix)}/")
+    for line in failed:
+        err.print(f"[red]failed:[/] {line}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _reason(exc: Exception) -> str:
+    details = getattr(exc, "details", None)  # a gRPC error's own message
+    return details() if callable(details) else str(exc)
+
+
+def _record(
+    path: Path, request: review_pb2.ReviewRequest, response: review_pb2.ReviewResponse, system: str
+) -> dict[str, Any]:
+    """What the evaluation service reads: the review by aspect, its text, and where it came from."""
+    return {
+        "paper_id": path.stem,
+        "system": system,
+        "source": {"file": path.name, "sha256": hashlib.sha256(request.paper.file.content).hexdigest()},
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "review": {
+            "aspects": [
+                {"name": a.name, "items": list(a.items), "empty": a.empty} for a in response.review.aspects
+            ],
+            "text": response.review.text,
+        },
+        "lineage": json_format.MessageToDict(response.lineage, preserving_proto_field_name=True),
+        "warnings": list(response.warnings),
+        "prompt_tokens": response.prompt_tokens,
+        "generated_tokens": response.generated_tokens,
+    }

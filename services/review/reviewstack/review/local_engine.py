@@ -1,0 +1,99 @@
+"""The embedded generation engine as a child process, for a `reviewstack review` run on one machine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+from rich.console import Console
+
+from reviewstack.common.errors import FailedPrecondition
+from reviewstack.common.prompt import MAX_RESPONSE_LENGTH
+
+READY_TIMEOUT_S = 600.0
+
+
+def model_context(model: Path) -> int:
+    """Tokens the model can attend to: its pre-training context times a linear (PI) scaling factor."""
+    config = json.loads((model / "config.json").read_text())
+    scaling = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    factor = scaling.get("factor", 1.0) if scaling.get("rope_type", scaling.get("type")) == "linear" else 1.0
+    return int(config.get("max_position_embeddings", 8192) * factor)
+
+
+def budget(model: Path) -> tuple[int, int]:
+    """(prompt tokens, new tokens) a request to this model may use: the method's 1,150 new tokens, or a
+    quarter of the context for models too small for that."""
+    total = model_context(model)
+    new = min(MAX_RESPONSE_LENGTH, total // 4)
+    return total - new, new
+
+
+@asynccontextmanager
+async def embedded_engine(
+    model: Path | None, console: Console, slots: int = 4
+) -> AsyncIterator[tuple[str, Path]]:
+    """Start `reviewstack-generation` on `model` (default: the embedded SmolLM2, unpacked on first use)
+    on a free loopback port; yield (URL, model) once it is healthy; stop it on exit."""
+    from reviewstack.common.embedded_model import materialise_embedded_model
+
+    if model is None:
+        with console.status("unpacking the embedded model (first use only)…"):
+            model = await asyncio.to_thread(materialise_embedded_model)
+    if not (model / "config.json").is_file():
+        raise FailedPrecondition(f"{model} is not a model directory (no config.json)")
+    prompt, new = budget(model)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [
+        str(Path(sys.executable).with_name("reviewstack-generation")),
+        *("--model", str(model), "--host", "127.0.0.1", "--port", str(port)),
+        *("--max-total-tokens", str(prompt + new), "--max-input-tokens", str(prompt)),
+        *("--max-batch-size", str(slots)),
+    ]
+    logs = Path(tempfile.mkdtemp(prefix="reviewstack-engine-"))
+    with open(logs / "engine.log", "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with console.status(f"starting the generation engine on {model.name}…"):
+            await _wait_healthy(url, process, logs / "engine.log")
+        yield url, model
+    finally:
+        process.terminate()
+        try:
+            await asyncio.to_thread(process.wait, 30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        shutil.rmtree(logs, ignore_errors=True)
+
+
+async def _wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + READY_TIMEOUT_S
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        while True:
+            if process.poll() is not None:
+                tail = log.read_text(errors="replace")[-2000:]
+                raise FailedPrecondition(f"the generation engine exited with {process.returncode}:\n{tail}")
+            try:
+                async with session.get(f"{url}/health") as reply:
+                    if reply.status == 200:
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            if loop.time() > deadline:
+                raise FailedPrecondition(
+                    f"the generation engine did not start within {READY_TIMEOUT_S:.0f} s"
+                )
+            await asyncio.sleep(0.5)

@@ -1,0 +1,99 @@
+"""`reviewstack review`: one paper in the terminal, a folder into the store (resumable), the embedded
+engine started for the run."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ..conftest import engine_process
+from ..refuser import paper_text
+
+CLI = str(Path(sys.executable).with_name("reviewstack"))
+
+
+def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([CLI, "review", *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def engine(refuser_model, tmp_path_factory):
+    log = tmp_path_factory.mktemp("engine") / "engine.log"
+    with engine_process(refuser_model, log, "--max-input-tokens", "700", "--max-total-tokens", "1024") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def papers(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("papers")
+    rng = random.Random(5)
+    for name in ("a", "b", "c"):
+        (folder / f"{name}.md").write_text(paper_text(rng))
+    (folder / "notes.csv").write_text("not a paper")
+    return folder
+
+
+def test_one_paper_streams_the_review_then_its_structure(engine, refuser_model, papers):
+    result = _run(
+        str(papers / "a.md"), "--backend", engine, "--tokenizer", str(refuser_model), "--max-new-tokens", "60"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "1. How to evaluate the idea of the paper" in result.stdout  # the streamed text
+    assert "prompt reviewer-v1" in result.stdout and "60 generated tokens" in result.stdout
+
+
+def test_json_output_is_the_review_response(engine, refuser_model, papers):
+    args = ("--backend", engine, "--tokenizer", str(refuser_model), "--max-new-tokens", "20", "--json")
+    result = _run(str(papers / "b.md"), *args)
+    assert result.returncode == 0, result.stderr
+    response = json.loads(result.stdout)
+    assert len(response["review"]["aspects"]) == 7 and response["generatedTokens"] == 20
+
+
+def test_batch_writes_each_review_once_and_resumes(engine, refuser_model, papers, tmp_path):
+    store = tmp_path / "store"
+    args = ("--batch", str(papers), "--system", "tiny-v1", "--store", str(store), "--backend", engine)
+    args += ("--tokenizer", str(refuser_model), "--max-new-tokens", "30", "--concurrency", "2")
+    first = _run(*args)
+    assert first.returncode == 0, first.stderr
+    written = sorted((store / "reviews" / "tiny-v1").glob("*.json"))
+    assert [p.stem for p in written] == ["a", "b", "c"]  # notes.csv is not a paper
+    record = json.loads(written[0].read_text())
+    assert (
+        record["paper_id"] == "a" and record["system"] == "tiny-v1" and len(record["review"]["aspects"]) == 7
+    )
+    assert record["lineage"]["prompt_version"] == "reviewer-v1" and record["generated_tokens"] == 30
+    stamps = [p.stat().st_mtime_ns for p in written]
+    (store / "reviews" / "tiny-v1" / "b.json").unlink()  # as if the batch had been cut before b
+    again = _run(*args)
+    assert again.returncode == 0 and "3 of 3 papers reviewed" in again.stdout
+    assert [p.stat().st_mtime_ns for p in written if p.stem != "b"] == [stamps[0], stamps[2]]
+
+
+def test_a_paper_that_fails_is_reported_and_the_others_are_written(engine, refuser_model, tmp_path):
+    folder = tmp_path / "papers"
+    folder.mkdir()
+    (folder / "good.md").write_text(paper_text(random.Random(1)))
+    (folder / "empty.md").write_text("   \n")
+    args = ("--batch", str(folder), "--store", str(tmp_path / "store"), "--backend", engine)
+    result = _run(*args, "--tokenizer", str(refuser_model), "--max-new-tokens", "10")
+    assert result.returncode == 1
+    assert "empty.md" in result.stderr and (tmp_path / "store/reviews/reviewstack/good.json").is_file()
+
+
+def test_without_a_backend_the_embedded_engine_is_started_for_the_run(refuser_model, papers):
+    result = _run(str(papers / "c.md"), "--engine-model", str(refuser_model), "--max-new-tokens", "15")
+    assert result.returncode == 0, result.stderr
+    assert "15 generated tokens" in result.stdout
+
+
+def test_paper_and_batch_together_is_a_usage_error(papers):
+    result = _run(str(papers / "a.md"), "--batch", str(papers))
+    assert result.returncode == 2 and "either a PAPER file or --batch DIR" in result.stderr
