@@ -22,6 +22,18 @@ class BaseReviewStackSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
 
 
+def entry_point_config(program: str) -> SettingsConfigDict:
+    """The model config of a server's settings: the environment, then `--kebab-case` flags of `program`."""
+    return SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        validate_default=True,
+        cli_parse_args=True,
+        cli_prog_name=program,
+        cli_kebab_case=True,
+    )
+
+
 class LoggingSettings(BaseReviewStackSettings):
     """How the process logs."""
 

@@ -15,11 +15,10 @@ from __future__ import annotations
 import asyncio
 
 from pydantic import Field
-from pydantic_settings import SettingsConfigDict
 
 from reviewstack.common.grpc import GrpcServer, OperationRegistry, ServiceRegistration, run_server
 from reviewstack.common.logging import get_logger
-from reviewstack.common.settings import ENV_PREFIX, ServerSettings
+from reviewstack.common.settings import ServerSettings, entry_point_config
 from reviewstack.dataprep.service import DataPrepServicer
 from reviewstack.v1 import dataprep_pb2, dataprep_pb2_grpc
 
@@ -30,13 +29,7 @@ log = get_logger(__name__)
 class DataPrepSettings(ServerSettings):
     """The DataPrep server's settings (env `REVIEWSTACK_*` or flags)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        extra="forbid",
-        cli_parse_args=True,
-        cli_prog_name="reviewstack-dataprep",
-        cli_kebab_case=True,
-    )
+    model_config = entry_point_config("reviewstack-dataprep")
 
     tokenizer: str | None = Field(None, description="default tokenizer directory (default: the Llama-3 one)")
     max_concurrent_builds: int = Field(1, ge=1, description="builds run at once; more wait as PENDING")

@@ -20,10 +20,9 @@ from typing import Literal
 import torch
 import uvicorn
 from pydantic import Field
-from pydantic_settings import SettingsConfigDict
 
 from reviewstack.common.logging import configure_logging, get_logger
-from reviewstack.common.settings import ENV_PREFIX, LoggingSettings
+from reviewstack.common.settings import LoggingSettings, entry_point_config
 from reviewstack.generation.engine import Engine
 from reviewstack.generation.runner import DecoderRunner
 from reviewstack.generation.server import ServerLimits, create_app
@@ -36,13 +35,7 @@ log = get_logger(__name__)
 class EngineSettings(LoggingSettings):
     """The engine's settings (env `REVIEWSTACK_*` or flags)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        extra="forbid",
-        cli_parse_args=True,
-        cli_prog_name="reviewstack-generation",
-        cli_kebab_case=True,
-    )
+    model_config = entry_point_config("reviewstack-generation")
 
     model: Path = Field(..., description="merged model directory (config, safetensors, tokenizer)")
     host: str = Field("0.0.0.0", description="address to listen on")

@@ -12,12 +12,11 @@ served model's: it counts the prompt and applies the chat template the model was
 from __future__ import annotations
 
 from pydantic import Field
-from pydantic_settings import SettingsConfigDict
 
 from reviewstack.common.grpc import GrpcServer, ServiceRegistration, run_server
 from reviewstack.common.logging import get_logger
 from reviewstack.common.prompt import MAX_PROMPT_LENGTH, MAX_RESPONSE_LENGTH
-from reviewstack.common.settings import ENV_PREFIX, ServerSettings
+from reviewstack.common.settings import ServerSettings, entry_point_config
 from reviewstack.common.store import open_store
 from reviewstack.common.tokenizer import load_tokenizer
 from reviewstack.review.backend import Backend
@@ -32,13 +31,7 @@ log = get_logger(__name__)
 class ReviewSettings(ServerSettings):
     """The Review server's settings (env `REVIEWSTACK_*` or flags)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        extra="forbid",
-        cli_parse_args=True,
-        cli_prog_name="reviewstack-review",
-        cli_kebab_case=True,
-    )
+    model_config = entry_point_config("reviewstack-review")
 
     backend_url: str = Field("http://127.0.0.1:8080", description="TGI-protocol generation backend")
     backend_timeout_s: float = Field(900.0, gt=0, description="longest a backend call may take")

@@ -14,11 +14,9 @@ runs are stopped (they checkpoint first), Kubernetes Jobs keep running.
 
 from __future__ import annotations
 
-from pydantic_settings import SettingsConfigDict
-
 from reviewstack.common.grpc import GrpcServer, ServiceRegistration, run_server
 from reviewstack.common.logging import get_logger
-from reviewstack.common.settings import ENV_PREFIX, ServerSettings
+from reviewstack.common.settings import ServerSettings, entry_point_config
 from reviewstack.training.controller import TrainingController
 from reviewstack.training.launchers import make_launcher
 from reviewstack.training.service import TrainingServicer
@@ -32,13 +30,7 @@ log = get_logger(__name__)
 class TrainingSettings(ServerSettings, LauncherSettings):
     """The Training server's settings (env `REVIEWSTACK_*` or flags)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        extra="forbid",
-        cli_parse_args=True,
-        cli_prog_name="reviewstack-training",
-        cli_kebab_case=True,
-    )
+    model_config = entry_point_config("reviewstack-training")
 
 
 def main() -> None:
