@@ -297,22 +297,32 @@ def _require(cls: type, name: str, parameters: Sequence[str] = ()) -> Callable[.
     return function
 
 
+def _init_with_warper(
+    init: Callable[..., None],
+    tables: Callable[[Any], PenaltyTable],
+    install: Callable[[Any, PenaltyTable], Any],
+) -> Callable[..., None]:
+    """A chooser's `__init__` that also installs the refusal warper (none without a tokenizer)."""
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        tokenizer = getattr(self, "tokenizer", None)
+        setattr(self, ATTRIBUTE, None if tokenizer is None else install(self, tables(tokenizer)))
+
+    return __init__
+
+
 def _patch_heterogeneous(cls: type, penalty: float, tables: Callable[[Any], PenaltyTable]) -> None:
     init = _require(cls, "__init__")
     call = _require(cls, "__call__", ("self", "input_ids", "scores", "speculate", "speculated_ids"))
     advance = _require(cls, "advance_grammar_single", ("self", "grammar_state_index", "next_id"))
     _require(cls, "filter", ("self", "indices"))
 
-    @functools.wraps(init)
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        init(self, *args, **kwargs)
-        tokenizer = getattr(self, "tokenizer", None)
-        if tokenizer is None:
-            setattr(self, ATTRIBUTE, None)
-            return
-        warper = HeterogeneousRefusalWarper.fresh(tables(tokenizer), penalty, len(self.seeds))
-        self.warpers.insert(0, warper)  # after penalties and grammar, before temperature / top-k / top-p
-        setattr(self, ATTRIBUTE, warper)
+    def install(chooser: Any, table: PenaltyTable) -> HeterogeneousRefusalWarper:
+        warper = HeterogeneousRefusalWarper.fresh(table, penalty, len(chooser.seeds))
+        chooser.warpers.insert(0, warper)  # after penalties and grammar, before temperature / top-k / top-p
+        return warper
 
     @functools.wraps(call)
     def __call__(
@@ -337,7 +347,7 @@ def _patch_heterogeneous(cls: type, penalty: float, tables: Callable[[Any], Pena
             warper.advance(grammar_state_index, next_id)
         return result
 
-    cls.__init__ = __init__
+    cls.__init__ = _init_with_warper(init, tables, install)
     cls.__call__ = __call__
     cls.advance_grammar_single = advance_grammar_single
 
@@ -346,16 +356,9 @@ def _patch_single(cls: type, penalty: float, tables: Callable[[Any], PenaltyTabl
     init = _require(cls, "__init__")
     advance = _require(cls, "advance_grammar", ("self", "next_id"))
 
-    @functools.wraps(init)
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        init(self, *args, **kwargs)
-        tokenizer = getattr(self, "tokenizer", None)
-        if tokenizer is None:
-            setattr(self, ATTRIBUTE, None)
-            return
-        warper = RefusalStaticWarper(tables(tokenizer), penalty, self.static_warper)
-        self.static_warper = warper
-        setattr(self, ATTRIBUTE, warper)
+    def install(chooser: Any, table: PenaltyTable) -> RefusalStaticWarper:
+        chooser.static_warper = RefusalStaticWarper(table, penalty, chooser.static_warper)
+        return chooser.static_warper
 
     @functools.wraps(advance)
     def advance_grammar(self: Any, next_id: int) -> Any:
@@ -365,7 +368,7 @@ def _patch_single(cls: type, penalty: float, tables: Callable[[Any], PenaltyTabl
             warper.advance(next_id)
         return result
 
-    cls.__init__ = __init__
+    cls.__init__ = _init_with_warper(init, tables, install)
     cls.advance_grammar = advance_grammar
 
 
