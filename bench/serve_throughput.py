@@ -5,6 +5,8 @@ Random weights (no hub), 11,000-token prompts, 256 new tokens each, greedy, in o
 - engine, one request: the engine's own loop (scheduler, sampling, detokenizing, the penalty) on the
   same weights, decode timed from its first token to its last, prefill apart;
 - engine, 16 requests at once: all 16 prefilled first, then aggregate decode tokens/s;
+- the same two on eager PyTorch ops instead of the Triton decode kernels (GPU only), and one decode step
+  through both paths on the same cache: how far apart their logits are;
 - the same two with the refusal penalty on (λ = 1): its overhead. Random weights write random tokens,
   so this is the cost of following every request's text, which is what the penalty costs outside a
   refusal.
@@ -131,43 +133,79 @@ def main() -> None:
 
     rows: dict[str, dict[str, float]] = {"baseline, batch 1": baseline(model, work[0], new)}
     print(json.dumps(rows), flush=True)
+    table = PenaltyTable(token_surfaces(tokenizer))
     runner = DecoderRunner(model, max_batch=batch, max_total_tokens=length + new)
     started = time.perf_counter()
     graphs = runner.warm_up([1, batch])
     capture_s = time.perf_counter() - started
-    print(json.dumps({"cuda_graphs": graphs, "capture_s": round(capture_s, 1)}), flush=True)
-    engine = Engine(
-        runner,
-        tokenizer,
-        max_prefill_tokens=batch * length,  # all requests in before decoding: steady-state decode
-        penalty_table=PenaltyTable(token_surfaces(tokenizer)),
-    )
-    engine.eos_ids = set()  # random weights may write an end token: always generate `new` tokens
-    engine.start()
-    try:
-        for penalty in (0.0, 1.0):
-            suffix = "" if penalty == 0 else ", penalty λ=1"
-            asyncio.run(engine_run(engine, [work[1]], new, penalty))  # warm: allocator, first replays
-            rows[f"engine, batch 1{suffix}"] = asyncio.run(engine_run(engine, [work[1]], new, penalty))
-            rows[f"engine, {batch} at once{suffix}"] = asyncio.run(engine_run(engine, work[1:], new, penalty))
-            print(json.dumps({k: rows[k] for k in list(rows)[-2:]}), flush=True)  # a cut run still tells
-    finally:
-        engine.stop()
-    limits = _limits(model, runner, length + new // 2, batch)
-    summary = _summary(rows, limits, batch, tiny, graphs, capture_s, length, new)
+    checks = {"cuda_graphs": graphs, "capture_s": round(capture_s, 1), "triton_kernels": runner.fused}
+    if runner.fused:
+        checks["fused_vs_eager"] = compare_decode_paths(runner, work[0][:4000])
+    print(json.dumps(checks), flush=True)
+    options = {"max_prefill_tokens": batch * length, "penalty_table": table}
+    engine_rows(rows, Engine(runner, tokenizer, **options), work, new, (0.0, 1.0), "")
+    kv_bytes, fused = runner.kv_bytes_per_token, runner.fused
+    del runner
+    if fused:  # the same engine on eager PyTorch ops: what the kernels bring
+        torch.cuda.empty_cache()
+        eager = DecoderRunner(model, max_batch=batch, max_total_tokens=length + new, kernels="torch")
+        eager.warm_up([1, batch])
+        engine_rows(rows, Engine(eager, tokenizer, **options), work, new, (0.0,), ", eager ops")
+    limits = _limits(model, kv_bytes, length + new // 2, batch)
+    summary = _summary(rows, limits, batch, tiny, checks, length, new)
     _report(rows, limits, summary, batch)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 
-def _limits(model: Any, runner: Any, context: int, batch: int) -> dict[int, float | None]:
+def engine_rows(
+    rows: dict[str, dict[str, float]],
+    engine: Any,
+    work: list[list[int]],
+    new: int,
+    penalties: tuple[float, ...],
+    label: str,
+) -> None:
+    """Batch 1 and all-at-once runs of `engine` (prefilling every request before decoding: steady-state
+    decode), for each λ; random weights may write an end token, so none ends a request early."""
+    engine.eos_ids = set()
+    engine.start()
+    try:
+        for penalty in penalties:
+            suffix = label + ("" if penalty == 0 else ", penalty λ=1")
+            asyncio.run(engine_run(engine, [work[1]], new, penalty))  # warm: allocator, first replays
+            rows[f"engine, batch 1{suffix}"] = asyncio.run(engine_run(engine, [work[1]], new, penalty))
+            rows[f"engine, {len(work) - 1} at once{suffix}"] = asyncio.run(
+                engine_run(engine, work[1:], new, penalty)
+            )
+            print(json.dumps({k: rows[k] for k in list(rows)[-2:]}), flush=True)  # a cut run still tells
+    finally:
+        engine.stop()
+
+
+@torch.inference_mode()
+def compare_decode_paths(runner: Any, prompt: list[int]) -> dict[str, float]:
+    """One decode step through the Triton kernels and the same step through eager PyTorch, on the same
+    cache: the relative difference of their logits and whether they pick the same token."""
+    token = int(runner.prefill(0, prompt).argmax())
+    fused = runner.decode([0], [token], [len(prompt)])
+    runner.fused = False  # the same weights and cache; this step captures its own graph
+    try:
+        eager = runner.decode([0], [token], [len(prompt)])
+    finally:
+        runner.fused = True
+    difference = float((fused.double() - eager.double()).norm() / eager.double().norm())
+    same = bool((fused.argmax(-1) == eager.argmax(-1)).all())
+    return {"logits_rel_diff": round(difference, 5), "same_argmax": same}
+
+
+def _limits(model: Any, kv_bytes_per_token: int, context: int, batch: int) -> dict[int, float | None]:
     """Decode tokens/s if each step only read weights and KV cache at full memory bandwidth."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     limit = bandwidth()
     return {
-        b: (b * limit / (weights + b * context * runner.kv_bytes_per_token)) if limit else None
-        for b in (1, batch)
+        b: (b * limit / (weights + b * context * kv_bytes_per_token)) if limit else None for b in (1, batch)
     }
 
 
@@ -176,8 +214,7 @@ def _summary(
     limits: dict[int, float | None],
     batch: int,
     tiny: bool,
-    graphs: int,
-    capture_s: float,
+    checks: dict[str, Any],
     length: int,
     new: int,
 ) -> dict[str, Any]:
@@ -205,10 +242,22 @@ def _summary(
             100 * (agg["decode_tok_s"] / agg_penalty["decode_tok_s"] - 1), 2
         ),
         "bandwidth_limit_tok_s": {str(b): (round(v, 1) if v else None) for b, v in limits.items()},
-        "cuda_graphs": graphs,
-        "cuda_graph_capture_s": round(capture_s, 1),
+        "cuda_graphs": checks["cuda_graphs"],
+        "cuda_graph_capture_s": checks["capture_s"],
+        "triton_kernels": checks["triton_kernels"],
+        "fused_vs_eager": checks.get("fused_vs_eager"),
+        **_eager_ops(rows, batch),
         "rows": {name: {k: round(v, 3) for k, v in row.items()} for name, row in rows.items()},
     }
+
+
+def _eager_ops(rows: dict[str, dict[str, float]], batch: int) -> dict[str, float]:
+    """The engine's figures on eager PyTorch ops, when measured (the kernels' ablation)."""
+    names = {
+        "bs1_eager_ops_tok_s": "engine, batch 1, eager ops",
+        f"agg{batch}_eager_ops_tok_s": f"engine, {batch} at once, eager ops",
+    }
+    return {key: round(rows[name]["decode_tok_s"], 1) for key, name in names.items() if name in rows}
 
 
 def _report(

@@ -40,11 +40,17 @@ def random_llama():
     return LlamaForCausalLM(config).eval()
 
 
-def test_prefill_and_decode_match_generate_with_pi_scaling(random_llama):
-    runner = DecoderRunner(random_llama, max_batch=3, max_total_tokens=400)
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_prefill_and_decode_match_generate_with_pi_scaling(random_llama, kernels):
+    """Both decode paths: eager PyTorch, and the Triton kernels (under the interpreter without a GPU)."""
+    if kernels == "triton":
+        pytest.importorskip("triton")
+    new = 20 if kernels == "torch" else 8  # the interpreter takes ~2 s a step
+    runner = DecoderRunner(random_llama, max_batch=3, max_total_tokens=320, kernels=kernels)
+    assert runner.fused == (kernels == "triton")
     rng = random.Random(0)
     prompts = [[rng.randrange(512) for _ in range(n)] for n in (5, 300, 37)]  # past the 256 of pre-training
-    expected = [_reference(random_llama, p, 20) for p in prompts]
+    expected = [_reference(random_llama, p, new) for p in prompts]
     # continuous batching: the three requests sit at different positions in one decode step
     last, positions, outputs = [], [], [[] for _ in prompts]
     for slot, prompt in enumerate(prompts):
@@ -52,7 +58,7 @@ def test_prefill_and_decode_match_generate_with_pi_scaling(random_llama):
         outputs[slot].append(token)
         last.append(token)
         positions.append(len(prompt))
-    for _ in range(19):
+    for _ in range(new - 1):
         logits = runner.decode([0, 1, 2], last, positions)
         last = logits.argmax(-1).tolist()
         for slot, token in enumerate(last):
@@ -68,6 +74,13 @@ def test_a_slot_reused_after_a_longer_request_forgets_it(random_llama):
     first = int(runner.prefill(0, short_prompt).argmax())
     logits = runner.decode([0], [first], [len(short_prompt)])
     assert [first, int(logits[0].argmax())] == _reference(random_llama, short_prompt, 2)
+
+
+def test_auto_leaves_the_interpreter_alone_and_triton_says_why_it_cannot_run(random_llama, monkeypatch):
+    assert not DecoderRunner(random_llama, max_batch=1, max_total_tokens=16).fused  # CPU: eager
+    monkeypatch.setattr(random_llama.config, "hidden_act", "gelu")
+    with pytest.raises(ValueError, match=r"Triton decode kernels cannot be used: .*'gelu'"):
+        DecoderRunner(random_llama, max_batch=1, max_total_tokens=16, kernels="triton")
 
 
 def test_unsupported_architectures_are_refused_by_name(random_llama):

@@ -9,8 +9,12 @@ Position Interpolation scaling from the config) are called directly, around:
   each row at its own position (continuous batching without paging);
 - decode attention written for grouped-query heads: the 4 query heads that share a KV head read it once,
   instead of `repeat_kv` copying the cache 4× every step;
-- on CUDA, one CUDA graph per (batch bucket, context bucket), captured on first use or at warm-up: a
-  decode step is then one graph launch, with no Python in the way.
+- on CUDA, the decode step's non-matrix work in Triton kernels (`kernels`: fused residual + RMSNorm,
+  rotary + cache write, split-K attention over each row's own length, SwiGLU), ~10 launches a layer
+  where eager PyTorch makes ~45;
+- on CUDA, one CUDA graph per batch bucket (per batch × context bucket without the kernels, whose
+  attention reads a fixed span), captured on first use or at warm-up: a decode step is then one graph
+  launch, with no Python in the way.
 
 Prefill runs one request at a time through PyTorch SDPA (FlashAttention/cuDNN on GPU) and writes its keys
 and values into the request's slot. Supported: decoder-only models laid out like Llama in transformers
@@ -19,14 +23,18 @@ and values into the request's slot. Supported: decoder-only models laid out like
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+KernelChoice = Literal["auto", "triton", "torch"]
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 CONTEXT_BUCKET_MIN = 1024
 
@@ -90,16 +98,59 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + rotated * sin
 
 
+def _kernels_unusable(model: torch.nn.Module, shape: Shape, device: torch.device) -> str | None:
+    """Why the Triton decode kernels cannot run this model here, or None when they can."""
+    if importlib.util.find_spec("triton") is None:
+        return "Triton is not installed"
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return "the model is not on a GPU (on CPU they run only under TRITON_INTERPRET=1, for tests)"
+    if getattr(model.config, "hidden_act", None) != "silu":
+        return f"the MLP activation is {model.config.hidden_act!r}, the kernels fuse silu"
+    if shape.head_dim < 16 or shape.head_dim & (shape.head_dim - 1):
+        return f"head_dim {shape.head_dim} is not a power of two ≥ 16"
+    norms = [model.model.norm] + [n for layer in model.model.layers for n in _norms(layer)]
+    if not all(hasattr(n, "variance_epsilon") and hasattr(n, "weight") for n in norms):
+        return "the norms are not RMSNorm modules with a weight and variance_epsilon"
+    return None
+
+
+def _norms(layer: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    return layer.input_layernorm, layer.post_attention_layernorm
+
+
 class DecoderRunner:
-    """Prefill and decode over a slot-per-request KV cache. Not thread-safe: one engine loop drives it."""
+    """Prefill and decode over a slot-per-request KV cache. Not thread-safe: one engine loop drives it.
+
+    `kernels`: "auto" uses the Triton decode kernels on a GPU when the model allows them, "triton"
+    insists (an error says why not), "torch" is eager PyTorch throughout."""
 
     def __init__(
-        self, model: torch.nn.Module, max_batch: int, max_total_tokens: int, cuda_graphs: bool = True
+        self,
+        model: torch.nn.Module,
+        max_batch: int,
+        max_total_tokens: int,
+        cuda_graphs: bool = True,
+        kernels: KernelChoice = "auto",
     ) -> None:
         self.model = model.eval()
         self.shape = model_shape(model)
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
+        unusable = None if kernels == "torch" else _kernels_unusable(model, self.shape, self.device)
+        if kernels == "triton" and unusable:
+            raise ValueError(f"the Triton decode kernels cannot be used: {unusable}")
+        # "auto" never picks the interpreter: it is for tests, thousands of times slower than eager
+        wanted = kernels == "triton" or (kernels == "auto" and self.device.type == "cuda")
+        self.fused = wanted and unusable is None
+        if self.fused:
+            from reviewstack.generation import kernels as triton_kernels
+
+            self._kernels = triton_kernels
+        # the attention's split count scales with the multiprocessors (4 stands in under the interpreter)
+        on_gpu = self.device.type == "cuda"
+        self._processors = (
+            torch.cuda.get_device_properties(self.device).multi_processor_count if on_gpu else 4
+        )
         self.max_batch = max_batch
         self.max_total_tokens = max_total_tokens
         self.scratch = max_total_tokens  # one extra cache column: where padding rows write
@@ -199,14 +250,44 @@ class DecoderRunner:
 
         return attend
 
+    def _decode_fused(self, batch: int) -> torch.Tensor:
+        """The decode step through the Triton kernels: x is the residual stream, updated in place."""
+        k, s = self._kernels, self.shape
+        positions = self._positions[:batch]
+        splits = k.attention_splits(batch, s.kv_heads, self.max_total_tokens, self._processors)
+        x = self._embed(self._tokens[:batch])
+        cos, sin = self._rotary(x, positions[:, None])
+        cos, sin = cos[:, 0].contiguous(), sin[:, 0].contiguous()
+        scale = 1.0 / math.sqrt(s.head_dim)
+        delta = None
+        for index, (layer, fused) in enumerate(zip(self._layers, self._fused, strict=True)):
+            norm = layer.input_layernorm
+            h = k.add_rms_norm(x, delta, norm.weight, norm.variance_epsilon)
+            qkv = F.linear(h, fused.qkv_weight, fused.qkv_bias)
+            keys, values = self.keys[index], self.values[index]
+            q = k.rope_and_store(qkv, cos, sin, positions, keys, values, s.heads)
+            out = k.decode_attention(q, keys, values, positions, self.scratch, scale, splits)
+            delta = layer.self_attn.o_proj(out)
+            norm = layer.post_attention_layernorm
+            h = k.add_rms_norm(x, delta, norm.weight, norm.variance_epsilon)
+            gate_up = F.linear(h, fused.gate_up_weight, fused.gate_up_bias)
+            delta = layer.mlp.down_proj(k.silu_and_mul(gate_up))
+        h = k.add_rms_norm(x, delta, self._norm.weight, self._norm.variance_epsilon)
+        return self._head(h).float()
+
     def _decode_eager(self, batch: int, context: int) -> torch.Tensor:
+        if self.fused:
+            return self._decode_fused(batch)
         tokens = self._tokens[:batch, None]
         positions = self._positions[:batch, None]
         hidden = self._forward(tokens, positions, self._decode_attend(batch, context))
         return self._head(hidden[:, 0]).float()
 
     def context_bucket(self, needed: int) -> int:
-        """Attention reads this many cache columns: the next power of two ≥ 1024, at most the cache."""
+        """Attention reads this many cache columns: the next power of two ≥ 1024, at most the cache.
+        The Triton attention reads each row's own length, so its graphs need one bucket: the cache."""
+        if self.fused:
+            return self.max_total_tokens
         bucket = max(CONTEXT_BUCKET_MIN, 1 << max(0, needed - 1).bit_length())
         return min(bucket, self.max_total_tokens)
 
