@@ -13,6 +13,7 @@ marker file written last, so an interrupted run never leaves something that pass
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -109,7 +110,10 @@ def materialise_embedded_model(
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
     partial.mkdir()
     try:
-        _build(gguf, partial, progress)
+        # stdout belongs to the caller (`reviewstack review --json`, `BASE=$(reviewstack model embedded)`):
+        # save_pretrained imports DeepSpeed through accelerate, and DeepSpeed's logger writes to stdout
+        with contextlib.redirect_stdout(sys.stderr):
+            _build(gguf, partial, progress)
         _install(partial, target, replace=force)
     finally:
         shutil.rmtree(partial, ignore_errors=True)

@@ -78,6 +78,7 @@ def parse(text: str, schema: AspectSchema = AspectSchema.SEVEN, *, strict: bool 
     aspects: dict[str, list[str]] = {}
     warnings: list[str] = []
     current: str | None = None
+    preamble = 0  # lines before the first heading: one warning for all of them
     for raw in text.splitlines():
         line = raw.rstrip()
         if not line.strip():
@@ -94,7 +95,7 @@ def parse(text: str, schema: AspectSchema = AspectSchema.SEVEN, *, strict: bool 
         if current is None:
             if strict:
                 raise InvalidArgument(f"text before the first aspect heading: {line[:80]!r}")
-            warnings.append("text before the first aspect heading ignored")
+            preamble += 1
             continue
         if line.startswith("- "):
             aspects[current].append(line[2:].strip())
@@ -106,6 +107,9 @@ def parse(text: str, schema: AspectSchema = AspectSchema.SEVEN, *, strict: bool 
             aspects[current][-1] += " " + line.strip()  # a wrapped item continues
         else:
             aspects[current].append(line.strip())
+    if preamble:  # first: the preamble came before anything else warned about
+        lines = f"{preamble} line" + ("s" if preamble > 1 else "")
+        warnings.insert(0, f"text before the first aspect heading ignored ({lines})")
     missing = [k for k in schema.keys if k not in aspects]
     if missing:
         if strict:

@@ -65,9 +65,14 @@ async def embedded_engine(
     with open(logs / "engine.log", "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
+    keep_log = False
     try:
         with console.status(f"starting the generation engine on {model.name}…"):
-            await _wait_healthy(url, process, logs / "engine.log")
+            try:
+                await _wait_healthy(url, process, logs / "engine.log")
+            except FailedPrecondition:
+                keep_log = True  # the message names it
+                raise
         yield url, model
     finally:
         process.terminate()
@@ -75,7 +80,8 @@ async def embedded_engine(
             await asyncio.to_thread(process.wait, 30)
         except subprocess.TimeoutExpired:
             process.kill()
-        shutil.rmtree(logs, ignore_errors=True)
+        if not keep_log:
+            shutil.rmtree(logs, ignore_errors=True)
 
 
 async def _wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
@@ -84,8 +90,10 @@ async def _wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
         while True:
             if process.poll() is not None:
-                tail = log.read_text(errors="replace")[-2000:]
-                raise FailedPrecondition(f"the generation engine exited with {process.returncode}:\n{tail}")
+                raise FailedPrecondition(
+                    f"the generation engine exited with {process.returncode} before it was ready: "
+                    f"{_last_error(log)}\n(full log: {log})"
+                )
             try:
                 async with session.get(f"{url}/health") as reply:
                     if reply.status == 200:
@@ -94,6 +102,16 @@ async def _wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
                 pass
             if loop.time() > deadline:
                 raise FailedPrecondition(
-                    f"the generation engine did not start within {READY_TIMEOUT_S:.0f} s"
+                    f"the generation engine did not start within {READY_TIMEOUT_S:.0f} s (log: {log})"
                 )
             await asyncio.sleep(0.5)
+
+
+def _last_error(log: Path) -> str:
+    """What the engine died of: its last exception without the stack frames, else the log's last lines."""
+    lines = log.read_text(errors="replace").splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if starts:  # frames are indented; the exception and its message are not
+        lines = [line for line in lines[starts[-1] + 1 :] if line and not line[0].isspace()]
+    text = "\n".join(line for line in lines if line.strip())
+    return text[-1500:] or "(it wrote nothing)"
