@@ -24,7 +24,7 @@ from pydantic import Field
 from reviewstack.common.logging import configure_logging, get_logger
 from reviewstack.common.settings import LoggingSettings, entry_point_config
 from reviewstack.generation.engine import Engine
-from reviewstack.generation.runner import DecoderRunner
+from reviewstack.generation.runner import DecoderRunner, KernelChoice
 from reviewstack.generation.server import ServerLimits, create_app
 from reviewstack.penalty.core import PenaltyTable
 from reviewstack.penalty.surfaces import token_surfaces
@@ -49,6 +49,9 @@ class EngineSettings(LoggingSettings):
     refusal_penalty: float = Field(0.0, ge=0, description="λ when a request sends no X-Refusal-Penalty")
     refusal_penalty_max: float = Field(10.0, ge=0, description="largest λ a request may ask for")
     cuda_graphs: bool = Field(True, description="capture decode steps as CUDA graphs (GPU only)")
+    kernels: KernelChoice = Field(
+        "auto", description="decode kernels: auto (Triton on a GPU when the model allows), triton, torch"
+    )
     warm_up: bool = Field(True, description="capture the CUDA graphs before serving")
 
 
@@ -71,7 +74,11 @@ def build_engine(settings: EngineSettings) -> tuple[Engine, ServerLimits]:
     model = AutoModelForCausalLM.from_pretrained(settings.model, dtype=dtype).to(device)
     try:
         runner = DecoderRunner(
-            model, settings.max_batch_size, settings.max_total_tokens, settings.cuda_graphs
+            model,
+            settings.max_batch_size,
+            settings.max_total_tokens,
+            cuda_graphs=settings.cuda_graphs,
+            kernels=settings.kernels,
         )
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
@@ -110,6 +117,7 @@ def main() -> None:
         "generation engine serving",
         model=limits.model_id,
         device=limits.model_device_type,
+        triton_kernels=engine.runner.fused,
         port=settings.port,
         kv_cache_gib=round(
             engine.runner.kv_bytes_per_token * settings.max_batch_size * settings.max_total_tokens / 2**30, 2
