@@ -76,4 +76,5 @@ def test_tolerant_parse_accepts_model_drift():
     assert set(parsed.empty_aspects) == {"experiments", "acceptance", "suggestions", "other"}
     assert any("repeated" in w for w in parsed.warnings)
     assert any("missing" in w for w in parsed.warnings)
-    assert parsed.warnings[0] == "text before the first aspect heading ignored (2 lines)"  # once, not per line
+    # the preamble is warned about once, not once per line
+    assert parsed.warnings[0] == "text before the first aspect heading ignored (2 lines)"

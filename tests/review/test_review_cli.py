@@ -94,6 +94,24 @@ def test_without_a_backend_the_embedded_engine_is_started_for_the_run(refuser_mo
     assert "15 generated tokens" in result.stdout
 
 
+def test_with_no_backend_flags_the_embedded_smollm2_writes_the_review(papers):
+    """The command users run first: no --server, --backend or --engine-model, so the engine starts on the
+    embedded SmolLM2 (unpacked on first use) and the tokenizer is the model's own."""
+    from reviewstack.common.aspects import AspectSchema
+    from reviewstack.common.embedded_model import default_model_dir
+
+    result = _run(str(papers / "a.md"), "--max-new-tokens", "8", "--json")
+    assert result.returncode == 0, result.stderr
+    response = json.loads(result.stdout)  # stdout holds the JSON and nothing else
+    aspects = response["review"]["aspects"]
+    assert [a["name"] for a in aspects] == [a.criterion for a in AspectSchema.SEVEN.aspects]
+    assert response["review"]["text"].startswith("1. How to evaluate the idea of the paper\n- ")
+    lineage = response["lineage"]
+    assert lineage["model"] == str(default_model_dir()) and lineage["promptVersion"] == "reviewer-v1"
+    assert lineage["parameters"]["maxNewTokens"] == 8 and lineage["backend"].startswith("http://127.0.0.1:")
+    assert 0 < response["generatedTokens"] <= 8 and response["promptTokens"] > 0
+
+
 def test_paper_and_batch_together_is_a_usage_error(papers):
     result = _run(str(papers / "a.md"), "--batch", str(papers))
     assert result.returncode == 2 and "either a PAPER file or --batch DIR" in result.stderr
