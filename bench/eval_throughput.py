@@ -1,0 +1,164 @@
+"""Benchmark: an evaluation of 200 NeurIPS 2025 papers × ~4 human reviews with the default matcher, on
+2 CPU cores (target ≤ 60 s, the matcher's model loading excluded); and the human leave-one-out over all
+400 papers, the sanity anchor (Liang et al. 2023: ≈ 35 % human–human overlap on ICLR).
+
+    .venv/bin/python bench/eval_throughput.py [--archive ../shared/data/neurips2025.tar.gz] [--dataset DIR]
+
+The evaluated system is "targets": each paper's human reviews as data-prep distils them into one
+7-aspect review, the model's training target, written as review-service batch records. Its points come
+from the human ones, so its recall and precision are an upper reference, not a model's: here it is the
+workload (one structured review per paper, plus every reviewer's leave-one-out) that matters.
+Prints a table and writes bench/results/eval_throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tarfile
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchlib import ROOT, commit
+from rich.console import Console
+from rich.table import Table
+
+from reviewstack.common.aspects import AspectSchema
+from reviewstack.common.logging import configure_logging
+from reviewstack.common.settings import StoreSettings
+from reviewstack.common.store import open_store
+
+
+def build(archive: Path, work: Path) -> Path:
+    """The dataset (ground truth + targets) of the whole set: not timed, data-prep has its own bench."""
+    from reviewstack.dataprep.build import build_dataset
+    from reviewstack.dataprep.config import BuildConfig
+
+    with tarfile.open(archive) as tar:
+        tar.extractall(work, filter="data")
+    source = next(work.glob("*/papers")).parent
+    config = BuildConfig(
+        sources=[str(source)], output=str(work / "store"), name="neurips2025", paper_version="decision"
+    )
+    result = build_dataset(config, StoreSettings())
+    return work / "store" / "datasets" / "neurips2025" / result.version
+
+
+def write_targets(dataset: Path, store_dir: Path, system: str) -> int:
+    """Each record's target review as a review-service batch record, reviews/<system>/<paper-id>.json."""
+    store = open_store(str(store_dir))
+    schema = AspectSchema.SEVEN
+    count = 0
+    for split in ("train", "val", "test"):
+        for line in (dataset / f"{split}.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            aspects = [
+                {
+                    "name": aspect.criterion,
+                    "items": [i for i in record["aspects"].get(aspect.key, []) if i != "<No related terms>"],
+                    "empty": record["aspects"].get(aspect.key) in ([], ["<No related terms>"]),
+                }
+                for aspect in schema.aspects
+            ]
+            review = {
+                "paper_id": record["paper_id"],
+                "system": system,
+                "review": {"aspects": aspects, "text": record["response"]},
+                "lineage": {"model": "data-prep targets", "refusal_penalty": 0.0},
+            }
+            store.put_bytes(f"reviews/{system}/{record['paper_id']}.json", json.dumps(review).encode())
+            count += 1
+    return count
+
+
+def timed_evaluation(store_dir: Path, dataset: Path, papers: int, matcher: Any) -> dict[str, Any]:
+    from reviewstack.evaluation.evaluate import evaluate
+    from reviewstack.evaluation.report import write_report
+    from reviewstack.evaluation.sources import align_papers, load_human, load_system
+
+    settings = StoreSettings()
+    times: dict[str, float] = {}
+    started = time.perf_counter()
+    system = load_system("targets", str(store_dir / "reviews" / "targets"), settings)
+    human = load_human(str(dataset), settings)
+    aligned, exclusions = align_papers([system], human)
+    chosen = sorted(aligned)[:papers]
+    times["load_s"] = time.perf_counter() - started
+    stages: dict[str, float] = {}
+
+    def progress(stage: str, done: int = 0, total: int = 0, message: str = "") -> None:
+        stages.setdefault(stage, time.perf_counter())
+
+    mark = time.perf_counter()
+    report = evaluate([system], human, matcher, papers=chosen, exclusions=exclusions, progress=progress)
+    times["evaluate_s"] = time.perf_counter() - mark
+    times["total_s"] = time.perf_counter() - started
+    mark = time.perf_counter()
+    write_report(report, open_store(str(store_dir)), f"evaluations/bench-{papers}")
+    times["report_s"] = time.perf_counter() - mark
+    human_reviews = sum(len(human.reviews[p]) for p in chosen)
+    human_points = sum(len(r.points) for p in chosen for r in human.reviews[p])
+    return {
+        "papers": len(chosen),
+        "human_reviews": human_reviews,
+        "human_points": human_points,
+        "times": {k: round(v, 2) for k, v in times.items()},
+        "report": report,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--archive", default=str(ROOT.parent / "shared" / "data" / "neurips2025.tar.gz"))
+    parser.add_argument("--dataset", help="an already built dataset folder of the set (skips the build)")
+    parser.add_argument("--papers", type=int, default=200)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "eval_throughput.json"))
+    args = parser.parse_args()
+    configure_logging("WARNING")
+    from reviewstack.evaluation.matching import default_matcher
+    from reviewstack.evaluation.summary import headline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        dataset = Path(args.dataset) if args.dataset else build(Path(args.archive), work)
+        write_targets(dataset, work / "bench-store", "targets")
+        started = time.perf_counter()
+        matcher = default_matcher()
+        load_model_s = time.perf_counter() - started
+        timed = timed_evaluation(work / "bench-store", dataset, args.papers, matcher)
+        everything = timed_evaluation(work / "bench-store", dataset, 10_000, matcher)
+    summary = {
+        "benchmark": "eval_throughput",
+        "date": datetime.now(UTC).date().isoformat(),
+        "commit": commit(),
+        "machine": f"{os.cpu_count()} CPU cores, no GPU",
+        "matcher_load_s": round(load_model_s, 1),
+        "timed": {k: v for k, v in timed.items() if k != "report"},
+        "all_papers": {k: v for k, v in everything.items() if k != "report"},
+        "headline_timed": headline(timed["report"]),
+        "headline_all": headline(everything["report"]),
+    }
+    table = Table(title=f"evaluation of {timed['papers']} papers ({timed['human_reviews']} human reviews)")
+    for column in ("what", "value"):
+        table.add_column(column)
+    table.add_row("matcher model load", f"{load_model_s:.1f} s (excluded)")
+    for key, value in timed["times"].items():
+        table.add_row(key, f"{value:.1f} s")
+    for row in summary["headline_all"]:
+        table.add_row(
+            f"{row['name']} (all {row['papers']} papers)",
+            f"recall {row['recall']:.3f} [{row['recall_low']:.3f}, {row['recall_high']:.3f}], "
+            f"precision {row['precision']:.3f} [{row['precision_low']:.3f}, {row['precision_high']:.3f}]",
+        )
+    Console().print(table)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""`reviewstack eval …`: evaluate systems against human reviews, locally (default) or on an Evaluation
+server (`--server`); match two lists of points; generate baseline reviews through an OpenAI-compatible
+endpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    no_args_is_help=True, help="Evaluate reviews: hits against human review points, statistics, reports."
+)
+out = Console()
+
+SystemsOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--system", help="NAME=URI: reviews/<system>/ in a store, a folder, or an ICLR LLM-review CSV"
+    ),
+]
+HumanOpt = Annotated[
+    str, typer.Option(help="data-prep dataset folder (ground_truth.jsonl): store URI or path")
+]
+OutOpt = Annotated[str, typer.Option("--out", help="store URI or directory for evaluations/<eval-id>/")]
+MatcherOpt = Annotated[str, typer.Option(help="embedded (no LLM, no network) or llm")]
+JudgeEndpointOpt = Annotated[
+    str, typer.Option(help="OpenAI-compatible base URL of the judge (--matcher llm)")
+]
+JudgeModelOpt = Annotated[str, typer.Option(help="the judge's model name (--matcher llm)")]
+ServerOpt = Annotated[str | None, typer.Option(help="run on an Evaluation server at HOST:PORT")]
+TokenOpt = Annotated[str | None, typer.Option(envvar="REVIEWSTACK_TOKEN", help="bearer token")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
+
+
+@app.command()
+def run(
+    system: SystemsOpt,
+    human: HumanOpt,
+    out_uri: OutOpt,
+    matcher: MatcherOpt = "embedded",
+    judge_endpoint: JudgeEndpointOpt = "",
+    judge_model: JudgeModelOpt = "",
+    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals")] = 1000,
+    seed: Annotated[int, typer.Option(help="seed of the bootstrap")] = 0,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score each system's reviews against the human points (human leave-one-out included); write
+    report.json, report.html and plots/ under evaluations/<eval-id>/."""
+    from reviewstack.evaluation.job import SystemSpec
+
+    config = _config(
+        systems=[SystemSpec.parse(s) for s in system],
+        human=human,
+        output=out_uri,
+        matcher=matcher,
+        judge_endpoint=judge_endpoint,
+        judge_model=judge_model,
+        bootstrap=bootstrap,
+        seed=seed,
+    )
+    _show(_run_remote(config, server, token) if server else _run_local(config), as_json)
+
+
+@app.command()
+def compare(
+    a: Annotated[str, typer.Option("--a", help="first system, NAME=URI")],
+    b: Annotated[str, typer.Option("--b", help="second system, NAME=URI")],
+    human: HumanOpt,
+    out_uri: OutOpt,
+    matcher: MatcherOpt = "embedded",
+    judge_endpoint: JudgeEndpointOpt = "",
+    judge_model: JudgeModelOpt = "",
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Two systems paper by paper: win / tie / loss on hits and on precision, with a sign test."""
+    run(
+        [a, b],
+        human,
+        out_uri,
+        matcher,
+        judge_endpoint,
+        judge_model,
+        server=server,
+        token=token,
+        as_json=as_json,
+    )
+
+
+@app.command()
+def match(
+    generated: Annotated[Path, typer.Option(help="JSON list of the generated points", exists=True)],
+    reference: Annotated[Path, typer.Option(help="JSON list of the reference (human) points", exists=True)],
+    as_json: JsonOpt = False,
+) -> None:
+    """Match two lists of points with the default matcher: one-to-one pairs and their scores."""
+    from reviewstack.evaluation import match_points
+
+    generated_points, reference_points = _string_list(generated), _string_list(reference)
+    pairs = match_points(generated_points, reference_points)
+    if as_json:
+        out.print_json(json.dumps([{"generated": g, "reference": r, "score": s} for g, r, s in pairs]))
+        return
+    table = Table("generated", "reference", "score", title=f"{len(pairs)} matches")
+    for g, r, s in pairs:
+        table.add_row(f"[{g}] {generated_points[g]}", f"[{r}] {reference_points[r]}", f"{s:.3f}")
+    out.print(table)
+    out.print(
+        f"hits {len(pairs)} of {len(reference_points)} reference points; "
+        f"{len(pairs)} of {len(generated_points)} generated points matched"
+    )
+
+
+def _string_list(path: Path) -> list[str]:
+    from reviewstack.common.errors import InvalidArgument
+
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"{path}: not JSON ({exc}); expected a list of strings") from None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidArgument(f'{path}: expected a JSON list of strings, e.g. ["point one", "point two"]')
+    return value
+
+
+def _config(**fields: Any) -> Any:
+    from pydantic import ValidationError
+
+    from reviewstack.common.errors import InvalidArgument
+    from reviewstack.evaluation.job import EvalConfig
+
+    try:
+        return EvalConfig(**fields)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidArgument(f"invalid options: {problems}") from None
+
+
+def _run_local(config: Any) -> dict[str, Any]:
+    from reviewstack.common.progress import ProgressDisplay
+    from reviewstack.common.settings import StoreSettings
+    from reviewstack.evaluation.job import run_evaluation
+    from reviewstack.evaluation.summary import headline
+
+    with ProgressDisplay() as progress:
+        outcome = run_evaluation(config, StoreSettings(), progress.update)
+    return {
+        "eval_id": outcome.eval_id,
+        "report_json": outcome.uris["report_json"],
+        "report_html": outcome.uris["report_html"],
+        "papers": len(outcome.report.get("papers", [])),
+        "exclusions": len(outcome.report.get("exclusions", [])),
+        "systems": headline(outcome.report),
+    }
+
+
+def _run_remote(config: Any, server: str, token: str | None) -> dict[str, Any]:
+    """Send the evaluation to a server and follow its operation with the same progress display."""
+    from google.protobuf import json_format
+
+    from reviewstack.common.errors import ReviewStackError
+    from reviewstack.common.grpc import make_channel, wait_operation
+    from reviewstack.common.progress import ProgressDisplay
+    from reviewstack.evaluation.service import config_to_request
+    from reviewstack.v1 import evaluation_pb2, evaluation_pb2_grpc, operations_pb2
+
+    with make_channel(server, token) as channel:
+        operation = evaluation_pb2_grpc.EvaluationStub(channel).Evaluate(
+            config_to_request(config), timeout=60
+        )
+        with ProgressDisplay() as progress:
+            final = wait_operation(
+                channel,
+                operation.id,
+                on_update=lambda op: progress.update(
+                    op.progress.stage or "waiting", op.progress.done, op.progress.total, op.progress.message
+                ),
+            )
+    if final.state != operations_pb2.OPERATION_STATE_SUCCEEDED:
+        state = operations_pb2.OperationState.Name(final.state).removeprefix("OPERATION_STATE_").lower()
+        raise ReviewStackError(f"evaluation {state} on {server}: {final.error.message}")
+    result = evaluation_pb2.EvaluationResult()
+    final.result.Unpack(result)
+    return json_format.MessageToDict(
+        result, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def _show(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        out.print_json(json.dumps(summary))
+        return
+    table = Table(title=f"evaluation {summary['eval_id']} — {summary['papers']} papers")
+    for column in ("system", "papers", "hits / paper", "recall (95% CI)", "precision (95% CI)", "F1"):
+        table.add_column(column, justify="left" if column == "system" else "right")
+    for row in summary["systems"]:
+        table.add_row(
+            row["name"],
+            str(row["papers"]),
+            f"{row['hits']:.2f}",
+            f"{row['recall']:.3f} ({row['recall_low']:.3f}–{row['recall_high']:.3f})",
+            f"{row['precision']:.3f} ({row['precision_low']:.3f}–{row['precision_high']:.3f})",
+            f"{row['f1']:.3f}",
+        )
+    out.print(table)
+    if summary["exclusions"]:
+        out.print(f"[yellow]{summary['exclusions']} inputs left out[/]: their reasons are in report.json")
+    out.print(f"report: {summary['report_html']}")

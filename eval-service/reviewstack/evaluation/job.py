@@ -1,0 +1,128 @@
+"""One evaluation, start to end: load the systems and the human set, align their papers, match, score,
+write `evaluations/<eval-id>/`. The CLI runs it in process, the gRPC service as an operation; both go
+through `run_evaluation`, so a local run and a remote one give the same report."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from reviewstack.common.errors import InvalidArgument
+from reviewstack.common.settings import StoreSettings
+from reviewstack.common.store import open_store
+from reviewstack.evaluation.model import Matcher
+
+Progress = Callable[[str, int, int, str], None]
+
+
+class SystemSpec(BaseModel):
+    name: str = Field(min_length=1)
+    uri: str = Field(min_length=1)
+
+    @classmethod
+    def parse(cls, text: str) -> SystemSpec:
+        """`NAME=URI`, as the CLI takes it."""
+        name, sep, uri = text.partition("=")
+        if not sep or not name.strip() or not uri.strip():
+            raise InvalidArgument(f"--system {text!r}: expected NAME=URI, e.g. ours=./store/reviews/ours")
+        return cls(name=name.strip(), uri=uri.strip())
+
+
+class EvalConfig(BaseModel):
+    """What an evaluation is asked to do; its hash names the evaluation."""
+
+    systems: list[SystemSpec] = Field(min_length=1)
+    human: str = Field(min_length=1, description="data-prep dataset folder URI (ground_truth.jsonl)")
+    output: str = Field(min_length=1, description="store URI or directory for evaluations/<eval-id>/")
+    matcher: Literal["embedded", "llm"] = "embedded"
+    judge_endpoint: str = ""
+    judge_model: str = ""
+    bootstrap: int = Field(1000, ge=0)
+    seed: int = 0
+
+    @field_validator("systems")
+    @classmethod
+    def _distinct_names(cls, systems: list[SystemSpec]) -> list[SystemSpec]:
+        names = [s.name for s in systems]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"system names must be distinct: {', '.join(repeated)} given twice")
+        return systems
+
+    def eval_id(self, now: datetime | None = None) -> str:
+        """Time first (listings sort by it), then a hash of the request (the same request twice in one
+        second is the same evaluation)."""
+        digest = hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:8]
+        return f"{(now or datetime.now(UTC)):%Y%m%d-%H%M%S}-{digest}"
+
+
+@dataclass(frozen=True)
+class EvalOutcome:
+    eval_id: str
+    uris: dict[str, str]  # report_json, report_html, plots …
+    report: dict[str, Any]
+
+
+def make_matcher(config: EvalConfig) -> Matcher:
+    if config.matcher == "llm":
+        if not config.judge_endpoint or not config.judge_model:
+            raise InvalidArgument(
+                "matcher 'llm' needs a judge: an OpenAI-compatible endpoint and a model name "
+                "(--judge-endpoint http://host:8080/v1 --judge-model NAME)"
+            )
+        from reviewstack.evaluation.matching_llm import LLMJudgeMatcher
+
+        return LLMJudgeMatcher(config.judge_endpoint, config.judge_model)
+    from reviewstack.evaluation.matching import default_matcher
+
+    return default_matcher()
+
+
+def run_evaluation(
+    config: EvalConfig,
+    settings: StoreSettings,
+    progress: Progress | None = None,
+    matcher: Matcher | None = None,
+) -> EvalOutcome:
+    from reviewstack.evaluation.evaluate import evaluate
+    from reviewstack.evaluation.report import write_report
+    from reviewstack.evaluation.sources import align_papers, load_human, load_system
+
+    report_progress = progress or (lambda *_: None)
+    output = open_store(config.output, settings)
+    output.check_writable()
+    eval_id = config.eval_id()
+    loaded = []
+    for index, spec in enumerate(config.systems):
+        report_progress("loading", index, len(config.systems) + 1, spec.name)
+        loaded.append(load_system(spec.name, spec.uri, settings))
+    report_progress("loading", len(config.systems), len(config.systems) + 1, "human reviews")
+    human = load_human(config.human, settings)
+    papers, exclusions = align_papers(loaded, human)
+    if not papers:
+        raise InvalidArgument(
+            "the systems and the human set share no paper: "
+            + "; ".join(f"{e.what}: {e.reason}" for e in exclusions[:5])
+        )
+    report = evaluate(
+        loaded,
+        human,
+        matcher or make_matcher(config),
+        papers=papers,
+        exclusions=exclusions,
+        bootstrap=config.bootstrap,
+        seed=config.seed,
+        progress=report_progress,
+    )
+    report["eval_id"] = eval_id
+    report["request"] = json.loads(config.model_dump_json())
+    report_progress("writing", 0, 1, "report")
+    uris = write_report(report, output, f"evaluations/{eval_id}")
+    report_progress("writing", 1, 1, "report")
+    return EvalOutcome(eval_id, uris, report)
