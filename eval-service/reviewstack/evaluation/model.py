@@ -37,6 +37,7 @@ class Exclusion:
 
     what: str  # a paper id, a file, a CSV row
     reason: str
+    paper_id: str = ""  # the paper it concerns, when known: says why a system lacks that paper
 
 
 @dataclass
