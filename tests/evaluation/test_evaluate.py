@@ -181,3 +181,24 @@ def test_inputs_a_user_must_fix() -> None:
 
     with pytest.raises(FailedPrecondition, match="matcher 'exact'"):
         evaluate([system("s", [free("p1", "a")])], humans(HUMAN), Short())
+
+
+class _FailingOnFirstPair(ExactMatcher):
+    """A judge whose first pair failed (an unreadable answer): that pair must be left out and reported."""
+
+    name = "flaky"
+
+    def match_many(self, pairs):  # type: ignore[no-untyped-def]
+        results = super().match_many(pairs)
+        self.failures = {0: "the judge's answer was unreadable"}
+        return [[], *results[1:]]
+
+
+def test_a_pair_the_matcher_could_not_judge_is_reported_not_scored_zero() -> None:
+    systems = toy_systems()
+    out = evaluate(systems, humans(HUMAN), _FailingOnFirstPair(), bootstrap=0, leave_one_out_frame=False)
+    first_paper = out["papers"][0]  # pair 0 is the first system's review of the first paper
+    scored = {p["paper_id"] for p in out["systems"][0]["per_paper"]}
+    assert first_paper not in scored and len(scored) == len(out["papers"]) - 1
+    reasons = [e["reason"] for e in out["exclusions"] if e.get("paper_id") == first_paper]
+    assert any("could not judge" in r and "unreadable" in r for r in reasons)

@@ -16,6 +16,7 @@ app = typer.Typer(
     no_args_is_help=True, help="Evaluate reviews: hits against human review points, statistics, reports."
 )
 out = Console()
+err = Console(stderr=True)
 
 SystemsOpt = Annotated[
     list[str],
@@ -117,6 +118,67 @@ def match(
         f"hits {len(pairs)} of {len(reference_points)} reference points; "
         f"{len(pairs)} of {len(generated_points)} generated points matched"
     )
+
+
+@app.command()
+def generate(
+    papers: Annotated[Path, typer.Argument(help="folder of paper files (.md, .markdown, .txt, .pdf)")],
+    system: Annotated[str, typer.Option(help="reviews go to reviews/<system>/ (e.g. gpt-4-1106)")],
+    base_url: Annotated[
+        str, typer.Option(help="the endpoint's OpenAI base URL, e.g. https://api.openai.com/v1")
+    ],
+    model: Annotated[str, typer.Option(help="model name the endpoint serves")],
+    store: Annotated[str | None, typer.Option(help="store (default REVIEWSTACK_STORE)")] = None,
+    api_key_env: Annotated[
+        str, typer.Option(help="environment variable holding the API key")
+    ] = "OPENAI_API_KEY",
+    concurrency: Annotated[int, typer.Option(min=1, help="requests in flight")] = 4,
+    max_tokens: Annotated[int, typer.Option(min=1, help="longest review in tokens")] = 1150,
+    temperature: Annotated[float, typer.Option(min=0, help="0 = greedy")] = 0.0,
+    top_p: Annotated[
+        float | None, typer.Option(min=0, max=1, help="nucleus mass (default: the endpoint's)")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="sampling seed, where the endpoint takes one")] = None,
+    tokenizer: Annotated[
+        Path | None, typer.Option(help="tokenizer that cuts long papers (default Llama-3)")
+    ] = None,
+    max_prompt_length: Annotated[int, typer.Option(min=64, help="prompt tokens at most")] = 11_138,
+) -> None:
+    """Review a folder of papers through an OpenAI-compatible endpoint with the reviewer instruction (a
+    GPT-4-class baseline), into reviews/<system>/<paper-id>.json: concurrent, resumable."""
+    from rich.markup import escape
+
+    from reviewstack.common.progress import ProgressDisplay
+    from reviewstack.common.settings import StoreSettings
+    from reviewstack.common.store import open_store
+    from reviewstack.evaluation.openai_reviews import generate_reviews
+
+    settings = StoreSettings(store=store) if store else StoreSettings()
+    with ProgressDisplay() as display:
+        batch = generate_reviews(
+            papers,
+            system,
+            open_store(settings.store, settings),
+            base_url,
+            model,
+            api_key_env=api_key_env,
+            concurrency=concurrency,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            tokenizer=tokenizer,
+            max_prompt_length=max_prompt_length,
+            progress=display.update,
+        )
+    out.print(
+        f"{len(batch.written)} reviewed, {len(batch.skipped)} already there, {len(batch.failed)} failed "
+        f"of {batch.papers} papers: {batch.location}/"
+    )
+    for failure in batch.failed:
+        err.print(f"[red]failed:[/] {escape(failure.what)}: {escape(failure.reason)}", highlight=False)
+    if batch.failed:
+        raise typer.Exit(1)
 
 
 def _string_list(path: Path) -> list[str]:

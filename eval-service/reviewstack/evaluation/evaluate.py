@@ -144,8 +144,22 @@ class _Jobs:
             raise FailedPrecondition(
                 f"{where} returned {len(results)} results for {len(pairs)} pairs; fix it"
             )
+        failures: dict[int, str] = getattr(matcher, "failures", None) or {}
+        self.failed = [
+            {
+                "what": self.points[i][0],
+                "reason": f"{where} could not judge {' '.join(map(str, self.keys[i][:2]))}: {why}",
+                "source": "evaluation",
+                "paper_id": self.points[i][0],
+            }
+            for i, why in sorted(failures.items())
+        ]
         scores = {}
-        for key, (paper, generated, reference), matches in zip(self.keys, self.points, results, strict=True):
+        for index, (key, (paper, generated, reference), matches) in enumerate(
+            zip(self.keys, self.points, results, strict=True)
+        ):
+            if index in failures:  # not a zero: the paper is left out of that score, and reported
+                continue
             try:
                 scores[key] = score_paper(paper, generated, reference, matches)
             except IndexError as exc:
@@ -196,6 +210,7 @@ def evaluate(
                     jobs.add(("frame", system.name, paper, i), paper, system.reviews[paper][0].points, others)
     report_progress("matching", 0, len(jobs.keys), f"{len(jobs.keys)} pairs, matcher {matcher.name}")
     scores = jobs.run(matcher)
+    dropped += jobs.failed
     report_progress("matching", len(jobs.keys), len(jobs.keys), "done")
 
     def split_means(*prefix: str) -> dict[str, PaperScore]:

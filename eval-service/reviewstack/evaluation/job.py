@@ -76,9 +76,9 @@ def make_matcher(config: EvalConfig) -> Matcher:
                 "matcher 'llm' needs a judge: an OpenAI-compatible endpoint and a model name "
                 "(--judge-endpoint http://host:8080/v1 --judge-model NAME)"
             )
-        from reviewstack.evaluation.matching_llm import LLMJudgeMatcher
+        from reviewstack.evaluation.matching_llm import LLMMatcher
 
-        return LLMJudgeMatcher(config.judge_endpoint, config.judge_model)
+        return LLMMatcher(config.judge_endpoint, config.judge_model)
     from reviewstack.evaluation.matching import default_matcher
 
     return default_matcher()

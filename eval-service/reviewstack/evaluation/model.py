@@ -67,7 +67,9 @@ class Match:
 
 class Matcher(Protocol):
     """Decides which generated points cover which human points. `match_many` takes every paper at once,
-    so that a matcher can batch its model calls across papers."""
+    so that a matcher can batch its model calls across papers. A matcher that can fail on one pair (an
+    LLM judge) also exposes `failures: dict[int, str]` (pair index → why) after the call: those pairs
+    are reported and left out, never scored as zero."""
 
     name: str  # "embedded", "llm"
     version: str  # changes whenever its decisions could change: reports record it

@@ -3,13 +3,17 @@
 The messages of the validation errors follow TGI's router (422, `error_type: validation`). Parameters
 that TGI accepts but this engine does not implement (best_of > 1, watermark, grammar, typical_p,
 frequency_penalty, adapters) are refused with a 422 that says so, never silently ignored.
+
+The Messages API (`/v1/chat/completions`) is TGI's too: a chat request becomes a generate request
+(`chat_generate_request`) over the chat-templated prompt, so both routes share one validation and one
+set of messages. As in TGI, temperature 0 means greedy decoding and no temperature means sampling at 1.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from reviewstack.generation.engine import Request
 from reviewstack.generation.sampling import RowSampling
@@ -143,3 +147,116 @@ def refusal_penalty_from(header: str | None, default: float, maximum: float) -> 
     if not 0 <= value <= maximum:
         raise ValidationFailed(f"`{REFUSAL_PENALTY_HEADER}` must be >= 0 and <= {maximum}. Given: {value}")
     return value
+
+
+# -- the Messages API -------------------------------------------------------------------------------------
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: str
+    content: str | list[ContentPart] | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    """OpenAI's chat completion request, the fields TGI reads; unknown fields are ignored as TGI does."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    messages: list[ChatMessage]
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None  # OpenAI's newer name for max_tokens; wins when both are set
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: list[str] = Field(default_factory=list)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    tools: list[Any] | None = None
+    response_format: Any = None
+    logit_bias: dict[str, float] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stop_as_a_list(cls, data: Any) -> Any:
+        """OpenAI accepts `stop` as null, one string or a list of them."""
+        if isinstance(data, dict) and "stop" in data and not isinstance(data["stop"], list):
+            stop = data["stop"]
+            return {**data, "stop": [] if stop is None else [stop] if isinstance(stop, str) else stop}
+        return data
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+def chat_messages(body: ChatRequest) -> list[dict[str, str]]:
+    """The messages as the chat template takes them: text content only (parts joined)."""
+    if not body.messages:
+        raise ValidationFailed("`messages` cannot be empty")
+    messages = []
+    for number, message in enumerate(body.messages):
+        content = message.content
+        if isinstance(content, list):
+            kinds = sorted({part.type for part in content if part.type != "text"})
+            if kinds:
+                raise ValidationFailed(
+                    f"messages[{number}]: this engine reads text only, not {', '.join(kinds)} content parts"
+                )
+            content = "".join(part.text or "" for part in content)
+        messages.append({"role": message.role, "content": content or ""})
+    return messages
+
+
+def chat_generate_request(body: ChatRequest, inputs: str) -> GenerateRequest:
+    """The generate request a chat request stands for, `inputs` being its chat-templated prompt."""
+    _refuse_unsupported_chat(body)
+    greedy = body.temperature == 0
+    max_new = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    parameters = Parameters(
+        do_sample=not greedy,
+        temperature=None if greedy else body.temperature,
+        # OpenAI clients send top_p=1 to mean "off"; TGI's validation refuses 1.0, so it becomes "off" here
+        top_p=None if body.top_p == 1 else body.top_p,
+        seed=body.seed,
+        stop=body.stop,
+        max_new_tokens=max_new,
+    )
+    return GenerateRequest(inputs=inputs, parameters=parameters, stream=body.stream)
+
+
+def _refuse_unsupported_chat(body: ChatRequest) -> None:
+    unsupported = {
+        "n": body.n is not None and body.n > 1,
+        "presence_penalty": bool(body.presence_penalty),
+        "frequency_penalty": bool(body.frequency_penalty),
+        "logprobs": bool(body.logprobs) or bool(body.top_logprobs),
+        "tools": bool(body.tools),
+        "response_format": body.response_format is not None
+        and not (isinstance(body.response_format, dict) and body.response_format.get("type") == "text"),
+        "logit_bias": bool(body.logit_bias),
+    }
+    named = [name for name, used in unsupported.items() if used]
+    if named:
+        raise ValidationFailed(
+            f"this engine does not implement {', '.join(f'`{n}`' for n in named)}; leave them unset, "
+            "or serve the model with TGI"
+        )

@@ -1,9 +1,11 @@
 """The TGI HTTP protocol over the engine: `/generate`, `/generate_stream` (SSE), `/` (what the
-`text-generation` client posts to), `/info`, `/health`, `/metrics`.
+`text-generation` client posts to), `/info`, `/health`, `/metrics`, and TGI's OpenAI-compatible Messages
+API, `/v1/chat/completions` (with `/v1/models`), so OpenAI clients work against the engine as against TGI.
 
-Errors are TGI's JSON (`{"error": ..., "error_type": ...}`): 422 validation, 429 overloaded, 500
-generation. λ of the refusal penalty comes per request in the `X-Refusal-Penalty` header, within the
-bounds `/info` reports; without it the deployment's default applies.
+Errors are TGI's JSON (`{"error": ..., "error_type": ...}`) on TGI's routes and OpenAI's
+(`{"error": {"message", "type", ...}}`) on `/v1/`, with the same status codes: 422 validation, 429
+overloaded, 500 generation. λ of the refusal penalty comes per request in the `X-Refusal-Penalty` header
+on every route, within the bounds `/info` reports; without it the deployment's default applies.
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from reviewstack.generation import metrics
+from reviewstack.generation.chat import ChatChunk, chat_events, chat_prompt, openai_error
 from reviewstack.generation.engine import Engine, Finished, Handle, Overloaded, TokenInfo
 from reviewstack.generation.protocol import (
     REFUSAL_PENALTY_HEADER,
+    ChatRequest,
     GenerateRequest,
     ValidationFailed,
+    chat_generate_request,
     refusal_penalty_from,
     validate,
 )
@@ -43,6 +48,15 @@ class ServerLimits:
     refusal_penalty_max: float
 
 
+@dataclass(frozen=True)
+class Failure:
+    """A request refused before it reached the engine; each route family words it in its own shape."""
+
+    status: int
+    message: str
+    kind: str
+
+
 def _error(status: int, message: str, kind: str) -> JSONResponse:
     return JSONResponse({"error": message, "error_type": kind}, status_code=status)
 
@@ -51,12 +65,14 @@ def create_app(engine: Engine, limits: ServerLimits, version: str = "0.1.0") -> 
     app = FastAPI(title="review-stack generation engine", version=version)
 
     @app.exception_handler(RequestValidationError)
-    async def malformed(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def malformed(http: Request, exc: RequestValidationError) -> JSONResponse:
         metrics.VALIDATION_FAILURE.inc()
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        if http.url.path.startswith("/v1/"):
+            return openai_error(422, f"malformed request: {problems}", "validation")
         return _error(422, f"malformed request: {problems}", "validation")
 
-    async def start(body: GenerateRequest, http: Request) -> Handle | JSONResponse:
+    async def start(body: GenerateRequest, http: Request) -> Handle | Failure:
         metrics.REQUEST_COUNT.inc()
         try:
             penalty = refusal_penalty_from(
@@ -72,30 +88,35 @@ def create_app(engine: Engine, limits: ServerLimits, version: str = "0.1.0") -> 
             )
         except ValidationFailed as exc:
             metrics.VALIDATION_FAILURE.inc()
-            return _error(422, str(exc), "validation")
+            return Failure(422, str(exc), "validation")
         if not engine.alive:
-            return _error(500, "the generation engine is not running; see its log", "generation")
+            return Failure(500, "the generation engine is not running; see its log", "generation")
         metrics.INPUT_LENGTH.observe(len(request.input_ids))
         try:
             return engine.submit(request, asyncio.get_running_loop())
         except Overloaded as exc:
             metrics.OVERLOADED.inc()
-            return _error(429, str(exc), "overloaded")
+            return Failure(429, str(exc), "overloaded")
 
-    async def complete(body: GenerateRequest, http: Request) -> JSONResponse:
-        handle = await start(body, http)
-        if isinstance(handle, JSONResponse):
-            return handle
+    async def finish(handle: Handle) -> Finished | Failure:
         try:
             while True:
                 kind, payload = await handle.events.get()
                 if kind == "error":
-                    return _error(500, payload, "generation")
+                    return Failure(500, payload, "generation")
                 if kind == "end":
-                    finished: Finished = payload[2]
-                    return JSONResponse(_response(body, finished))
+                    return payload[2]
         finally:
             handle.cancel()  # a client that went away frees its slot; a finished request ignores it
+
+    async def complete(body: GenerateRequest, http: Request) -> JSONResponse:
+        handle = await start(body, http)
+        if isinstance(handle, Failure):
+            return _error(handle.status, handle.message, handle.kind)
+        finished = await finish(handle)
+        if isinstance(finished, Failure):
+            return _error(finished.status, finished.message, finished.kind)
+        return JSONResponse(_response(body, finished))
 
     @app.post("/generate")
     async def generate(body: GenerateRequest, http: Request) -> JSONResponse:
@@ -104,8 +125,8 @@ def create_app(engine: Engine, limits: ServerLimits, version: str = "0.1.0") -> 
     @app.post("/generate_stream")
     async def generate_stream(body: GenerateRequest, http: Request) -> Response:
         handle = await start(body, http)
-        if isinstance(handle, JSONResponse):
-            return handle
+        if isinstance(handle, Failure):
+            return _error(handle.status, handle.message, handle.kind)
         return StreamingResponse(_events(body, handle), media_type="text/event-stream")
 
     @app.post("/")
@@ -117,6 +138,34 @@ def create_app(engine: Engine, limits: ServerLimits, version: str = "0.1.0") -> 
         if response.status_code != 200:
             return response
         return JSONResponse([json.loads(response.body)])
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatRequest, http: Request) -> Response:
+        try:
+            prompt = await asyncio.to_thread(chat_prompt, engine.tokenizer, body)
+            generate_body = chat_generate_request(body, prompt)
+        except ValidationFailed as exc:
+            metrics.VALIDATION_FAILURE.inc()
+            return openai_error(422, str(exc), "validation")
+        handle = await start(generate_body, http)
+        if isinstance(handle, Failure):
+            return openai_error(handle.status, handle.message, handle.kind)
+        chunk = ChatChunk(limits.model_id, f"{version}-reviewstack")
+        if body.stream:
+            return StreamingResponse(
+                chat_events(chunk, handle, body.include_usage), media_type="text/event-stream"
+            )
+        finished = await finish(handle)
+        if isinstance(finished, Failure):
+            return openai_error(finished.status, finished.message, finished.kind)
+        return JSONResponse(chunk.completion(finished))
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [{"id": limits.model_id, "object": "model", "created": 0, "owned_by": "reviewstack"}],
+        }
 
     @app.get("/info")
     async def info() -> dict[str, Any]:
