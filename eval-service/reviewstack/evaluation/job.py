@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, field_validator
 from reviewstack.common.errors import InvalidArgument
 from reviewstack.common.settings import StoreSettings
 from reviewstack.common.store import open_store
-from reviewstack.evaluation.model import Matcher
+from reviewstack.evaluation.model import Exclusion, Matcher, System
 
 Progress = Callable[[str, int, int, str], None]
 
@@ -84,42 +84,64 @@ def make_matcher(config: EvalConfig) -> Matcher:
     return default_matcher()
 
 
-def run_evaluation(
-    config: EvalConfig,
-    settings: StoreSettings,
-    progress: Progress | None = None,
-    matcher: Matcher | None = None,
-) -> EvalOutcome:
-    from reviewstack.evaluation.evaluate import evaluate
-    from reviewstack.evaluation.report import write_report
+@dataclass
+class Inputs:
+    """The loaded systems and human set, and the papers they share (with what was left out, and why)."""
+
+    systems: list[System]
+    human: System
+    papers: list[str]
+    exclusions: list[Exclusion]
+
+
+def load_inputs(config: EvalConfig, settings: StoreSettings, progress: Progress | None = None) -> Inputs:
+    """Everything the request names, read and aligned: the service does this inside the RPC, so an
+    unknown system or a missing dataset is the call's own error, not a failed operation later."""
     from reviewstack.evaluation.sources import align_papers, load_human, load_system
 
     report_progress = progress or (lambda *_: None)
-    output = open_store(config.output, settings)
-    output.check_writable()
-    eval_id = config.eval_id()
-    loaded = []
+    total = len(config.systems) + 1
+    systems = []
     for index, spec in enumerate(config.systems):
-        report_progress("loading", index, len(config.systems) + 1, spec.name)
-        loaded.append(load_system(spec.name, spec.uri, settings))
-    report_progress("loading", len(config.systems), len(config.systems) + 1, "human reviews")
+        report_progress("loading", index, total, spec.name)
+        systems.append(load_system(spec.name, spec.uri, settings))
+    report_progress("loading", total - 1, total, "human reviews")
     human = load_human(config.human, settings)
-    papers, exclusions = align_papers(loaded, human)
+    report_progress("loading", total, total, "")
+    papers, exclusions = align_papers(systems, human)
     if not papers:
         raise InvalidArgument(
             "the systems and the human set share no paper: "
             + "; ".join(f"{e.what}: {e.reason}" for e in exclusions[:5])
         )
+    return Inputs(systems, human, papers, exclusions)
+
+
+def run_evaluation(
+    config: EvalConfig,
+    settings: StoreSettings,
+    progress: Progress | None = None,
+    matcher: Matcher | None = None,
+    inputs: Inputs | None = None,
+) -> EvalOutcome:
+    from reviewstack.evaluation.evaluate import evaluate
+    from reviewstack.evaluation.report import write_report
+
+    report_progress = progress or (lambda *_: None)
+    output = open_store(config.output, settings)
+    output.check_writable()
+    inputs = inputs or load_inputs(config, settings, progress)
     report = evaluate(
-        loaded,
-        human,
+        inputs.systems,
+        inputs.human,
         matcher or make_matcher(config),
-        papers=papers,
-        exclusions=exclusions,
+        papers=inputs.papers,
+        exclusions=inputs.exclusions,
         bootstrap=config.bootstrap,
         seed=config.seed,
         progress=report_progress,
     )
+    eval_id = config.eval_id()
     report["eval_id"] = eval_id
     report["request"] = json.loads(config.model_dump_json())
     report_progress("writing", 0, 1, "report")

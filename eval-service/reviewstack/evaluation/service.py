@@ -15,7 +15,14 @@ import grpc
 from reviewstack.common.grpc import OperationRegistry, ProgressReporter
 from reviewstack.common.settings import StoreSettings
 from reviewstack.common.store import open_store
-from reviewstack.evaluation.job import EvalConfig, EvalOutcome, SystemSpec, make_matcher, run_evaluation
+from reviewstack.evaluation.job import (
+    EvalConfig,
+    EvalOutcome,
+    SystemSpec,
+    load_inputs,
+    make_matcher,
+    run_evaluation,
+)
 from reviewstack.v1 import evaluation_pb2, evaluation_pb2_grpc, operations_pb2
 
 EVALUATE_KIND = "reviewstack.v1.Evaluation/Evaluate"
@@ -103,15 +110,18 @@ class EvaluationServicer(evaluation_pb2_grpc.EvaluationServicer):
             for existing in self.operations.list(kind):
                 if existing.request_id == request_id:
                     return existing
+        # what a user must fix is the RPC's own error: a bad request, a missing judge, an output it
+        # cannot write, an unknown system, a missing dataset, inputs that share no paper
         config = decode(request, self.settings, self.judge)
-        matcher = make_matcher(config)  # a missing judge is the RPC's own error
+        matcher = make_matcher(config)
         await asyncio.to_thread(open_store(config.output, self.settings).check_writable)
+        inputs = await asyncio.to_thread(load_inputs, config, self.settings)
 
         def work(reporter: ProgressReporter) -> evaluation_pb2.EvaluationResult:
             def progress(stage: str, done: int = 0, total: int = 0, message: str = "") -> None:
                 reporter.check_cancelled()
                 reporter.update(stage=stage, done=done, total=total, message=message)
 
-            return outcome_to_pb(run_evaluation(config, self.settings, progress, matcher))
+            return outcome_to_pb(run_evaluation(config, self.settings, progress, matcher, inputs))
 
         return self.operations.start(kind, work, request_id=request_id)

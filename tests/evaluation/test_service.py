@@ -1,0 +1,206 @@
+"""The Evaluation service end to end: a real server process on loopback (auth on), the real default
+matcher, batch-output systems and a ground-truth dataset in a store; the CLI locally and through the
+server; the errors a user gets for requests they must fix."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from reviewstack.common.grpc import make_channel, wait_operation
+from reviewstack.common.store import open_store
+from reviewstack.v1 import evaluation_pb2, evaluation_pb2_grpc, operations_pb2
+
+from ..conftest import service_process
+from .test_sources import _truth_row, publish_dataset, record
+
+TOKEN = "evaluation-test-token"
+SERVICE = "reviewstack.v1.Evaluation"
+REVIEWSTACK = str(Path(sys.executable).with_name("reviewstack"))
+
+TRUTH = [
+    _truth_row(
+        "p1",
+        "test",
+        [
+            ("R1", "The method is not compared with strong recent baselines.", "rejection"),
+            ("R1", "The writing is clear and easy to follow.", "acceptance"),
+            ("R2", "An ablation of the loss terms is missing.", "experiments"),
+            ("R2", "The idea of learning the schedule is novel.", "idea"),
+            ("R3", "Results on larger datasets would strengthen the claims.", "suggestions"),
+        ],
+        ["R1", "R2", "R3"],
+    ),
+    _truth_row(
+        "p2",
+        "test",
+        [
+            ("R1", "The theoretical analysis assumes convexity, which rarely holds.", "rejection"),
+            ("R2", "Experiments cover only two small benchmarks.", "experiments"),
+            ("R2", "The paper is well motivated.", "acceptance"),
+        ],
+        ["R1", "R2"],
+    ),
+]
+OURS = {
+    "p1": {
+        "rejection": ["The paper does not compare against strong recent baselines."],
+        "experiments": ["There is no ablation of the individual loss terms."],
+        "other": ["The color palette of the figures is pleasant."],
+    },
+    "p2": {"experiments": ["Only two small benchmarks are used in the experiments."]},
+}
+
+
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("evaluation-store")
+    store = open_store(str(root))
+    publish_dataset(store, TRUTH)
+    for system, penalty in (("ours", 0.0), ("ours-l2", 2.0)):
+        for paper, aspects in OURS.items():
+            kept = aspects if penalty == 0 else {**aspects, "idea": ["The schedule idea is new."]}
+            store.put_bytes(
+                f"reviews/{system}/{paper}.json", record(paper, kept, penalty=penalty, system=system)
+            )
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(store_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    env = {**os.environ, "REVIEWSTACK_STORE": str(store_dir), "REVIEWSTACK_AUTH_TOKEN": TOKEN}
+    log = tmp_path_factory.mktemp("evaluation-log") / "server.log"
+    with service_process("reviewstack-evaluation", SERVICE, env, log) as target:
+        yield target
+
+
+def _evaluate(target: str, request: evaluation_pb2.EvaluateRequest) -> evaluation_pb2.EvaluationResult:
+    with make_channel(target, TOKEN) as channel:
+        operation = evaluation_pb2_grpc.EvaluationStub(channel).Evaluate(request, timeout=60)
+        final = wait_operation(channel, operation.id, timeout=300)
+    assert final.state == operations_pb2.OPERATION_STATE_SUCCEEDED, final.error.message
+    result = evaluation_pb2.EvaluationResult()
+    final.result.Unpack(result)
+    return result
+
+
+def test_evaluate_writes_the_report_and_returns_the_headline(server: str, store_dir: Path) -> None:
+    request = evaluation_pb2.EvaluateRequest(
+        systems=[evaluation_pb2.SystemRef(name="ours", uri="reviews/ours")],
+        human="datasets/gt/v1",
+        bootstrap=100,
+        request_id="first",
+    )
+    result = _evaluate(server, request)
+    assert result.papers == 2
+    names = [s.name for s in result.systems]
+    assert names[0] == "ours" and len(names) == 2  # the human leave-one-out comes last
+    ours = result.systems[0]
+    # 3 of the 4 generated points restate a human point; the figures' colours match nothing
+    assert 0 < ours.recall < 1 and ours.precision >= 0.5 and ours.papers == 2
+    store = open_store(str(store_dir))
+    prefix = f"evaluations/{result.eval_id}"
+    report = json.loads(store.get_bytes(f"{prefix}/report.json"))
+    assert report["matcher"]["name"] == "embedded" and report["request"]["systems"][0]["name"] == "ours"
+    assert b"<html" in store.get_bytes(f"{prefix}/report.html")[:200].lower()
+    assert result.report_html.endswith(f"{prefix}/report.html")
+    # a retried request (same id) is the same operation, not a second evaluation
+    with make_channel(server, TOKEN) as channel:
+        stub = evaluation_pb2_grpc.EvaluationStub(channel)
+        first, again = stub.Evaluate(request, timeout=60), stub.Evaluate(request, timeout=60)
+    assert first.id == again.id
+
+
+def test_compare_reports_the_pairwise_comparison(server: str, store_dir: Path) -> None:
+    with make_channel(server, TOKEN) as channel:
+        operation = evaluation_pb2_grpc.EvaluationStub(channel).Compare(
+            evaluation_pb2.CompareRequest(
+                a=evaluation_pb2.SystemRef(name="λ=0", uri="reviews/ours"),
+                b=evaluation_pb2.SystemRef(name="λ=2", uri="reviews/ours-l2"),
+                human="datasets/gt/v1",
+            ),
+            timeout=60,
+        )
+        final = wait_operation(channel, operation.id, timeout=300)
+    assert final.state == operations_pb2.OPERATION_STATE_SUCCEEDED, final.error.message
+    result = evaluation_pb2.EvaluationResult()
+    final.result.Unpack(result)
+    report = json.loads(open_store(str(store_dir)).get_bytes(f"evaluations/{result.eval_id}/report.json"))
+    (pair,) = [p for p in report["pairwise"] if p["frame"] == "all human points"]
+    assert (pair["a"], pair["b"]) == ("λ=0", "λ=2")
+    assert pair["hits"]["wins"] + pair["hits"]["ties"] + pair["hits"]["losses"] == 2
+    assert [s["refusal_penalty"] for s in report["penalty_sweeps"][0]["points"]] == [0.0, 2.0]
+
+
+@pytest.mark.parametrize(
+    ("systems", "human", "matcher", "code", "words"),
+    [
+        ([("nope", "reviews/nope")], "datasets/gt/v1", "", grpc.StatusCode.NOT_FOUND, "nope"),
+        ([("ours", "reviews/ours")], "datasets/none/v9", "", grpc.StatusCode.NOT_FOUND, "datasets/none/v9"),
+        ([("ours", "reviews/ours")], "datasets/gt/v1", "llm", grpc.StatusCode.INVALID_ARGUMENT, "judge"),
+        ([("a", "reviews/ours")] * 2, "datasets/gt/v1", "", grpc.StatusCode.INVALID_ARGUMENT, "distinct"),
+        ([], "datasets/gt/v1", "", grpc.StatusCode.INVALID_ARGUMENT, "systems"),
+    ],
+)  # fmt: skip
+def test_requests_a_user_must_fix_fail_on_the_call(server, systems, human, matcher, code, words) -> None:
+    request = evaluation_pb2.EvaluateRequest(
+        systems=[evaluation_pb2.SystemRef(name=n, uri=u) for n, u in systems], human=human, matcher=matcher
+    )
+    with make_channel(server, TOKEN) as channel, pytest.raises(grpc.RpcError) as caught:
+        evaluation_pb2_grpc.EvaluationStub(channel).Evaluate(request, timeout=60)
+    assert caught.value.code() == code
+    assert words in caught.value.details()
+
+
+def test_without_the_token_the_call_is_refused(server: str) -> None:
+    with make_channel(server, None) as channel, pytest.raises(grpc.RpcError) as caught:
+        evaluation_pb2_grpc.EvaluationStub(channel).Evaluate(evaluation_pb2.EvaluateRequest(), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [REVIEWSTACK, "eval", *args], capture_output=True, text=True, env={**os.environ, **env}, timeout=300
+    )
+
+
+def test_cli_runs_locally_and_through_the_server_alike(server: str, store_dir: Path) -> None:
+    args = ["--system", f"ours={store_dir}/reviews/ours", "--human", f"{store_dir}/datasets/gt/v1"]
+    local = _cli("run", *args, "--out", str(store_dir), "--bootstrap", "100", "--json")
+    assert local.returncode == 0, local.stderr
+    remote = _cli(
+        "run", *args, "--out", str(store_dir), "--bootstrap", "100", "--json", "--server", server,
+        REVIEWSTACK_TOKEN=TOKEN,
+    )  # fmt: skip
+    assert remote.returncode == 0, remote.stderr
+    local_summary, remote_summary = json.loads(local.stdout), json.loads(remote.stdout)
+    assert [s["name"] for s in local_summary["systems"]] == [s["name"] for s in remote_summary["systems"]]
+    assert local_summary["systems"][0]["recall"] == pytest.approx(remote_summary["systems"][0]["recall"])
+    assert Path(local_summary["report_html"].removeprefix("file://")).is_file()
+    table = _cli("run", *args, "--out", str(store_dir), "--bootstrap", "0")
+    assert table.returncode == 0 and "report:" in table.stdout and "ours" in table.stdout
+
+
+def test_cli_errors_are_one_line_a_user_can_act_on(store_dir: Path) -> None:
+    wrong = _cli("run", "--system", "ours", "--human", "x", "--out", str(store_dir))
+    assert wrong.returncode == 2 and "NAME=URI" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def test_cli_match_pairs_two_lists(tmp_path: Path) -> None:
+    generated, reference = tmp_path / "generated.json", tmp_path / "reference.json"
+    generated.write_text(json.dumps(["No ablation of the loss terms is given.", "Figures use nice colours."]))
+    reference.write_text(json.dumps(["Bananas are yellow.", "An ablation of the loss terms is missing."]))
+    result = _cli("match", "--generated", str(generated), "--reference", str(reference), "--json")
+    assert result.returncode == 0, result.stderr
+    assert [(m["generated"], m["reference"]) for m in json.loads(result.stdout)] == [(0, 1)]
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"not": "a list"}')
+    refused = _cli("match", "--generated", str(bad), "--reference", str(reference))
+    assert refused.returncode == 2 and "list of strings" in refused.stderr
