@@ -70,6 +70,7 @@ def test_batch_writes_each_review_once_and_resumes(engine, refuser_model, papers
         record["paper_id"] == "a" and record["system"] == "tiny-v1" and len(record["review"]["aspects"]) == 7
     )
     assert record["lineage"]["prompt_version"] == "reviewer-v1" and record["generated_tokens"] == 30
+    assert record["review"]["raw_text"].strip()  # what the model wrote, kept beside the parsed review
     stamps = [p.stat().st_mtime_ns for p in written]
     (store / "reviews" / "tiny-v1" / "b.json").unlink()  # as if the batch had been cut before b
     again = _run(*args)

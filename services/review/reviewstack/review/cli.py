@@ -235,6 +235,7 @@ def _record(
                 {"name": a.name, "items": list(a.items), "empty": a.empty} for a in response.review.aspects
             ],
             "text": response.review.text,
+            "raw_text": response.raw_text,
         },
         "lineage": json_format.MessageToDict(response.lineage, preserving_proto_field_name=True),
         "warnings": list(response.warnings),

@@ -180,4 +180,5 @@ class Reviewer:
             warnings=prepared.warnings + [f"review format: {w}" for w in parsed.warnings],
             prompt_tokens=prepared.prompt.tokens,
             generated_tokens=tokens,
+            raw_text=text,
         )
