@@ -98,7 +98,7 @@ def test_reviews_are_service_records_with_lineage_and_a_rerun_skips_them(
     for path in sorted(p for p in papers.iterdir() if p.suffix != ".json"):
         data = local_store.get_bytes(f"reviews/{SYSTEM}/{path.stem}.json")
         record = json.loads(data)
-        assert set(record) == set(service) | {"raw_text"}
+        assert set(record) == set(service)
         assert set(record["review"]) == set(service["review"])
         assert set(record["lineage"]) >= set(service["lineage"])
         optional = {"refusal_penalty", "seed"}  # λ means nothing to an external endpoint; no seed was asked
@@ -111,7 +111,7 @@ def test_reviews_are_service_records_with_lineage_and_a_rerun_skips_them(
         aspects = record["review"]["aspects"]
         assert [a["name"] for a in aspects] == [a.criterion for a in AspectSchema.SEVEN.aspects]
         assert all(set(a) == set(service["review"]["aspects"][0]) for a in aspects)
-        parsed = parse(record["raw_text"], strict=False)
+        parsed = parse(record["review"]["raw_text"], strict=False)
         assert record["review"]["text"] == render(parsed.aspects)
         assert [a["empty"] for a in aspects] == [k in parsed.empty_aspects for k in AspectSchema.SEVEN.keys]
         assert 0 < record["generated_tokens"] <= 200 and record["prompt_tokens"] <= 512

@@ -5,8 +5,8 @@ The paper goes through the same cleaning and prompt builder as data-prep and the
 cut with the same tokenizer and limit (the Llama-3 tokenizer, 11,138 tokens, by default): a baseline
 then reads exactly the paper text the fine-tuned model reads, whatever its own context length. Each
 review is written to `reviews/<system>/<paper-id>.json` in the review service's batch format
-(`reviewstack review --batch`), so one loader reads both, plus `raw_text`, the endpoint's answer
-before parsing (an external model's drift from the format stays auditable).
+(`reviewstack review --batch`), so one loader reads both; like those, `review.raw_text` keeps the
+endpoint's answer before parsing, so an external model's drift from the format stays auditable.
 
 A batch resumes: papers already in the store are skipped. A failing paper is reported and the batch goes
 on, except on errors that would fail every paper alike (bad key, wrong URL or model).
@@ -204,12 +204,12 @@ class _Writer:
                     for a in AspectSchema.SEVEN.aspects
                 ],
                 "text": render(parsed.aspects, AspectSchema.SEVEN),
+                "raw_text": text,
             },
             "lineage": self._lineage(reply),
             "warnings": warnings + [f"review format: {w}" for w in parsed.warnings],
             "prompt_tokens": usage.prompt_tokens if usage else prompt.tokens,
             "generated_tokens": usage.completion_tokens if usage else 0,
-            "raw_text": text,
         }
 
     def _prompt(self, name: str, data: bytes) -> tuple[Any, list[str]]:
