@@ -19,7 +19,7 @@ PROTOS := $(wildcard proto/reviewstack/v1/*.proto)
 PROTO_OUT := services/common
 STAMP := $(VENV)/.installed
 # FAST=1 skips tests marked slow (they still run in CI).
-PYTEST_ARGS := $(if $(FAST),-m "not slow",)
+PYTEST_ARGS := --durations=25 $(if $(FAST),-m "not slow",)
 
 .PHONY: all install vllm-env proto tokenizer embedded-model demo test lint format clean
 
