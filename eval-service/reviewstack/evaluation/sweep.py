@@ -17,6 +17,11 @@ PENALTY_KEY = "refusal_penalty"
 # Lineage fields that may differ between the runs of one sweep: λ itself, the sampling seed, and where
 # the model was served (one model behind two deployments is still one model).
 _FREE = frozenset({PENALTY_KEY, "seed", "backend"})
+# What a record says about itself rather than about how it was made: never part of a sweep's settings
+# (two papers' records can agree on them by chance, and two runs never do).
+_PER_RECORD = frozenset(
+    {"system", "created", "source", "record", "warnings", "prompt_tokens", "generated_tokens"}
+)
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -76,7 +81,11 @@ def settings(system: System) -> dict[str, Any]:
     when its reviews carry none), less the fields a sweep may vary."""
     lineages = _review_lineages(system)
     common = _common(lineages) if lineages else _flatten(system.lineage)
-    return {k: v for k, v in sorted(common.items()) if k.rsplit(".", 1)[-1] not in _FREE}
+    return {
+        k: v
+        for k, v in sorted(common.items())
+        if k.rsplit(".", 1)[-1] not in _FREE and k.split(".", 1)[0] not in _PER_RECORD
+    }
 
 
 def penalty_sweeps(

@@ -37,8 +37,8 @@ class DataPrepSettings(ServerSettings):
 
 
 def _preload(tokenizer: str | None) -> None:
+    from reviewstack.common.embeddings import load_embedding_model
     from reviewstack.common.tokenizer import load_tokenizer
-    from reviewstack.dataprep.distill.embedded import load_embedding_model
 
     load_tokenizer(tokenizer)
     load_embedding_model()

@@ -237,7 +237,10 @@ def _record(
             "text": response.review.text,
             "raw_text": response.raw_text,
         },
-        "lineage": json_format.MessageToDict(response.lineage, preserving_proto_field_name=True),
+        # defaults written out: λ = 0 and temperature 0 are settings a sweep must see, not absences
+        "lineage": json_format.MessageToDict(
+            response.lineage, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        ),
         "warnings": list(response.warnings),
         "prompt_tokens": response.prompt_tokens,
         "generated_tokens": response.generated_tokens,

