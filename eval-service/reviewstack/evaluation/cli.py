@@ -228,29 +228,17 @@ def _run_remote(config: Any, server: str, token: str | None) -> dict[str, Any]:
     """Send the evaluation to a server and follow its operation with the same progress display."""
     from google.protobuf import json_format
 
-    from reviewstack.common.errors import ReviewStackError
-    from reviewstack.common.grpc import make_channel, wait_operation
-    from reviewstack.common.progress import ProgressDisplay
+    from reviewstack.common.grpc import follow_operation, make_channel
     from reviewstack.evaluation.service import config_to_request
-    from reviewstack.v1 import evaluation_pb2, evaluation_pb2_grpc, operations_pb2
+    from reviewstack.v1 import evaluation_pb2, evaluation_pb2_grpc
 
     with make_channel(server, token) as channel:
         operation = evaluation_pb2_grpc.EvaluationStub(channel).Evaluate(
             config_to_request(config), timeout=60
         )
-        with ProgressDisplay() as progress:
-            final = wait_operation(
-                channel,
-                operation.id,
-                on_update=lambda op: progress.update(
-                    op.progress.stage or "waiting", op.progress.done, op.progress.total, op.progress.message
-                ),
-            )
-    if final.state != operations_pb2.OPERATION_STATE_SUCCEEDED:
-        state = operations_pb2.OperationState.Name(final.state).removeprefix("OPERATION_STATE_").lower()
-        raise ReviewStackError(f"evaluation {state} on {server}: {final.error.message}")
-    result = evaluation_pb2.EvaluationResult()
-    final.result.Unpack(result)
+        result = follow_operation(
+            channel, operation.id, evaluation_pb2.EvaluationResult(), f"evaluation on {server}"
+        )
     return json_format.MessageToDict(
         result, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )

@@ -156,28 +156,16 @@ def _build_local(config) -> dict:
 
 def _build_remote(config, server: str, token: str | None) -> dict:
     """Send the build to a DataPrep server and follow its operation with the same progress display."""
-    from reviewstack.common.errors import ReviewStackError
-    from reviewstack.common.grpc import make_channel, wait_operation
-    from reviewstack.common.progress import ProgressDisplay
+    from reviewstack.common.grpc import follow_operation, make_channel
     from reviewstack.dataprep.service import config_to_request
-    from reviewstack.v1 import dataprep_pb2, dataprep_pb2_grpc, operations_pb2
+    from reviewstack.v1 import dataprep_pb2, dataprep_pb2_grpc
 
     with make_channel(server, token) as channel:
         stub = dataprep_pb2_grpc.DataPrepStub(channel)
         operation = stub.BuildDataset(config_to_request(config), timeout=60)
-        with ProgressDisplay() as progress:
-            final = wait_operation(
-                channel,
-                operation.id,
-                on_update=lambda op: progress.update(
-                    op.progress.stage or "waiting", op.progress.done, op.progress.total, op.progress.message
-                ),
-            )
-        if final.state != operations_pb2.OPERATION_STATE_SUCCEEDED:
-            state = operations_pb2.OperationState.Name(final.state).removeprefix("OPERATION_STATE_").lower()
-            raise ReviewStackError(f"build {state} on {server}: {final.error.message}")
-        result = dataprep_pb2.BuildDatasetResult()
-        final.result.Unpack(result)
+        result = follow_operation(
+            channel, operation.id, dataprep_pb2.BuildDatasetResult(), f"build on {server}"
+        )
         reply = stub.GetDataset(
             dataprep_pb2.GetDatasetRequest(store=config.output, name=result.name, version=result.version),
             timeout=30,

@@ -10,6 +10,7 @@ Note: inside this package `import grpc` still means the grpcio library (absolute
 from reviewstack.common.grpc.auth import AUTH_METADATA_KEY, TokenSource
 from reviewstack.common.grpc.client import (
     error_from_rpc,
+    follow_operation,
     make_channel,
     wait_operation,
     wait_until_serving,
@@ -35,6 +36,7 @@ __all__ = [
     "TokenSource",
     "current_request_id",
     "error_from_rpc",
+    "follow_operation",
     "is_terminal",
     "make_channel",
     "run_server",

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, Literal, overload
 
 import grpc
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from reviewstack.common import errors
@@ -195,6 +196,26 @@ def wait_operation(
     raise errors.Unavailable(
         f"the server stopped streaming operation {operation_id} before it finished; watch it again"
     )
+
+
+def follow_operation(channel: grpc.Channel, operation_id: str, result: Message, what: str) -> Message:
+    """Follow an operation with the same progress display a local run shows; unpack its result into
+    `result`, or raise a ReviewStackError saying how `what` ended (failed, cancelled) and why."""
+    from reviewstack.common.progress import ProgressDisplay
+
+    with ProgressDisplay() as progress:
+        final = wait_operation(
+            channel,
+            operation_id,
+            on_update=lambda op: progress.update(
+                op.progress.stage or "waiting", op.progress.done, op.progress.total, op.progress.message
+            ),
+        )
+    if final.state != operations_pb2.OPERATION_STATE_SUCCEEDED:
+        state = operations_pb2.OperationState.Name(final.state).removeprefix("OPERATION_STATE_").lower()
+        raise errors.ReviewStackError(f"{what} {state}: {final.error.message}")
+    final.result.Unpack(result)
+    return result
 
 
 _ERRORS_BY_CODE: dict[grpc.StatusCode, type[errors.ReviewStackError]] = {
