@@ -128,12 +128,7 @@ def _refuse_unsupported(p: Parameters) -> None:
         "frequency_penalty": bool(p.frequency_penalty),
         "adapter_id": bool(p.adapter_id),
     }
-    named = [name for name, used in unsupported.items() if used]
-    if named:
-        raise ValidationFailed(
-            f"this engine does not implement {', '.join(f'`{n}`' for n in named)}; leave them unset, "
-            "or serve the model with TGI"
-        )
+    _refuse_named(unsupported)
 
 
 def refusal_penalty_from(header: str | None, default: float, maximum: float) -> float:
@@ -254,6 +249,12 @@ def _refuse_unsupported_chat(body: ChatRequest) -> None:
         and not (isinstance(body.response_format, dict) and body.response_format.get("type") == "text"),
         "logit_bias": bool(body.logit_bias),
     }
+    _refuse_named(unsupported)
+
+
+def _refuse_named(unsupported: dict[str, bool]) -> None:
+    """A 422 naming every parameter the request set that this engine does not implement: silently
+    ignoring one would return text the caller did not ask for."""
     named = [name for name, used in unsupported.items() if used]
     if named:
         raise ValidationFailed(
