@@ -1,8 +1,9 @@
 """Benchmark: training tokens/s and peak GPU memory at 12,288 tokens, Llama-3-8B shape, random weights.
 
-LoRA r=16 on all seven projections, gradient checkpointing, one 12,288-token sequence per step (an
-11,138-token prompt and a 1,150-token response, the method's lengths). Variants, each in its own process
-so that peak memory is its own:
+LoRA r=16 on all seven projections, gradient checkpointing, one 12,288-token sequence per micro-batch
+(an 11,138-token prompt and a 1,150-token response, the method's lengths) and the method's effective
+batch of 16 sequences per optimizer step through gradient accumulation (16 micro-batches on one GPU, 8
+per GPU on two). Variants, each in its own process so that peak memory is its own:
 - baseline: plain transformers + PEFT as a user would write it (`model(input_ids, labels=...)`, logits
   for every position, SDPA, PEFT's default fp32 adapters);
 - ours: this training job's components (model loading with Position Interpolation and its speed-ups,
@@ -10,7 +11,7 @@ so that peak memory is its own:
 - ours-no-liger: ours without the Liger kernels (what the Triton kernels buy);
 - zero3-<N>gpu: ours under DeepSpeed ZeRO-3 over N GPUs (torchrun), aggregate tokens/s.
 
-    python bench/train_throughput.py [--variants baseline,ours,zero3-2gpu] [--out FILE]
+    python bench/train_throughput.py [--variants baseline,ours,zero3-2gpu] [--effective-batch 16] [--out FILE]
     python bench/train_throughput.py --tiny   # a CPU smoke run of every code path on a tiny model
 
 Needs CUDA GPUs (two for zero3-2gpu), the packages deepspeed and liger-kernel, this repository's
@@ -57,7 +58,9 @@ def synthetic_batch(lengths: tuple[int, int], vocab: int, device: torch.device, 
 
 
 # -- one variant, in this process ------------------------------------------------------------------------
-def run_baseline(model_dir: Path, device: torch.device, dtype: torch.dtype, grad_ckpt: bool) -> Any:
+def run_baseline(
+    model_dir: Path, device: torch.device, dtype: torch.dtype, grad_ckpt: bool, accumulation: int
+) -> Any:
     """The plain recipe: HF model + PEFT LoRA, HF's own loss over full logits."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -78,20 +81,27 @@ def run_baseline(model_dir: Path, device: torch.device, dtype: torch.dtype, grad
         [p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=device.type == "cuda"
     )
 
-    def step(batch: dict[str, Any]) -> float:
+    def step(batch: dict[str, Any], boundary: bool) -> float:
         # no attention_mask: with one (even all ones) transformers 5.17 builds a dense 12k × 12k mask,
         # SDPA falls off its fast kernels and the step runs out of 80 GB; this is the baseline's best case
         loss = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        (loss / accumulation).backward()
+        if boundary:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
 
     return step
 
 
 def run_ours(
-    model_dir: Path, device: torch.device, dtype: torch.dtype, liger: str, tiny: bool, zero3: bool
+    model_dir: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    liger: str,
+    tiny: bool,
+    zero3: bool,
+    accumulation: int,
 ) -> Any:
     """This training job's path: its spec, model loading, loss module, step context and optimizer
     (or, under ZeRO-3, its DeepSpeed engine)."""
@@ -114,11 +124,11 @@ def run_ours(
         precision="bf16" if dtype == torch.bfloat16 else "fp32",
         liger=liger,
         deepspeed="zero3" if zero3 else "none",
-        effective_batch_size=world,
+        effective_batch_size=accumulation * world,
     )
     if zero3:
         zero.init_distributed(device)
-        config = zero.build_config(spec, 1, world, device, dtype)
+        config = zero.build_config(spec, accumulation, world, device, dtype)
         _merge(config, json.loads(os.environ.get("BENCH_ZERO3_OPTIONS", "{}")))
         held = zero.hf_config(config)  # noqa: F841 — must outlive from_pretrained
     model, _ = load_model(spec, device, dtype)
@@ -131,14 +141,16 @@ def run_ours(
 
         phases: list[tuple[float, float, float]] = []  # forward, backward, optimizer seconds
 
-        def step(batch: dict[str, Any]) -> float:
+        def step(batch: dict[str, Any], boundary: bool) -> float:
             marks = [time.perf_counter()]
             with step_context(device, dtype):
                 summed, n = engine(**batch)
                 marks.append(_synced(device))
                 engine.backward(summed / n, scale_wrt_gas=False)
                 marks.append(_synced(device))
-            engine.step()
+            engine.step()  # the update only at DeepSpeed's own accumulation boundary
+            if engine.was_step_applied() != boundary:
+                raise RuntimeError("DeepSpeed's accumulation boundary is out of step with the benchmark's")
             marks.append(_synced(device))
             phases.append(tuple(b - a for a, b in itertools.pairwise(marks)))
             return float(summed.detach()) / n
@@ -149,12 +161,13 @@ def run_ours(
         [p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=device.type == "cuda"
     )
 
-    def plain_step(batch: dict[str, Any]) -> float:
+    def plain_step(batch: dict[str, Any], boundary: bool) -> float:
         with step_context(device, dtype):
             summed, n = loss_model(**batch)
-            (summed / n).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+            (summed / (n * accumulation)).backward()
+        if boundary:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         return float(summed.detach()) / n
 
     return plain_step
@@ -173,7 +186,7 @@ def _profile(step: Any, batch: dict[str, Any], out: Path, rank: int) -> None:
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with profile(activities=activities) as prof:
-        step(batch)
+        step(batch, boundary=False)
         _synced(batch["input_ids"].device)
     if rank == 0:
         sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
@@ -193,15 +206,19 @@ def measure(args: argparse.Namespace) -> dict[str, Any] | None:
     dtype = torch.float32 if tiny else torch.bfloat16
     lengths = (192, 64) if tiny else (11_138, 1_150)
     model_dir = Path(args.model_dir)
+    # the method's effective batch, split over the ranks: an optimizer step every `accumulation` micro-batches
+    accumulation = max(1, args.effective_batch // world)
     if args.variant == "baseline":
-        step = run_baseline(model_dir, device, dtype, grad_ckpt=True)
+        step = run_baseline(model_dir, device, dtype, grad_ckpt=True, accumulation=accumulation)
     elif args.variant in ("ours", "ours-no-liger", "zero3"):
         liger = "off" if args.variant == "ours-no-liger" or tiny else "on"
-        step = run_ours(model_dir, device, dtype, liger, tiny, zero3=args.variant == "zero3")
+        step = run_ours(model_dir, device, dtype, liger, tiny, args.variant == "zero3", accumulation)
     else:
         raise SystemExit(f"unknown variant {args.variant}")
     vocab = (TINY if tiny else LLAMA3_8B)["vocab_size"]
-    count = args.warmup + args.steps
+    # warm-up micro-batches, then whole optimizer steps: any `accumulation` consecutive micro-batches hold
+    # exactly one update, wherever the warm-up left the count
+    count = args.warmup + args.steps * accumulation
     batches = [synthetic_batch(lengths, vocab, device, rank * count + i) for i in range(count)]
     losses, times = [], []
     for i, batch in enumerate(batches):
@@ -209,15 +226,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any] | None:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
-        losses.append(step(batch))
+        losses.append(step(batch, boundary=(i + 1) % accumulation == 0))
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i >= args.warmup:
             times.append(time.perf_counter() - started)
-    seconds = statistics.median(times)
-    if os.environ.get("BENCH_PROFILE"):  # one more, untimed step under the profiler
+    windows = [sum(times[k : k + accumulation]) for k in range(0, len(times), accumulation)]
+    seconds = statistics.median(windows)  # one optimizer step: `accumulation` micro-batches and the update
+    if os.environ.get("BENCH_PROFILE"):  # one more, untimed micro-batch under the profiler
         _profile(step, batches[-1], Path(os.environ["BENCH_PROFILE"]), rank)
-    tokens = sum(lengths) * world  # every rank trains its own sequence each step
+    tokens = sum(lengths) * accumulation * world  # every rank trains its own sequences each step
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
     if rank != 0:
         return None
@@ -234,9 +252,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any] | None:
         **breakdown,
         "variant": args.variant if args.variant != "zero3" else f"zero3-{world}gpu",
         "gpus": world,
+        "accumulation": accumulation,
         "tokens_per_step": tokens,
         "step_s": round(seconds, 4),
-        "step_s_spread": round(max(times) - min(times), 4),
+        "step_s_spread": round(max(windows) - min(windows), 4),
+        "micro_s": round(statistics.median(times), 4),
+        "micro_s_spread": round(max(times) - min(times), 4),
         "tok_s": round(tokens / seconds, 1),
         "peak_gib": round(peak, 2),
         "loss_first": round(losses[0], 4),
@@ -257,6 +278,8 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         str(args.steps),
         "--warmup",
         str(args.warmup),
+        "--effective-batch",
+        str(args.effective_batch),
     ]
     if variant.startswith("zero3-"):  # zero3-<N>gpu: N processes under torchrun
         processes = variant.removeprefix("zero3-").removesuffix("gpu")
@@ -289,19 +312,31 @@ def report(rows: list[dict[str, Any]], extra: dict[str, Any], out: Path) -> None
     from rich.table import Table
 
     table = Table(
-        title=f"training throughput, {extra['tokens_per_step']:,} tokens/step/GPU — {extra['card']}"
+        title=f"training throughput, {extra['tokens_per_sequence']:,}-token sequences, "
+        f"{extra['effective_batch']} per optimizer step — {extra['card']}"
     )
-    for column in ("variant", "gpus", "step s", "tok/s", "× baseline", "peak GiB", "loss first→last"):
+    columns = (
+        "variant",
+        "gpus",
+        "micro-batches",
+        "step s",
+        "tok/s",
+        "× baseline",
+        "peak GiB",
+        "loss first→last",
+    )
+    for column in columns:
         table.add_column(column, justify="right" if column != "variant" else "left")
     base = next((r["tok_s"] for r in rows if r.get("variant") == "baseline" and "tok_s" in r), None)
     for row in rows:
         if "error" in row:
-            table.add_row(row["variant"], "", "", "", "", "", row["error"][:60])
+            table.add_row(row["variant"], "", "", "", "", "", "", row["error"][:60])
             continue
         speedup = f"{row['tok_s'] / base:.2f}" if base else ""
         table.add_row(
             row["variant"],
             str(row["gpus"]),
+            f"{row['accumulation']} × {row['micro_s']:.3f} s",
             f"{row['step_s']:.3f}",
             f"{row['tok_s']:,.0f}",
             speedup,
@@ -316,8 +351,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default="baseline,ours,ours-no-liger,zero3-1gpu,zero3-2gpu")
     parser.add_argument("--model-dir", default="/tmp/reviewstack-bench/llama3-8b-random")
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=2, help="timed optimizer steps per variant")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed micro-batches first")
+    parser.add_argument(
+        "--effective-batch",
+        type=int,
+        default=16,
+        help="sequences per optimizer step (the method's 16); 1 steps the optimizer after every sequence",
+    )
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run on a tiny model")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "train_throughput.json"))
     parser.add_argument("--one", metavar="VARIANT", help=argparse.SUPPRESS)
@@ -364,7 +405,8 @@ def summarise(rows: list[dict[str, Any]], args: argparse.Namespace, created_s: f
         "deepspeed": version("deepspeed"),
         "liger_kernel": version("liger_kernel"),
         "shape": "Llama-3-8B (random weights)",
-        "tokens_per_step": 12_288 if not args.tiny else 256,
+        "tokens_per_sequence": 12_288 if not args.tiny else 256,
+        "effective_batch": args.effective_batch,
         "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "targets": PROJECTIONS},
         "random_model_created_s": round(created_s, 1),
         "baseline_tok_s": by.get("baseline", {}).get("tok_s"),

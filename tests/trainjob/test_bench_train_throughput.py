@@ -20,7 +20,7 @@ def test_tiny_run_of_every_variant(tmp_path: Path) -> None:
     command = [
         sys.executable, str(ROOT / "bench" / "train_throughput.py"), "--tiny",
         "--variants", "baseline,ours,ours-no-liger,zero3-1gpu,zero3-2gpu",
-        "--steps", "1", "--warmup", "1", "--model-dir", str(tmp_path / "model"), "--out", str(out),
+        "--steps", "1", "--warmup", "1", "--effective-batch", "2", "--model-dir", str(tmp_path / "model"), "--out", str(out),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "REVIEWSTACK_COMMIT": "test"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
@@ -30,7 +30,12 @@ def test_tiny_run_of_every_variant(tmp_path: Path) -> None:
     assert set(rows) == {"baseline", "ours", "ours-no-liger", "zero3-1gpu", "zero3-2gpu"}
     failed = {name: row["error"] for name, row in rows.items() if "error" in row}
     assert not failed, failed
-    assert rows["zero3-2gpu"]["gpus"] == 2 and rows["zero3-2gpu"]["tokens_per_step"] == 2 * 256
+    # an effective batch of 2: two micro-batches per update on one process, one per rank on two
+    assert {name: row["accumulation"] for name, row in rows.items()} == {
+        "baseline": 2, "ours": 2, "ours-no-liger": 2, "zero3-1gpu": 2, "zero3-2gpu": 1,
+    }  # fmt: skip
+    assert {row["tokens_per_step"] for row in rows.values()} == {2 * 256}
+    assert rows["zero3-2gpu"]["gpus"] == 2
     # same tiny model, same first batch: every path computes the same loss before its first update
     first = {name: row["loss_first"] for name, row in rows.items()}
     assert max(first.values()) - min(first.values()) < 1e-3, first
