@@ -5,6 +5,7 @@ endpoint."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -244,6 +245,13 @@ def _run_remote(config: Any, server: str, token: str | None) -> dict[str, Any]:
     )
 
 
+def _number(value: float | str, spec: str = ".3f") -> str:
+    """A metric for the table; undefined ones (NaN, "NaN" once through proto JSON) as a dash: a system
+    whose reviews hold no points has no precision, and printing 0 would claim one."""
+    number = float(value)
+    return "—" if math.isnan(number) else format(number, spec)
+
+
 def _show(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
         out.print_json(json.dumps(summary))
@@ -255,10 +263,10 @@ def _show(summary: dict[str, Any], as_json: bool) -> None:
         table.add_row(
             row["name"],
             str(row["papers"]),
-            f"{row['hits']:.2f}",
-            f"{row['recall']:.3f} ({row['recall_low']:.3f}–{row['recall_high']:.3f})",
-            f"{row['precision']:.3f} ({row['precision_low']:.3f}–{row['precision_high']:.3f})",
-            f"{row['f1']:.3f}",
+            _number(row["hits"], ".2f"),
+            f"{_number(row['recall'])} ({_number(row['recall_low'])}–{_number(row['recall_high'])})",
+            f"{_number(row['precision'])} ({_number(row['precision_low'])}–{_number(row['precision_high'])})",
+            _number(row["f1"]),
         )
     out.print(table)
     if summary["exclusions"]:
