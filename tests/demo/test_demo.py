@@ -1,0 +1,57 @@
+"""`reviewstack demo` (what `make demo` runs), at its smallest: every service started as its own process
+with auth on, the whole method driven through their gRPC APIs, the report where it says it is."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+REVIEWSTACK = Path(sys.executable).with_name("reviewstack")
+
+
+@pytest.mark.slow
+def test_the_demo_runs_the_method_through_the_services_and_prints_its_report(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    command = [
+        str(REVIEWSTACK), "demo", "--out", str(out),
+        "--steps", "1", "--batch-size", "1", "--max-new-tokens", "24", "--penalty", "2",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    printed = result.stdout + result.stderr
+    assert result.returncode == 0, printed[-4000:]
+    assert "Traceback" not in printed
+    for stage in ("1/6 · dataset", "2/6 · fine-tune", "3/6 · serve", "4/6 · review", "5/6 · evaluate"):
+        assert stage in printed, stage
+
+    report = Path(re.findall(r"^report: (\S+report\.html)$", printed, flags=re.MULTILINE)[-1])
+    assert report.is_file() and report.is_relative_to(out / "store" / "evaluations")
+    html = report.read_text()
+    assert "lambda-0" in html and "lambda-2" in html and "<img" in html
+    details = json.loads(report.with_name("report.json").read_text())
+    systems = {s["name"]: s for s in details["systems"]}
+    assert {name: s["refusal_penalty"] for name, s in systems.items()} == {"lambda-0": 0.0, "lambda-2": 2.0}
+    test_ids = [
+        json.loads(line)["paper_id"] for line in next(out.glob("store/datasets/*/*/test.jsonl")).open()
+    ]
+    assert sorted(details["papers"]) == sorted(test_ids) and len(test_ids) == 3
+    assert all(s["statistics"] for s in systems.values())  # items and empty aspects per review
+    assert details["human"]["overall"]["recall"]["mean"] > 0  # the leave-one-out anchor
+    pairs = {(p["a"], p["b"]) for p in details["pairwise"]}
+    assert ("lambda-0", "lambda-2") in pairs
+    assert details["penalty_sweeps"] and (report.parent / "plots" / "pairwise.png").is_file()
+
+    # the run the reviews came from: trained through the Training service, merged, with PI in its config
+    run = out / "store" / "runs" / "demo-smollm2-pi"
+    assert json.loads((run / "status.json").read_text())["state"] == "succeeded"
+    merged_config = json.loads((run / "merged" / "config.json").read_text())
+    assert merged_config["rope_parameters"]["rope_type"] == "linear"
+    assert merged_config["rope_parameters"]["factor"] == pytest.approx(1.5)
+    for system in ("demo-lambda-0", "demo-lambda-2"):
+        assert len(list((out / "store" / "reviews" / system).glob("*.json"))) == 3
+    assert not list(ROOT.glob("reviewstack-train-logs"))  # the services' logs stay in the demo's folder
