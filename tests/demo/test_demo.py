@@ -26,7 +26,7 @@ def test_the_demo_runs_the_method_through_the_services_and_prints_its_report(tmp
     printed = result.stdout + result.stderr
     assert result.returncode == 0, printed[-4000:]
     assert "Traceback" not in printed
-    for stage in ("1/6 · dataset", "2/6 · fine-tune", "3/6 · serve", "4/6 · review", "5/6 · evaluate"):
+    for stage in ("1/5 · dataset", "2/5 · fine-tune", "3/5 · serve", "4/5 · review", "5/5 · evaluate"):
         assert stage in printed, stage
 
     report = Path(re.findall(r"^report: (\S+report\.html)$", printed, flags=re.MULTILINE)[-1])

@@ -271,4 +271,4 @@ def _show(summary: dict[str, Any], as_json: bool) -> None:
     out.print(table)
     if summary["exclusions"]:
         out.print(f"[yellow]{summary['exclusions']} inputs left out[/]: their reasons are in report.json")
-    out.print(f"report: {summary['report_html']}")
+    out.print(f"report: {summary['report_html']}", soft_wrap=True)  # one line: a path to copy

@@ -213,7 +213,7 @@ def demo(
     store = out / "store"
     store.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(24)
-    stages = Stages(6)
+    stages = Stages(5)
     # the services run in sessions of their own (a Ctrl-C reaches only this process), so a SIGTERM must
     # unwind through the cleanup below like a Ctrl-C does, or they would outlive the demo
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
@@ -300,8 +300,8 @@ def demo(
             )  # fmt: skip
             report = _latest("evaluations/*/report.html", store)
 
-        with stages.stage("done"):
-            for title, took in stages.timings:
-                console.print(f"  {took:6.0f} s  {title}")
-            console.print(f"[bold green]report:[/] {report}")
-            console.print(f"logs of the services: {stack.logs}")
+    console.rule(f"[bold]done in {time.monotonic() - stages.started:.0f} s")
+    for title, took in stages.timings:
+        console.print(f"  {took:6.0f} s  {title}")
+    console.print(f"logs of the services: {stack.logs}", soft_wrap=True)
+    console.print(f"[bold green]report:[/] {report}", soft_wrap=True)  # one line: a path to copy
