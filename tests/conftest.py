@@ -188,6 +188,25 @@ def engine_process(model: Path, log: Path, *flags: str, ready_timeout_s: float =
         assert proc.wait(timeout=60) == 0, "SIGTERM must stop the engine cleanly:\n" + log.read_text()
 
 
+# The limits of the engine shared (`refuser_engine`) by the HTTP-level tests of the engine, its chat API,
+# the LLM-judge matcher and the review service and CLI: 600 input tokens, 1024 in all, 4 slots, 6 requests
+# in flight. tests/generation/test_server.py asserts each of them; change them together.
+SHARED_ENGINE_FLAGS = (
+    *("--max-input-tokens", "600", "--max-total-tokens", "1024"),
+    *("--max-batch-size", "4", "--max-concurrent-requests", "6"),
+)
+
+
+@pytest.fixture(scope="session")
+def refuser_engine(refuser_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One generation engine on `refuser_model` with SHARED_ENGINE_FLAGS for the whole session: started by
+    the first test that asks for it, stopped (and required to exit cleanly) at the end. Engines with other
+    limits stay module-scoped where they are needed."""
+    log = tmp_path_factory.mktemp("refuser-engine") / "engine.log"
+    with engine_process(refuser_model, log, *SHARED_ENGINE_FLAGS) as url:
+        yield url
+
+
 @pytest.fixture(scope="session")
 def refuser_model(request: pytest.FixtureRequest, tmp_path_factory) -> Path:
     """A tiny Llama trained to write 7-aspect reviews that mostly refuse (tests/refuser.py).

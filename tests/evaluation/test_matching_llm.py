@@ -14,9 +14,6 @@ from reviewstack.evaluation.matching_llm import (
 )
 from reviewstack.evaluation.model import Match, Matcher
 
-from ..conftest import engine_process
-
-LIMITS = ("--max-input-tokens", "900", "--max-total-tokens", "1024", "--max-batch-size", "4")
 VALID = (
     '{"matches": [{"G": 1, "H": 2, "similarity": 8, "rationale": "same"}, {"G": 2, "H": 1, "similarity": 6}]}'
 )
@@ -102,10 +99,9 @@ def test_the_prompt_numbers_both_lists_from_1():
 
 
 @pytest.fixture(scope="module")
-def engine(refuser_model, tmp_path_factory):
-    log = tmp_path_factory.mktemp("engine") / "engine.log"
-    with engine_process(refuser_model, log, *LIMITS) as url:
-        yield url
+def engine(refuser_engine):
+    """The session's shared engine (tests/conftest.py): the judge prompts here are under 300 tokens."""
+    return refuser_engine
 
 
 def test_a_run_against_the_engine_ends_well_formed(engine):

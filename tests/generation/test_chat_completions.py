@@ -16,19 +16,16 @@ from reviewstack.common.prompt import Prompt, PromptBuilder
 from reviewstack.common.review_format import parse
 from reviewstack.common.tokenizer import load_tokenizer
 
-from ..conftest import engine_process
 from ..refuser import paper_text
 
-LIMITS = ("--max-input-tokens", "600", "--max-total-tokens", "1024", "--max-batch-size", "4")
 NEW = 60
 MODEL = "reviewstack"  # the engine serves one model whatever the name, as TGI does
 
 
 @pytest.fixture(scope="module")
-def engine(refuser_model, tmp_path_factory):
-    log = tmp_path_factory.mktemp("engine") / "engine.log"
-    with engine_process(refuser_model, log, *LIMITS) as url:
-        yield url
+def engine(refuser_engine):
+    """The session's shared engine (tests/conftest.py): 600 input tokens, 1024 in all."""
+    return refuser_engine
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 import urllib.request
@@ -18,18 +19,16 @@ from reviewstack.common.review_format import parse
 from reviewstack.common.tokenizer import load_tokenizer
 from reviewstack.penalty.hf import RefusalPenaltyLogitsProcessor
 
-from ..conftest import engine_process
 from ..refuser import paper_text
 
-LIMITS = ("--max-input-tokens", "600", "--max-total-tokens", "1024", "--max-batch-size", "4")
 NEW = 80
 
 
 @pytest.fixture(scope="module")
-def engine(refuser_model, tmp_path_factory):
-    log = tmp_path_factory.mktemp("engine") / "engine.log"
-    with engine_process(refuser_model, log, *LIMITS, "--max-concurrent-requests", "6") as url:
-        yield url
+def engine(refuser_engine):
+    """The session's shared engine (tests/conftest.py): 600 input tokens, 1024 in all, 4 slots, 6 requests
+    in flight (`test_info_health_and_metrics` checks them)."""
+    return refuser_engine
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +45,7 @@ def reference(refuser_model):
     model = AutoModelForCausalLM.from_pretrained(refuser_model)
     table = RefusalPenaltyLogitsProcessor.from_tokenizer(tokenizer, 0).table
 
+    @functools.cache  # several tests compare against the same prompt's answer
     def generate(prompt: str, penalty: float = 0.0, new: int = NEW) -> str:
         ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
         processors = LogitsProcessorList([RefusalPenaltyLogitsProcessor(table, penalty)])
@@ -169,6 +169,7 @@ def test_info_health_and_metrics(engine):
     with urllib.request.urlopen(f"{engine}/info") as response:
         info = json.loads(response.read())
     assert info["max_input_tokens"] == 600 and info["max_total_tokens"] == 1024
+    assert (info["max_batch_size"], info["max_concurrent_requests"]) == (4, 6)  # the slot and overload tests
     assert info["refusal_penalty"] == {"default": 0.0, "max": 10.0, "header": "X-Refusal-Penalty"}
     with urllib.request.urlopen(f"{engine}/health") as response:
         assert response.status == 200

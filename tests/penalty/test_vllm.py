@@ -20,7 +20,7 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -63,9 +63,15 @@ def _vllm_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def vllm_server(refuser_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def vllm_server(
+    refuser_model: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[str]:
     """vLLM's OpenAI server on a free loopback port, the processor named with --logits-processors (the
-    editable install in .venv-vllm registers the entry point too: it must still act once)."""
+    editable install in .venv-vllm registers the entry point too: it must still act once).
+
+    vLLM starts in stages, one process at a time (API server, engine core, worker), which leaves the
+    second core idle for a minute: the transformers `reference` is computed then, and the in-process
+    check of V2_CHECK (when selected) runs beside it."""
     port = free_port()
     log_path = tmp_path_factory.mktemp("vllm") / "server.log"
     cmd = [
@@ -83,6 +89,9 @@ def vllm_server(refuser_model: Path, tmp_path_factory: pytest.TempPathFactory) -
         proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=_vllm_env(), start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
+        if any(item.originalname == V2_CHECK for item in request.session.items):
+            request.getfixturevalue("in_process_check")  # starts it: its test collects the outcome
+        request.getfixturevalue("reference")
         deadline = time.monotonic() + 600
         while True:
             if proc.poll() is not None:
@@ -105,6 +114,44 @@ def vllm_server(refuser_model: Path, tmp_path_factory: pytest.TempPathFactory) -
             proc.wait()
         with contextlib.suppress(ProcessLookupError):  # what outlived the server
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+V2_CHECK = "test_model_runner_v2_path_and_loaders_in_process"
+V2_TEXT = (
+    "1. How to evaluate the idea of the paper\n- <No related terms>\n"
+    "2. Compared to previous similar works\n- The method is new.\n"
+    "3. How to evaluate the experimental results in the paper\n<No related terms>\n"
+)
+
+
+@pytest.fixture(scope="module")
+def in_process_check(
+    refuser_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[], tuple[int, str, str]]]:
+    """The Model Runner V2 script (`_IN_PROCESS`, on V2_TEXT) in .venv-vllm, started as a process when first
+    asked for; calling what this yields waits for it: (exit status, stdout, stderr). `vllm_server` asks
+    for it while vLLM starts when V2_CHECK is selected, so that it runs on the core vLLM leaves idle."""
+    tmp = tmp_path_factory.mktemp("v2-check")
+    script, out, err = tmp / "v2_check.py", tmp / "stdout", tmp / "stderr"
+    script.write_text(textwrap.dedent(_IN_PROCESS))
+    with open(out, "wb") as stdout, open(err, "wb") as stderr:
+        proc = subprocess.Popen(
+            [str(VLLM_PYTHON), str(script), str(refuser_model), V2_TEXT],
+            stdout=stdout,
+            stderr=stderr,
+            env=_vllm_env(),
+        )
+
+    def result() -> tuple[int, str, str]:
+        proc.wait(timeout=600)
+        return proc.returncode, out.read_text(), err.read_text()
+
+    try:
+        yield result
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
 
 
 def _complete(base: str, prompt: str, xargs: dict[str, object] | None) -> tuple[int, dict]:
@@ -286,24 +333,13 @@ print(json.dumps({"steps": len(out) + 1, "penalised_steps": checked}))
 """
 
 
-def test_model_runner_v2_path_and_loaders_in_process(refuser_model: Path, tmp_path: Path) -> None:
+def test_model_runner_v2_path_and_loaders_in_process(
+    in_process_check: Callable[[], tuple[int, str, str]],
+) -> None:
     """What the CPU build cannot run in an engine (Model Runner V2 needs Triton's CPU backend): the
     V2 `add_request`/`apply` on vLLM's own request-state and context types, plus both loaders and both
     params validators on the installed entry point."""
-    text = (
-        "1. How to evaluate the idea of the paper\n- <No related terms>\n"
-        "2. Compared to previous similar works\n- The method is new.\n"
-        "3. How to evaluate the experimental results in the paper\n<No related terms>\n"
-    )
-    script = tmp_path / "v2_check.py"
-    script.write_text(textwrap.dedent(_IN_PROCESS))
-    done = subprocess.run(
-        [str(VLLM_PYTHON), str(script), str(refuser_model), text],
-        capture_output=True,
-        text=True,
-        env=_vllm_env(),
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    returncode, stdout, stderr = in_process_check()
+    assert returncode == 0, stdout[-3000:] + stderr[-6000:]
+    summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["penalised_steps"] >= 4, summary

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import engine_process
 from ..refuser import paper_text
 
 CLI = str(Path(sys.executable).with_name("reviewstack"))
@@ -24,10 +23,9 @@ def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def engine(refuser_model, tmp_path_factory):
-    log = tmp_path_factory.mktemp("engine") / "engine.log"
-    with engine_process(refuser_model, log, "--max-input-tokens", "700", "--max-total-tokens", "1024") as url:
-        yield url
+def engine(refuser_engine):
+    """The session's shared engine (tests/conftest.py): the papers here make prompts well under its 600."""
+    return refuser_engine
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,10 @@ from reviewstack.common.aspects import AspectSchema
 from reviewstack.common.review_format import parse
 from reviewstack.v1 import common_pb2, review_pb2, review_pb2_grpc
 
-from ..conftest import engine_process, free_port, service_process
+from ..conftest import free_port, service_process
 from ..refuser import paper_text
 
 SERVICE = "reviewstack.v1.Review"
-ENGINE_FLAGS = ("--max-input-tokens", "600", "--max-total-tokens", "1024", "--max-batch-size", "4")
 
 
 def _env(refuser_model, backend: str, tmp_path, **extra: str) -> dict[str, str]:
@@ -34,11 +33,9 @@ def _env(refuser_model, backend: str, tmp_path, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def engine(refuser_model, tmp_path_factory):
-    with engine_process(
-        refuser_model, tmp_path_factory.mktemp("engine") / "engine.log", *ENGINE_FLAGS
-    ) as url:
-        yield url
+def engine(refuser_engine):
+    """The session's shared engine (tests/conftest.py): 600 input tokens, 1024 in all, 4 slots."""
+    return refuser_engine
 
 
 @pytest.fixture(scope="module")
