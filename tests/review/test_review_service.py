@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import grpc
 import pytest
@@ -161,3 +164,26 @@ def test_overload_is_resource_exhausted_not_a_hang(refuser_model, engine, tmp_pa
     codes = [o.code() for o in outcomes if isinstance(o, grpc.RpcError)]
     assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
     assert any(isinstance(o, review_pb2.ReviewResponse) for o in outcomes)
+
+
+def test_the_readme_python_client_gets_a_review_with_auth_on(refuser_model, engine, tmp_path):
+    """The README's 10-line client, as written, against a server that requires the token."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("**Asking for a review from Python**", 1)[1]
+    client = section.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "paper.md").write_text(paper_text(random.Random(7)))
+    env = _env(refuser_model, engine, tmp_path, REVIEWSTACK_AUTH_TOKEN="readme-token")
+    with service_process("reviewstack-review", SERVICE, env, tmp_path / "log") as target:
+        run = {**os.environ, "REVIEW": target, "REVIEWSTACK_TOKEN": "readme-token"}
+        result = subprocess.run(
+            [sys.executable, "-c", client], cwd=tmp_path, env=run, capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        printed = result.stdout.splitlines()
+        names = [line for line in printed if not line.startswith("  - ")]
+        assert names == [a.criterion for a in AspectSchema.SEVEN.aspects]
+        wrong = subprocess.run(
+            [sys.executable, "-c", client], cwd=tmp_path, env={**run, "REVIEWSTACK_TOKEN": "wrong"},
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert wrong.returncode != 0 and "UNAUTHENTICATED" in wrong.stderr
