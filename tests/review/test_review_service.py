@@ -187,3 +187,24 @@ def test_the_readme_python_client_gets_a_review_with_auth_on(refuser_model, engi
             capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert wrong.returncode != 0 and "UNAUTHENTICATED" in wrong.stderr
+
+
+def test_the_cli_sets_its_own_deadline_on_a_server(refuser_model, engine, tmp_path):
+    """A review takes longer than a server's default deadline for calls that set none (here 0.2 s, in a
+    deployment 60 s against minutes on a CPU backend): `reviewstack review --server` sets its own."""
+    papers = tmp_path / "papers"
+    papers.mkdir()
+    for i in range(2):
+        (papers / f"p{i}.md").write_text(paper_text(random.Random(i)))
+    env = _env(refuser_model, engine, tmp_path, REVIEWSTACK_DEFAULT_DEADLINE_S="0.2")
+    with service_process("reviewstack-review", SERVICE, env, tmp_path / "log") as target:
+        command = [
+            str(Path(sys.executable).with_name("reviewstack")), "review", "--batch", str(papers),
+            "--server", target, "--store", str(tmp_path / "store"), "--system", "deadline",
+        ]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "store" / "reviews" / "deadline").glob("*.json")) == [
+        "p0.json",
+        "p1.json",
+    ]

@@ -14,6 +14,7 @@ command. --batch writes reviews/<system>/<paper-id>.json to the store, skips pap
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 from collections.abc import AsyncIterator, Callable
@@ -46,6 +47,9 @@ def review(
         str | None, typer.Option(envvar="REVIEWSTACK_REVIEW_SERVER", help="Review server HOST:PORT")
     ] = None,
     token: Annotated[str | None, typer.Option(envvar="REVIEWSTACK_TOKEN", help="bearer token")] = None,
+    timeout: Annotated[
+        float, typer.Option(min=1, help="--server: seconds one review may take (its call's deadline)")
+    ] = 1800.0,
     backend: Annotated[str | None, typer.Option(help="TGI-protocol backend URL to review with here")] = None,
     engine_model: Annotated[
         Path | None, typer.Option(help="model directory to start the embedded engine on (default: embedded)")
@@ -63,7 +67,7 @@ def review(
     if refusal_penalty is not None:
         parameters.refusal_penalty = refusal_penalty
     schema = common_pb2.ASPECT_SCHEMA_FOUR if four_aspects else common_pb2.ASPECT_SCHEMA_SEVEN
-    source = _Source(server, token, backend, engine_model, tokenizer)
+    source = _Source(server, token, backend, engine_model, tokenizer, timeout)
     if paper is not None:
         asyncio.run(_one(source, _request(paper, schema, parameters), as_json))
     else:
@@ -92,9 +96,10 @@ class _Source:
         backend: str | None,
         engine_model: Path | None,
         tokenizer: str | None,
+        timeout: float = 1800.0,
     ) -> None:
         self.server, self.token, self.backend = server, token, backend
-        self.engine_model, self.tokenizer = engine_model, tokenizer
+        self.engine_model, self.tokenizer, self.timeout = engine_model, tokenizer, timeout
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[tuple[Review, Callable[..., AsyncIterator[Any]]]]:
@@ -105,7 +110,12 @@ class _Source:
 
                 channel = await stack.enter_async_context(make_channel(self.server, self.token, aio=True))
                 stub = review_pb2_grpc.ReviewStub(channel)
-                yield stub.Review, stub.StreamReview
+                # a deadline of our own: without one the server applies its short default to unary calls,
+                # and a review on a CPU backend takes minutes
+                yield (
+                    functools.partial(stub.Review, timeout=self.timeout),
+                    functools.partial(stub.StreamReview, timeout=self.timeout),
+                )
                 return
             reviewer = await stack.enter_async_context(self._reviewer())
             yield reviewer.review, reviewer.stream
