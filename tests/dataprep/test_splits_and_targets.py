@@ -7,10 +7,10 @@ from collections import Counter
 import pytest
 
 from reviewstack.common.aspects import EMPTY_ASPECT, AspectSchema
+from reviewstack.common.response_fit import fit_response
 from reviewstack.common.review_format import parse
 from reviewstack.common.tokenizer import load_tokenizer
 from reviewstack.dataprep.splits import assign_splits
-from reviewstack.dataprep.targets import fit_response
 
 
 def test_splits_are_exact_seeded_and_independent_of_order():

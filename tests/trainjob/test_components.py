@@ -9,6 +9,7 @@ from transformers import AutoConfig, LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from reviewstack.common.errors import InvalidArgument
+from reviewstack.common.review_format import parse
 from reviewstack.common.tokenizer import load_tokenizer
 from reviewstack.trainjob.data import IGNORE_INDEX, EpochSampler, ExampleBuilder, collate, open_dataset
 from reviewstack.trainjob.loss import ResponseLoss
@@ -74,6 +75,27 @@ def test_examples_put_labels_on_the_assistant_turn_only(small_dataset):
     assert response.endswith("<|eot_id|>")  # the model learns to stop
     assert all(label != IGNORE_INDEX for label in example.labels[first:])
     assert example.response_tokens <= 256
+
+
+def test_a_run_with_a_shorter_response_budget_still_learns_every_aspect_and_the_end(small_dataset):
+    """A CPU-sized run cuts responses far below the dataset's budget: the target is refitted (fewer items,
+    every heading kept), never cut at the tail, which would teach the first aspects only and no stop."""
+    dataset = open_dataset(small_dataset)
+    tokenizer = load_tokenizer()
+    record = dataset.records["train"][0]
+    assert tokenizer.count(record["response"]) > 180
+    builder = ExampleBuilder(tokenizer, dataset.schema, max_prompt_length=384, max_response_length=180)
+    example = builder(record)
+    assert example.response_tokens <= 180
+    first = next(i for i, label in enumerate(example.labels) if label != IGNORE_INDEX)
+    response = tokenizer.tokenizer.decode(example.labels[first:])
+    assert response.endswith("<|eot_id|>")
+    parsed = parse(response.removesuffix("<|eot_id|>"), dataset.schema, strict=True)
+    assert list(parsed.aspects) == list(dataset.schema.keys)
+    assert not parsed.warnings
+    source = {item for items in record["aspects"].values() for item in items}
+    kept = [item for items in parsed.aspects.values() for item in items]
+    assert all(item in source or item.endswith("…") for item in kept)
 
 
 def test_response_loss_equals_cross_entropy_over_full_logits():

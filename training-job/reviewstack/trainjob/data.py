@@ -18,7 +18,8 @@ import torch
 from reviewstack.common.aspects import AspectSchema
 from reviewstack.common.datasets import open_dataset_store
 from reviewstack.common.errors import InvalidArgument
-from reviewstack.common.prompt import PromptBuilder, paper_from_messages
+from reviewstack.common.prompt import Prompt, PromptBuilder, paper_from_messages
+from reviewstack.common.response_fit import fit_response
 from reviewstack.common.settings import StoreSettings
 from reviewstack.common.tokenizer import LoadedTokenizer
 
@@ -70,6 +71,7 @@ class ExampleBuilder:
         max_response_length: int,
     ) -> None:
         self.tokenizer = tokenizer
+        self.schema = schema
         self.prompts = PromptBuilder(tokenizer, schema, max_prompt_length)
         self.max_response_length = max_response_length
 
@@ -79,11 +81,24 @@ class ExampleBuilder:
         encode = self.tokenizer.tokenizer
         prompt_ids = encode(prompt.text, add_special_tokens=False)["input_ids"]
         response_ids = encode(completion, add_special_tokens=False)["input_ids"]
+        if len(response_ids) > self.max_response_length and record.get("aspects"):
+            completion = self._refit(record, prompt, completion, len(response_ids))
+            response_ids = encode(completion, add_special_tokens=False)["input_ids"]
         if len(response_ids) > self.max_response_length:  # keep the end-of-turn token: the model must stop
             response_ids = response_ids[: self.max_response_length - 1] + response_ids[-1:]
         return Example(
             record["paper_id"], prompt_ids + response_ids, [IGNORE_INDEX] * len(prompt_ids) + response_ids
         )
+
+    def _refit(self, record: dict, prompt: Prompt, completion: str, completion_tokens: int) -> str:
+        """The target refitted to this run's shorter budget the way data-prep fits it: the lowest-ranked
+        items go first and every aspect keeps its heading, so a CPU-sized run still learns the whole
+        format (all 7 criteria and the end of turn), not the first aspect or two of a cut-off review."""
+        template = completion_tokens - self.tokenizer.count(record["response"])  # end-of-turn and such
+        budget = self.max_response_length - max(0, template)
+        aspects = {key: items for key, items in record["aspects"].items() if key in self.schema.keys}
+        fitted = fit_response(aspects, self.schema, self.tokenizer, budget)
+        return self._completion(prompt.messages, prompt.text, fitted.text)
 
     def _completion(self, messages: list[dict[str, str]], prompt_text: str, response: str) -> str:
         """The assistant turn as the chat template writes it, through its end-of-turn token.

@@ -23,6 +23,7 @@ from reviewstack.common.errors import AlreadyExists, InvalidArgument
 from reviewstack.common.logging import get_logger
 from reviewstack.common.papers import clean_paper, decode_paper
 from reviewstack.common.prompt import PROMPT_VERSION, PromptBuilder
+from reviewstack.common.response_fit import fit_response, minimum_response_length
 from reviewstack.common.settings import StoreSettings
 from reviewstack.common.store import ArtifactStore, open_store
 from reviewstack.common.tokenizer import LoadedTokenizer, load_tokenizer
@@ -34,7 +35,6 @@ from reviewstack.dataprep.distill.llm import LLMDistiller
 from reviewstack.dataprep.sources import InputFile, Skipped, decode_review, discover, open_source
 from reviewstack.dataprep.splits import SPLITS, assign_splits
 from reviewstack.dataprep.stats import aspect_stats, percentiles
-from reviewstack.dataprep.targets import fit_response, minimum_response_length
 
 log = get_logger(__name__)
 BUILDER_VERSION = "dataprep-v1"  # bump when cleaning, point extraction or record layout change
