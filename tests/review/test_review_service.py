@@ -81,6 +81,19 @@ def test_refusal_penalty_per_request_cuts_empty_aspects(review):
     assert penalised.lineage.parameters.refusal_penalty == 3.0
 
 
+def test_a_review_that_runs_on_past_the_last_aspect_ends_there(review):
+    """The tiny model writes 7 aspects whatever it is asked: asked for the 4-aspect schema it runs on, and
+    the stop sequence ends the text at the 5th heading's number instead of at the token limit."""
+    stub, _ = review
+    request = _request(PAPER)
+    request.schema = common_pb2.ASPECT_SCHEMA_FOUR
+    reply = stub.Review(request, timeout=120)
+    assert reply.raw_text.endswith("\n\n5.") and "\n\n6." not in reply.raw_text
+    assert reply.generated_tokens < 450
+    assert len(reply.review.aspects) == 4
+    assert not any("5." in item for aspect in reply.review.aspects for item in aspect.items)
+
+
 def test_stream_sends_text_then_the_structured_review(review):
     stub, _ = review
     chunks = list(stub.StreamReview(_request(PAPER, max_new_tokens=120), timeout=120))

@@ -39,6 +39,13 @@ def render(aspects: Mapping[str, Sequence[str]], schema: AspectSchema = AspectSc
     return "\n\n".join(blocks)
 
 
+def run_on_marker(schema: AspectSchema = AspectSchema.SEVEN) -> str:
+    """What a model writes when it runs on past the last aspect: a blank line and the next number.
+    Weak or briefly tuned models do (an 8th, 9th … aspect) instead of ending their turn; as a stop
+    sequence it ends the review where the format does, and saves the tokens."""
+    return f"\n\n{len(schema.aspects) + 1}."
+
+
 def is_empty(items: Sequence[str]) -> bool:
     """An aspect is empty when it holds nothing but the empty marker."""
     return all(item.strip() == EMPTY_ASPECT for item in items)

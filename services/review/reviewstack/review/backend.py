@@ -29,6 +29,7 @@ class Decoding:
     top_p: float  # 0 = off
     seed: int | None
     refusal_penalty: float
+    stop: tuple[str, ...] = ()  # TGI stop sequences: the text ends right after the first one written
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class Backend:
             "temperature": decoding.temperature if sampling else None,
             "top_p": decoding.top_p if sampling and 0 < decoding.top_p < 1 else None,
             "seed": decoding.seed,
+            "stop_sequences": list(decoding.stop) or None,
         }
 
     async def generate(self, prompt: str, decoding: Decoding) -> Generated:

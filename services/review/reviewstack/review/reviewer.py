@@ -12,7 +12,7 @@ from reviewstack.common.aspects import AspectSchema
 from reviewstack.common.errors import FailedPrecondition, InvalidArgument
 from reviewstack.common.papers import clean_paper, decode_paper, pdf_supported
 from reviewstack.common.prompt import MAX_RESPONSE_LENGTH, PROMPT_VERSION, Prompt, PromptBuilder
-from reviewstack.common.review_format import is_empty, parse, render
+from reviewstack.common.review_format import is_empty, parse, render, run_on_marker
 from reviewstack.common.store import ArtifactStore
 from reviewstack.common.tokenizer import LoadedTokenizer
 from reviewstack.review.backend import Backend, Decoding
@@ -67,7 +67,7 @@ class Reviewer:
                 f"paper truncated to {prompt.paper_tokens_kept} of its {prompt.paper_tokens} tokens "
                 f"(max_prompt_length {self.limits.max_prompt_length})"
             )
-        return Prepared(prompt, schema, await self._decoding(request.parameters), warnings)
+        return Prepared(prompt, schema, await self._decoding(request.parameters, schema), warnings)
 
     def _paper_text(self, paper: common_pb2.Paper) -> str:
         kind = paper.WhichOneof("content")
@@ -105,7 +105,7 @@ class Reviewer:
             )
         return data
 
-    async def _decoding(self, parameters: review_pb2.GenerationParameters) -> Decoding:
+    async def _decoding(self, parameters: review_pb2.GenerationParameters, schema: AspectSchema) -> Decoding:
         limits = self.limits
         asked = parameters.refusal_penalty if parameters.HasField("refusal_penalty") else None
         penalty = limits.refusal_penalty if asked is None else asked
@@ -128,7 +128,8 @@ class Reviewer:
         if parameters.temperature < 0 or not 0 <= parameters.top_p <= 1:
             raise InvalidArgument("temperature must be >= 0 and top_p within [0, 1]")
         seed = parameters.seed if parameters.HasField("seed") else None
-        return Decoding(max_new, parameters.temperature, parameters.top_p, seed, penalty)
+        stop = (run_on_marker(schema),)
+        return Decoding(max_new, parameters.temperature, parameters.top_p, seed, penalty, stop)
 
     # -- the review ----------------------------------------------------------------------------------
     async def review(self, request: review_pb2.ReviewRequest) -> review_pb2.ReviewResponse:
@@ -147,7 +148,10 @@ class Reviewer:
             yield review_pb2.ReviewChunk(text=text, final=final)
 
     async def _response(self, prepared: Prepared, text: str, tokens: int) -> review_pb2.ReviewResponse:
-        parsed = parse(text, prepared.schema, strict=False)
+        body = text
+        for stop in prepared.decoding.stop:  # the stop sequence is the next review's start, not this one's
+            body = body.removesuffix(stop)
+        parsed = parse(body, prepared.schema, strict=False)
         aspects = [
             common_pb2.Aspect(name=aspect.criterion, items=parsed.aspects[aspect.key], empty=is_empty(items))
             for aspect, items in ((a, parsed.aspects[a.key]) for a in prepared.schema.aspects)
