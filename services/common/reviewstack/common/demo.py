@@ -196,10 +196,10 @@ def demo(
         "out/demo"
     ),
     sample: Annotated[Path, typer.Option(help="source folder of papers and reviews")] = REPO_SAMPLE,
-    steps: Annotated[int, typer.Option(min=1, help="optimizer steps of the fine-tune")] = 6,
+    steps: Annotated[int, typer.Option(min=1, help="optimizer steps of the fine-tune")] = 14,
     batch_size: Annotated[int, typer.Option(min=1, help="sequences per optimizer step")] = 4,
     penalty: Annotated[float, typer.Option(min=0.0, help="the λ > 0 the reviews are compared at")] = 2.0,
-    max_new_tokens: Annotated[int, typer.Option(min=16, help="longest review, in tokens")] = 256,
+    max_new_tokens: Annotated[int, typer.Option(min=16, help="longest review, in tokens")] = 384,
     fresh: Annotated[bool, typer.Option(help="start over instead of reusing a previous run's work")] = False,
 ) -> None:
     """Run the whole method on this machine through the gRPC services and print where the report is."""
