@@ -94,6 +94,17 @@ def test_a_review_that_runs_on_past_the_last_aspect_ends_there(review):
     assert not any("5." in item for aspect in reply.review.aspects for item in aspect.items)
 
 
+def test_repetition_penalty_per_request_reaches_the_backend_and_the_lineage(review):
+    """The tiny model repeats "<No related terms>" in every aspect: a repetition penalty must change what
+    it writes, and the lineage must say which penalty wrote it."""
+    stub, _ = review
+    plain = stub.Review(_request(PAPER, max_new_tokens=120), timeout=120)
+    penalised = stub.Review(_request(PAPER, max_new_tokens=120, repetition_penalty=1.5), timeout=120)
+    assert penalised.raw_text != plain.raw_text
+    assert plain.lineage.parameters.repetition_penalty == 1.0
+    assert penalised.lineage.parameters.repetition_penalty == 1.5
+
+
 def test_stream_sends_text_then_the_structured_review(review):
     stub, _ = review
     chunks = list(stub.StreamReview(_request(PAPER, max_new_tokens=120), timeout=120))
@@ -135,6 +146,7 @@ def test_paper_as_file_bytes_and_as_artifact(review):
         (_request("   "), "empty"),
         (_request(PAPER, refusal_penalty=11.0), "refusal_penalty must be within [0, 10.0]"),
         (_request(PAPER, max_new_tokens=5000), "max_new_tokens must be within [1, 450]"),
+        (_request(PAPER, repetition_penalty=0.0), "repetition_penalty must be within (0, 3.0]"),
         (
             review_pb2.ReviewRequest(
                 paper=common_pb2.Paper(file=common_pb2.PaperFile(filename="p.docx", content=b"x"))

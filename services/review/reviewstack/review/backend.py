@@ -29,6 +29,7 @@ class Decoding:
     top_p: float  # 0 = off
     seed: int | None
     refusal_penalty: float
+    repetition_penalty: float = 1.0  # 1 = off
     stop: tuple[str, ...] = ()  # TGI stop sequences: the text ends right after the first one written
 
 
@@ -85,6 +86,7 @@ class Backend:
             "temperature": decoding.temperature if sampling else None,
             "top_p": decoding.top_p if sampling and 0 < decoding.top_p < 1 else None,
             "seed": decoding.seed,
+            "repetition_penalty": decoding.repetition_penalty if decoding.repetition_penalty != 1 else None,
             "stop_sequences": list(decoding.stop) or None,
         }
 

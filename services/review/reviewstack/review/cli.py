@@ -56,6 +56,9 @@ def review(
     ] = None,
     tokenizer: Annotated[str | None, typer.Option(help="the served model's tokenizer directory")] = None,
     refusal_penalty: Annotated[float | None, typer.Option(min=0, help="λ of the refusal penalty")] = None,
+    repetition_penalty: Annotated[
+        float | None, typer.Option(min=0, help="TGI repetition penalty (1 = off; ~1.15 unloops small models)")
+    ] = None,
     max_new_tokens: Annotated[int, typer.Option(min=0, help="longest review in tokens (0 = default)")] = 0,
     four_aspects: Annotated[bool, typer.Option("--four-aspects", help="the 4-aspect schema")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the review as JSON")] = False,
@@ -66,6 +69,8 @@ def review(
     parameters = review_pb2.GenerationParameters(max_new_tokens=max_new_tokens)
     if refusal_penalty is not None:
         parameters.refusal_penalty = refusal_penalty
+    if repetition_penalty is not None:
+        parameters.repetition_penalty = repetition_penalty
     schema = common_pb2.ASPECT_SCHEMA_FOUR if four_aspects else common_pb2.ASPECT_SCHEMA_SEVEN
     source = _Source(server, token, backend, engine_model, tokenizer, timeout)
     if paper is not None:

@@ -46,6 +46,9 @@ class ReviewSettings(ServerSettings):
     max_new_tokens: int = Field(MAX_RESPONSE_LENGTH, ge=1, description="longest review, in tokens")
     refusal_penalty: float = Field(0.0, ge=0, description="λ when a request names none")
     refusal_penalty_max: float = Field(10.0, ge=0, description="largest λ a request may ask for")
+    repetition_penalty: float = Field(
+        1.0, gt=0, le=3.0, description="TGI repetition penalty when a request names none (1 = off)"
+    )
     max_in_flight: int = Field(64, ge=1, description="reviews written at once; RESOURCE_EXHAUSTED beyond")
 
 
@@ -56,6 +59,7 @@ def build_servicer(settings: ReviewSettings) -> ReviewServicer:
         refusal_penalty=settings.refusal_penalty,
         refusal_penalty_max=settings.refusal_penalty_max,
         backend_refusal_penalty=settings.backend_refusal_penalty,
+        repetition_penalty=settings.repetition_penalty,
     )
     backend = Backend(settings.backend_url, settings.backend_timeout_s, settings.backend_retries)
     reviewer = Reviewer(

@@ -18,6 +18,7 @@ from reviewstack.common.tokenizer import LoadedTokenizer
 from reviewstack.review.backend import Backend, Decoding
 from reviewstack.v1 import common_pb2, review_pb2
 
+MAX_REPETITION_PENALTY = 3.0  # beyond it a model cannot repeat even the aspect headings it must write
 PAPER_SUFFIXES = (".md", ".markdown", ".txt", ".pdf")
 _SCHEMAS = {common_pb2.ASPECT_SCHEMA_FOUR: AspectSchema.FOUR}
 
@@ -29,6 +30,7 @@ class ReviewLimits:
     refusal_penalty: float = 0.0  # λ when a request names none
     refusal_penalty_max: float = 10.0
     backend_refusal_penalty: float = 0.0  # the λ a TGI deployment applies to every request
+    repetition_penalty: float = 1.0  # when a request names none; 1 = off
 
 
 @dataclass
@@ -128,8 +130,17 @@ class Reviewer:
         if parameters.temperature < 0 or not 0 <= parameters.top_p <= 1:
             raise InvalidArgument("temperature must be >= 0 and top_p within [0, 1]")
         seed = parameters.seed if parameters.HasField("seed") else None
+        repetition = (
+            parameters.repetition_penalty
+            if parameters.HasField("repetition_penalty")
+            else limits.repetition_penalty
+        )
+        if not 0 < repetition <= MAX_REPETITION_PENALTY:
+            raise InvalidArgument(
+                f"repetition_penalty must be within (0, {MAX_REPETITION_PENALTY}] (1 = off), got {repetition}"
+            )
         stop = (run_on_marker(schema),)
-        return Decoding(max_new, parameters.temperature, parameters.top_p, seed, penalty, stop)
+        return Decoding(max_new, parameters.temperature, parameters.top_p, seed, penalty, repetition, stop)
 
     # -- the review ----------------------------------------------------------------------------------
     async def review(self, request: review_pb2.ReviewRequest) -> review_pb2.ReviewResponse:
@@ -169,6 +180,7 @@ class Reviewer:
             temperature=decoding.temperature,
             top_p=decoding.top_p,
             refusal_penalty=decoding.refusal_penalty,
+            repetition_penalty=decoding.repetition_penalty,
         )
         if decoding.seed is not None:
             parameters.seed = decoding.seed
