@@ -74,6 +74,14 @@ def test_batch_writes_each_review_once_and_resumes(engine, refuser_model, papers
     again = _run(*args)
     assert again.returncode == 0 and "3 of 3 papers reviewed" in again.stdout
     assert [p.stat().st_mtime_ns for p in written if p.stem != "b"] == [stamps[0], stamps[2]]
+    # resuming with another decoding would mix two systems under one name: refused, with what differs
+    (store / "reviews" / "tiny-v1" / "c.json").unlink()
+    other = _run(*args, "--refusal-penalty", "2", "--repetition-penalty", "1.2")
+    assert other.returncode != 0 and "Traceback" not in other.stderr
+    message = " ".join(other.stderr.split())
+    assert "other settings" in message and "refusal_penalty 0.0 → 2.0" in message
+    assert "repetition_penalty 1.0 → 1.2" in message
+    assert not (store / "reviews" / "tiny-v1" / "c.json").exists()
 
 
 def test_a_paper_that_fails_is_reported_and_the_others_are_written(engine, refuser_model, tmp_path):

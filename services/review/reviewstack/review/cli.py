@@ -28,7 +28,7 @@ from google.protobuf import json_format
 from rich.console import Console
 from rich.table import Table
 
-from reviewstack.common.errors import InvalidArgument
+from reviewstack.common.errors import FailedPrecondition, InvalidArgument
 from reviewstack.review.reviewer import PAPER_SUFFIXES
 from reviewstack.v1 import common_pb2, review_pb2
 
@@ -201,6 +201,8 @@ async def _batch(
     if not papers:
         raise InvalidArgument(f"{folder} holds no paper files ({', '.join(PAPER_SUFFIXES)})")
     todo = [p for p in papers if not store.exists(f"{prefix}/{p.stem}.json")]
+    if len(todo) < len(papers):
+        _check_same_settings(store, prefix, next(p for p in papers if p not in todo), parameters)
     done, failed = len(papers) - len(todo), []
     gate = asyncio.Semaphore(concurrency)
     async with source.open() as (review_call, _):
@@ -229,6 +231,23 @@ async def _batch(
         err.print(f"[red]failed:[/] {line}")
     if failed:
         raise typer.Exit(1)
+
+
+def _check_same_settings(
+    store: Any, prefix: str, reviewed: Path, parameters: review_pb2.GenerationParameters
+) -> None:
+    """A resumed batch skips papers already reviewed: only right when they were written with the settings
+    asked for now, or one system would mix two decodings and its evaluation would mean neither."""
+    stored = json.loads(store.get_bytes(f"{prefix}/{reviewed.stem}.json"))
+    had = stored.get("lineage", {}).get("parameters", {})
+    asked = json_format.MessageToDict(parameters, preserving_proto_field_name=True)
+    differ = [f"{k} {had[k]} → {v}" for k, v in asked.items() if k in had and float(had[k]) != float(v)]
+    if differ:
+        raise FailedPrecondition(
+            f"{store.uri_for(prefix)}/ already holds reviews written with other settings "
+            f"({', '.join(differ)}; e.g. {reviewed.stem}.json): review into another --system, or delete "
+            "that folder to redo them"
+        )
 
 
 def _reason(exc: Exception) -> str:
