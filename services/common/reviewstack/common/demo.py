@@ -200,6 +200,9 @@ def demo(
     batch_size: Annotated[int, typer.Option(min=1, help="sequences per optimizer step")] = 4,
     penalty: Annotated[float, typer.Option(min=0.0, help="the λ > 0 the reviews are compared at")] = 2.0,
     max_new_tokens: Annotated[int, typer.Option(min=16, help="longest review, in tokens")] = 384,
+    repetition_penalty: Annotated[
+        float, typer.Option(min=1.0, help="TGI repetition penalty of both systems' decoding (1 = off)")
+    ] = 1.1,
     fresh: Annotated[bool, typer.Option(help="start over instead of reusing a previous run's work")] = False,
 ) -> None:
     """Run the whole method on this machine through the gRPC services and print where the report is."""
@@ -285,6 +288,7 @@ def demo(
                 _cli(
                     "review", "--batch", str(papers), "--system", f"demo-{system}", "--store", str(store),
                     "--server", review, "--refusal-penalty", f"{value:g}",
+                    "--repetition-penalty", f"{repetition_penalty:g}",
                     token=token,
                 )  # fmt: skip
 
