@@ -55,6 +55,16 @@ def test_json_output_is_the_review_response(engine, refuser_model, papers):
     assert len(response["review"]["aspects"]) == 7 and response["generatedTokens"] == 20
 
 
+def test_sampling_flags_reach_the_backend_and_a_seed_repeats_the_review(engine, refuser_model, papers):
+    args = ("--backend", engine, "--tokenizer", str(refuser_model), "--max-new-tokens", "40", "--json")
+    sampled = ("--temperature", "1.5", "--top-p", "0.95", "--seed", "7")
+    runs = [json.loads(_run(str(papers / "c.md"), *args, *sampled).stdout) for _ in range(2)]
+    greedy = json.loads(_run(str(papers / "c.md"), *args).stdout)
+    assert runs[0]["rawText"] == runs[1]["rawText"] != greedy["rawText"]
+    parameters = runs[0]["lineage"]["parameters"]
+    assert parameters["temperature"] == 1.5 and parameters["topP"] == 0.95 and parameters["seed"] == "7"
+
+
 def test_batch_writes_each_review_once_and_resumes(engine, refuser_model, papers, tmp_path):
     store = tmp_path / "store"
     args = ("--batch", str(papers), "--system", "tiny-v1", "--store", str(store), "--backend", engine)

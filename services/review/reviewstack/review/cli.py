@@ -59,6 +59,9 @@ def review(
     repetition_penalty: Annotated[
         float | None, typer.Option(min=0, help="TGI repetition penalty (1 = off; ~1.15 unloops small models)")
     ] = None,
+    temperature: Annotated[float, typer.Option(min=0, help="sampling temperature (0 = greedy)")] = 0.0,
+    top_p: Annotated[float, typer.Option(min=0, max=1, help="nucleus sampling mass (0 = off)")] = 0.0,
+    seed: Annotated[int | None, typer.Option(help="sampling seed: same seed, same review")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=0, help="longest review in tokens (0 = default)")] = 0,
     four_aspects: Annotated[bool, typer.Option("--four-aspects", help="the 4-aspect schema")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the review as JSON")] = False,
@@ -66,7 +69,11 @@ def review(
     """Review papers: one in the terminal, or a folder into the store."""
     if (paper is None) == (batch is None):
         raise InvalidArgument("give either a PAPER file or --batch DIR")
-    parameters = review_pb2.GenerationParameters(max_new_tokens=max_new_tokens)
+    parameters = review_pb2.GenerationParameters(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p
+    )
+    if seed is not None:
+        parameters.seed = seed
     if refusal_penalty is not None:
         parameters.refusal_penalty = refusal_penalty
     if repetition_penalty is not None:
