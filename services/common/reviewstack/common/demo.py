@@ -200,9 +200,12 @@ def demo(
     batch_size: Annotated[int, typer.Option(min=1, help="sequences per optimizer step")] = 4,
     penalty: Annotated[float, typer.Option(min=0.0, help="the λ > 0 the reviews are compared at")] = 2.0,
     max_new_tokens: Annotated[int, typer.Option(min=16, help="longest review, in tokens")] = 384,
+    temperature: Annotated[
+        float, typer.Option(min=0.0, help="both systems' temperature (top-p 0.9, seed 0; 0 = greedy)")
+    ] = 0.7,
     repetition_penalty: Annotated[
         float, typer.Option(min=1.0, help="TGI repetition penalty of both systems' decoding (1 = off)")
-    ] = 1.1,
+    ] = 1.0,
     fresh: Annotated[bool, typer.Option(help="start over instead of reusing a previous run's work")] = False,
 ) -> None:
     """Run the whole method on this machine through the gRPC services and print where the report is."""
@@ -280,6 +283,8 @@ def demo(
             console.print(f"engine {backend} · review service {review}")
 
         systems = {"lambda-0": 0.0, f"lambda-{penalty:g}": penalty}
+        sampling = ("--temperature", f"{temperature:g}", "--top-p", "0.9", "--seed", "0")
+        sampling = sampling if temperature else ()
         with stages.stage(f"review: the test papers at λ = 0 and λ = {penalty:g}"):
             papers = out / "test-papers"
             ids = _test_papers(dataset, sample, papers)
@@ -289,6 +294,7 @@ def demo(
                     "review", "--batch", str(papers), "--system", f"demo-{system}", "--store", str(store),
                     "--server", review, "--refusal-penalty", f"{value:g}",
                     "--repetition-penalty", f"{repetition_penalty:g}",
+                    *sampling,
                     token=token,
                 )  # fmt: skip
 
