@@ -20,7 +20,7 @@ from reviewstack.common.settings import ServerSettings, entry_point_config
 from reviewstack.common.store import open_store
 from reviewstack.common.tokenizer import load_tokenizer
 from reviewstack.review.backend import Backend
-from reviewstack.review.reviewer import Reviewer, ReviewLimits
+from reviewstack.review.reviewer import MAX_REPETITION_PENALTY, Reviewer, ReviewLimits
 from reviewstack.review.service import ReviewServicer
 from reviewstack.v1 import review_pb2, review_pb2_grpc
 
@@ -47,7 +47,10 @@ class ReviewSettings(ServerSettings):
     refusal_penalty: float = Field(0.0, ge=0, description="λ when a request names none")
     refusal_penalty_max: float = Field(10.0, ge=0, description="largest λ a request may ask for")
     repetition_penalty: float = Field(
-        1.0, gt=0, le=3.0, description="TGI repetition penalty when a request names none (1 = off)"
+        1.0,
+        gt=0,
+        le=MAX_REPETITION_PENALTY,
+        description="TGI repetition penalty when a request names none (1 = off)",
     )
     max_in_flight: int = Field(64, ge=1, description="reviews written at once; RESOURCE_EXHAUSTED beyond")
 
