@@ -134,6 +134,7 @@ def test_the_validator_rejects_a_broken_object(render, tmp_path):
         (["minio.image.digest=latest"], "minio.image.digest: Does not match pattern"),
         (["tgi.gpus=0"], "tgi.gpus: Must be greater than or equal to 1"),
         (["s3.bucket=Not_A_Bucket"], "s3.bucket: Does not match pattern"),
+        (["review.repetitionPenalty=4"], "review.repetitionPenalty: Must be less than or equal to 3"),
     ],
 )
 def test_values_schema_rejects(helm, sets, complaint):

@@ -79,6 +79,7 @@ def test_every_variable_is_a_setting_and_parses(render, monkeypatch, profile):
             "evaluation.judge.model=j",
             "evaluation.matcherModelDir=/tmp/matcher",
             "review.maxNewTokens=900",
+            "review.repetitionPenalty=1.1",
             "training.maxConcurrentRuns=4",
             "dataprep.llmApiKeySecret.name=llm",
             "evaluation.judge.apiKeySecret.name=judge",
@@ -96,6 +97,8 @@ def test_every_variable_is_a_setting_and_parses(render, monkeypatch, profile):
         )
         settings = parse(cls, env, monkeypatch)
         assert settings.log_format == "json"
+        if profile == "cuda-engine" and container["name"] == "review":
+            assert settings.repetition_penalty == 1.1 and settings.max_new_tokens == 900
         seen.add((component, container["name"]))
         if container["name"] == component and component != "generation":
             assert settings.port == 50051 and settings.metrics_port == 9090

@@ -24,6 +24,10 @@
 - name: REVIEWSTACK_MAX_NEW_TOKENS
   value: {{ . | quote }}
 {{- end }}
+{{- with $v.repetitionPenalty }}
+- name: REVIEWSTACK_REPETITION_PENALTY
+  value: {{ . | quote }}
+{{- end }}
 {{- if ne $v.tokenizer.source "image" }}
 - name: REVIEWSTACK_TOKENIZER
   value: {{ include "review-stack.models.dir" . }}
