@@ -72,9 +72,12 @@ def test_tolerant_parse_accepts_model_drift():
     assert parsed.aspects["prior_work"] == ["Incremental over prior work."]
     assert parsed.aspects["experiments"] == [EMPTY_ASPECT]
     assert parsed.aspects["rejection"] == ["Weak baselines.", "No ablation."]
-    assert parsed.aspects["acceptance"] == [EMPTY_ASPECT]  # missing → counted empty
+    assert parsed.aspects["acceptance"] == [EMPTY_ASPECT]  # never written: no points
     assert set(parsed.empty_aspects) == {"experiments", "acceptance", "suggestions", "other"}
+    # only "experiments" was written and declined; the other three the text never reached
+    assert parsed.missing == ["acceptance", "suggestions", "other"]
+    assert parsed.refused_aspects == ["experiments"]
     assert any("repeated" in w for w in parsed.warnings)
-    assert any("missing" in w for w in parsed.warnings)
+    assert any("never written" in w for w in parsed.warnings)
     # the preamble is warned about once, not once per line
     assert parsed.warnings[0] == "text before the first aspect heading ignored (2 lines)"

@@ -13,11 +13,11 @@ from reviewstack.evaluation.metrics import (
     score_paper,
     summarize,
 )
-from reviewstack.evaluation.model import Match, Point
+from reviewstack.evaluation.model import Match, Point, Review
 from reviewstack.evaluation.review_stats import review_statistics
 from reviewstack.evaluation.sweep import penalty_sweeps, refusal_penalty, settings
 
-from .toys import ExactMatcher, free, structured, system
+from .toys import ASPECTS, ExactMatcher, free, structured, system
 
 GENERATED = (
     Point("A", "rejection"),
@@ -161,7 +161,10 @@ def test_review_statistics_counted_by_hand() -> None:
         "items_per_review": 1.5,
         "empty": 0,
         "empty_rate": 0.0,
+        "missing": 0,
+        "missing_rate": 0.0,
     }
+    assert out["missing_aspect_rate"] == 0.0
     assert out["per_aspect"]["acceptance"]["empty_rate"] == 1.0
     assert out["per_aspect"]["other"]["items"] == 2
     assert list(out["per_aspect"]) == [
@@ -173,6 +176,24 @@ def test_review_statistics_counted_by_hand() -> None:
         "suggestions",
         "other",
     ]
+
+
+def test_aspects_a_review_never_reached_are_counted_apart_from_declined_ones() -> None:
+    # p1 declined "prior_work" and was cut after "experiments": the last four were never written
+    cut = Review(
+        "p1",
+        (Point("a", "idea"), Point("b", "experiments")),
+        empty_aspects=("prior_work",),
+        missing_aspects=("acceptance", "rejection", "suggestions", "other"),
+        aspects=ASPECTS,
+    )
+    whole = structured("p2", {"idea": "c", "prior_work": "d", "experiments": "e"})  # declined 4
+    out = review_statistics([cut, whole])
+    assert out["empty_aspects_per_review"]["counts"] == [0, 1, 0, 0, 1]
+    assert out["empty_aspect_rate"] == pytest.approx(5 / 14)
+    assert out["missing_aspects_per_review"]["counts"] == [1, 0, 0, 0, 1]
+    assert out["missing_aspect_rate"] == pytest.approx(4 / 14)
+    assert out["per_aspect"]["other"]["empty"] == 1 and out["per_aspect"]["other"]["missing"] == 1
 
 
 def test_free_text_reviews_say_so_instead_of_zeros() -> None:

@@ -114,6 +114,7 @@ def test_reviews_are_service_records_with_lineage_and_a_rerun_skips_them(
         parsed = parse(record["review"]["raw_text"], strict=False)
         assert record["review"]["text"] == render(parsed.aspects)
         assert [a["empty"] for a in aspects] == [k in parsed.empty_aspects for k in AspectSchema.SEVEN.keys]
+        assert [a["missing"] for a in aspects] == [k in parsed.missing for k in AspectSchema.SEVEN.keys]
         assert 0 < record["generated_tokens"] <= 200 and record["prompt_tokens"] <= 512
         lineage = record["lineage"]
         assert lineage["model"] == "reviewstack" and lineage["served_model"] == str(refuser_model)
@@ -123,6 +124,8 @@ def test_reviews_are_service_records_with_lineage_and_a_rerun_skips_them(
         assert lineage["max_prompt_length"] == 512 and len(lineage["prompt_tokenizer"]["sha256"]) == 64
         review = review_from_record(data, path.stem, {})  # the evaluation's loader reads it as it is
         assert review.aspects == AspectSchema.SEVEN.keys
+        assert review.missing_aspects == tuple(parsed.missing)
+        assert set(review.empty_aspects) == set(parsed.refused_aspects)
 
     before = {k: local_store.get_bytes(k) for k in local_store.keys(f"reviews/{SYSTEM}")}
     again = generate_reviews(papers, SYSTEM, local_store, f"{engine}/v1", "reviewstack", **options)

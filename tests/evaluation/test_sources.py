@@ -35,15 +35,21 @@ def record(
     penalty: float = 0.0,
     system: str = "ours",
     schema: AspectSchema = AspectSchema.SEVEN,
+    missing: Sequence[str] = (),
 ) -> bytes:
     """A record exactly as `reviewstack review --batch` writes it (its own `_record`); `aspects=None` is a
-    review that was never parsed (no aspects, only text)."""
+    review that was never parsed (no aspects, only text); `missing` aspects were never written."""
     structured = common_pb2.StructuredReview(text=text)
     if aspects is not None:
         for aspect in schema.aspects:
             items = list(aspects.get(aspect.key, ())) or [EMPTY_ASPECT]
             structured.aspects.append(
-                common_pb2.Aspect(name=aspect.criterion, items=items, empty=items == [EMPTY_ASPECT])
+                common_pb2.Aspect(
+                    name=aspect.criterion,
+                    items=items,
+                    empty=items == [EMPTY_ASPECT],
+                    missing=aspect.key in missing,
+                )
             )
         structured.text = render(aspects, schema)
     response = review_pb2.ReviewResponse(
@@ -195,6 +201,21 @@ def test_malformed_records_are_excluded_with_reasons(local_store: ArtifactStore)
     assert "list of strings" in reasons["items.json"]
     assert "not a review record" in reasons["README.txt"] and "sub-folder" in reasons["old"]
     assert {e.paper_id for e in system.exclusions if e.what.endswith(".json")} == set(bad)
+
+
+def test_aspects_never_written_load_apart_from_declined_ones(local_store: ArtifactStore) -> None:
+    cut = record("cut", {"idea": ["x"]}, missing=("suggestions", "other"))
+    local_store.put_bytes("reviews/x/cut.json", cut)
+    contradicts = json.loads(record("bad", {"idea": ["x"]}))
+    contradicts["review"]["aspects"][0]["missing"] = True  # "idea" holds a point
+    local_store.put_bytes("reviews/x/bad.json", json.dumps(contradicts).encode())
+
+    system = load_system("x", "reviews/x", local_store)
+
+    (review,) = system.reviews["cut"]
+    assert review.missing_aspects == ("suggestions", "other")
+    assert review.empty_aspects == ("prior_work", "experiments", "acceptance", "rejection")
+    assert [e.reason for e in system.exclusions] == ["aspect 'idea' is marked missing but holds 1 items"]
 
 
 def test_a_corrupted_record_is_excluded(s3_store: Any) -> None:

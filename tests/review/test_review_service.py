@@ -71,6 +71,20 @@ def test_review_returns_seven_structured_aspects_with_lineage(review, engine):
     assert reply.lineage.prompt_version == "reviewer-v1" and reply.lineage.backend == engine
     assert reply.lineage.parameters.refusal_penalty == 0 and reply.lineage.parameters.max_new_tokens == 450
     assert 0 < reply.prompt_tokens <= 512 and reply.generated_tokens > 0
+    assert not any(a.missing for a in reply.review.aspects)  # it ended its turn: every aspect was written
+    assert not any("max_new_tokens" in w for w in reply.warnings)
+
+
+def test_a_review_cut_at_max_new_tokens_marks_the_unwritten_aspects_missing_not_declined(review):
+    stub, _ = review
+    reply = stub.Review(_request(PAPER, max_new_tokens=40), timeout=120)
+    assert reply.generated_tokens == 40
+    missing = [a.missing for a in reply.review.aspects]
+    # the text reaches some aspects and not the rest, in order
+    assert missing[0] is False and missing[-1] is True and missing == sorted(missing)
+    assert all(a.empty for a in reply.review.aspects if a.missing)  # no points, but not declined
+    assert any("max_new_tokens (40)" in w for w in reply.warnings)
+    assert any("never written" in w for w in reply.warnings)
 
 
 def test_refusal_penalty_per_request_cuts_empty_aspects(review):

@@ -25,7 +25,8 @@ class Review:
 
     paper_id: str
     points: tuple[Point, ...]
-    empty_aspects: tuple[str, ...] = ()  # aspect keys left as "<No related terms>"
+    empty_aspects: tuple[str, ...] = ()  # aspect keys the reviewer declined ("<No related terms>")
+    missing_aspects: tuple[str, ...] = ()  # aspect keys never written (the review was cut before them)
     aspects: tuple[str, ...] = ()  # the aspect keys the review is structured by; () for free text
     reviewer: str = ""
     lineage: Mapping[str, Any] = field(default_factory=dict)

@@ -200,6 +200,7 @@ class _Writer:
                         "name": a.criterion,
                         "items": parsed.aspects[a.key],
                         "empty": is_empty(parsed.aspects[a.key]),
+                        "missing": a.key in parsed.missing,
                     }
                     for a in AspectSchema.SEVEN.aspects
                 ],

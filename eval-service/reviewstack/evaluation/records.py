@@ -78,6 +78,7 @@ def _structured(paper_id: str, aspects: list[Any], lineage: dict[str, Any]) -> R
     points: list[Point] = []
     keys: list[str] = []
     empty: list[str] = []
+    missing: list[str] = []
     schemas = frozenset(AspectSchema)
     for number, aspect in enumerate(aspects, start=1):
         key, belongs_to = _aspect_key(aspect, number)
@@ -88,6 +89,8 @@ def _structured(paper_id: str, aspects: list[Any], lineage: dict[str, Any]) -> R
         keys.append(key)
         if items:
             points.extend(Point(item, key) for item in items)
+        elif _flag(aspect, key, "missing"):
+            missing.append(key)
         else:
             empty.append(key)
     if not schemas:
@@ -97,6 +100,7 @@ def _structured(paper_id: str, aspects: list[Any], lineage: dict[str, Any]) -> R
         paper_id=paper_id,
         points=tuple(points),
         empty_aspects=tuple(empty),
+        missing_aspects=tuple(missing),
         aspects=tuple(keys),
         lineage={**lineage, "aspect_schema": schema},
     )
@@ -121,9 +125,16 @@ def _content(aspect: dict[str, Any], key: str) -> list[str]:
     if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
         raise MalformedRecord(f"aspect {key!r}: items must be a list of strings")
     content = [" ".join(i.split()) for i in items if i.strip() and i.strip() != EMPTY_ASPECT]
-    flagged = aspect.get("empty")
-    if flagged is not None and not isinstance(flagged, bool):
-        raise MalformedRecord(f"aspect {key!r}: 'empty' must be true or false, not {flagged!r}")
-    if flagged and content:
-        raise MalformedRecord(f"aspect {key!r} is marked empty but holds {len(content)} items")
+    for flag in ("empty", "missing"):
+        if _flag(aspect, key, flag) and content:
+            raise MalformedRecord(f"aspect {key!r} is marked {flag} but holds {len(content)} items")
     return content
+
+
+def _flag(aspect: dict[str, Any], key: str, name: str) -> bool:
+    """A boolean flag of the aspect (`empty`, `missing`); absent reads false (older records lack
+    `missing`)."""
+    value = aspect.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise MalformedRecord(f"aspect {key!r}: {name!r} must be true or false, not {value!r}")
+    return bool(value)

@@ -1,5 +1,7 @@
 """Statistics of the reviews themselves, before any matching: how much a system says, and how often it
-declines to say anything about an aspect (the empty aspects the refusal penalty is meant to reduce)."""
+declines to say anything about an aspect (the empty aspects the refusal penalty is meant to reduce).
+Aspects a review never reached (cut at its token budget) are counted apart, as missing: counted as
+empty they would read as refusals and hide a budget that is too small."""
 
 from __future__ import annotations
 
@@ -52,20 +54,26 @@ def review_statistics(reviews: Sequence[Review]) -> dict[str, Any]:
         return out
     aspects = order_aspects(k for r in reviews for k in r.aspects)
     empties = [len(set(r.empty_aspects)) for r in reviews]
+    missing = [len(set(r.missing_aspects)) for r in reviews]
     slots = sum(len(r.aspects) for r in reviews)
     out["aspects"] = aspects
     out["empty_aspects_per_review"] = distribution(empties)
     out["empty_aspect_rate"] = sum(empties) / slots if slots else None
+    out["missing_aspects_per_review"] = distribution(missing)
+    out["missing_aspect_rate"] = sum(missing) / slots if slots else None
     out["per_aspect"] = {}
     for key in aspects:
         having = [r for r in reviews if key in r.aspects]
         items = sum(1 for r in having for p in r.points if p.aspect == key)
         empty = sum(1 for r in having if key in r.empty_aspects)
+        never = sum(1 for r in having if key in r.missing_aspects)
         out["per_aspect"][key] = {
             "reviews": len(having),
             "items": items,
             "items_per_review": items / len(having),
             "empty": empty,
             "empty_rate": empty / len(having),
+            "missing": never,
+            "missing_rate": never / len(having),
         }
     return out

@@ -119,6 +119,7 @@ def penalty_sweeps(
                     PENALTY_KEY: penalty,
                     "empty_aspect_rate": statistics.get("empty_aspect_rate"),
                     "empty_aspects_per_review": statistics.get("empty_aspects_per_review", {}).get("mean"),
+                    "missing_aspect_rate": statistics.get("missing_aspect_rate"),
                     "items_per_review": statistics["items_per_review"]["mean"],
                     **{m: overall[m] for m in ("hits", "recall", "precision", "f1")},
                 }

@@ -56,10 +56,19 @@ class ParsedReview:
     aspects: dict[str, list[str]]
     schema: AspectSchema
     warnings: list[str] = field(default_factory=list)
+    # aspects the text never reached (a review cut at its token budget), held as the empty marker so the
+    # review still renders; kept apart because a refusal is a decision and a cut is not
+    missing: list[str] = field(default_factory=list)
 
     @property
     def empty_aspects(self) -> list[str]:
+        """Aspects with no points, whether the model declined them or never wrote them."""
         return [key for key, items in self.aspects.items() if is_empty(items)]
+
+    @property
+    def refused_aspects(self) -> list[str]:
+        """Aspects the model wrote and declined: the ones the refusal penalty is about."""
+        return [key for key in self.empty_aspects if key not in self.missing]
 
 
 def _normalise(text: str) -> str:
@@ -121,7 +130,7 @@ def parse(text: str, schema: AspectSchema = AspectSchema.SEVEN, *, strict: bool 
     if missing:
         if strict:
             raise InvalidArgument(f"aspects missing from the review: {missing}")
-        warnings.append(f"aspects missing, counted empty: {missing}")
+        warnings.append(f"aspects never written (no points, not counted as declined): {missing}")
     ordered = {k: [i for i in aspects.get(k, []) if i] or [EMPTY_ASPECT] for k in schema.keys}
     for key, items in ordered.items():
         if len(items) > 1 and EMPTY_ASPECT in items:
@@ -129,4 +138,4 @@ def parse(text: str, schema: AspectSchema = AspectSchema.SEVEN, *, strict: bool 
                 raise InvalidArgument(f"aspect {key!r} mixes the empty marker with items")
             ordered[key] = [i for i in items if i != EMPTY_ASPECT]
             warnings.append(f"aspect {key!r} mixed the empty marker with items; marker dropped")
-    return ParsedReview(aspects=ordered, schema=schema, warnings=warnings)
+    return ParsedReview(aspects=ordered, schema=schema, warnings=warnings, missing=missing)

@@ -174,7 +174,8 @@ def _print_summary(response: review_pb2.ReviewResponse) -> None:
     table.add_column("aspect")
     table.add_column("points", justify="right")
     for aspect in response.review.aspects:
-        table.add_row(aspect.name[:70], "empty" if aspect.empty else str(len(aspect.items)))
+        points = "not written" if aspect.missing else "declined" if aspect.empty else str(len(aspect.items))
+        table.add_row(aspect.name[:70], points)
     out.print(table)
     lineage = response.lineage
     out.print(
@@ -273,7 +274,8 @@ def _record(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "review": {
             "aspects": [
-                {"name": a.name, "items": list(a.items), "empty": a.empty} for a in response.review.aspects
+                {"name": a.name, "items": list(a.items), "empty": a.empty, "missing": a.missing}
+                for a in response.review.aspects
             ],
             "text": response.review.text,
             "raw_text": response.raw_text,

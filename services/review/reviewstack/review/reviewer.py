@@ -164,9 +164,20 @@ class Reviewer:
             body = body.removesuffix(stop)
         parsed = parse(body, prepared.schema, strict=False)
         aspects = [
-            common_pb2.Aspect(name=aspect.criterion, items=parsed.aspects[aspect.key], empty=is_empty(items))
-            for aspect, items in ((a, parsed.aspects[a.key]) for a in prepared.schema.aspects)
+            common_pb2.Aspect(
+                name=aspect.criterion,
+                items=parsed.aspects[aspect.key],
+                empty=is_empty(parsed.aspects[aspect.key]),
+                missing=aspect.key in parsed.missing,
+            )
+            for aspect in prepared.schema.aspects
         ]
+        warnings = prepared.warnings + [f"review format: {w}" for w in parsed.warnings]
+        if tokens >= prepared.decoding.max_new_tokens:
+            warnings.append(
+                f"the review reached max_new_tokens ({prepared.decoding.max_new_tokens}) and was cut: "
+                "raise max_new_tokens for a complete review"
+            )
         review = common_pb2.StructuredReview(
             schema=common_pb2.ASPECT_SCHEMA_FOUR
             if prepared.schema is AspectSchema.FOUR
@@ -193,7 +204,7 @@ class Reviewer:
         return review_pb2.ReviewResponse(
             review=review,
             lineage=lineage,
-            warnings=prepared.warnings + [f"review format: {w}" for w in parsed.warnings],
+            warnings=warnings,
             prompt_tokens=prepared.prompt.tokens,
             generated_tokens=tokens,
             raw_text=text,
