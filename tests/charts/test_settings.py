@@ -99,6 +99,7 @@ def test_every_variable_is_a_setting_and_parses(render, monkeypatch, profile):
         assert settings.log_format == "json"
         if profile == "cuda-engine" and container["name"] == "review":
             assert settings.repetition_penalty == 1.1 and settings.max_new_tokens == 900
+            assert settings.served_model == "s3://reviewstack/runs/reviewer-v1/merged"
         seen.add((component, container["name"]))
         if container["name"] == component and component != "generation":
             assert settings.port == 50051 and settings.metrics_port == 9090
@@ -113,6 +114,25 @@ def test_every_variable_is_a_setting_and_parses(render, monkeypatch, profile):
         else "generation"
     )
     assert (backend, "fetch-model") in seen
+
+
+@pytest.mark.parametrize(
+    ("profile", "sets", "served"),
+    [
+        ("cpu-demo", (), "SmolLM2-135M-Instruct (embedded)"),
+        ("single-gpu", ("tgi.model.prefix=runs/r7/merged",), "s3://reviewstack/runs/r7/merged"),
+        ("single-gpu", ("review.backendUrl=http://elsewhere:80",), None),
+    ],
+)
+def test_the_lineage_names_the_served_run_not_the_backends_directory(
+    render, monkeypatch, profile, sets, served
+):
+    """A backend reports the directory it loaded (/models/model for every run): the review service is
+    told which run that is, unless the backend is not the release's own."""
+    container = render(profile, *sets).get("Deployment", "review-stack-review")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    assert parse(settings_class("review", "review"), env_of(container), monkeypatch).served_model == served
 
 
 def test_the_controller_launches_what_the_values_say(render, monkeypatch):

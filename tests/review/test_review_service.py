@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import subprocess
@@ -61,7 +62,7 @@ def _request(text: str, **parameters) -> review_pb2.ReviewRequest:
 PAPER = paper_text(random.Random(11))
 
 
-def test_review_returns_seven_structured_aspects_with_lineage(review, engine):
+def test_review_returns_seven_structured_aspects_with_lineage(review, engine, refuser_model):
     stub, _ = review
     reply = stub.Review(_request(PAPER), timeout=120)
     names = [a.name for a in reply.review.aspects]
@@ -69,6 +70,7 @@ def test_review_returns_seven_structured_aspects_with_lineage(review, engine):
     assert sum(a.empty for a in reply.review.aspects) >= 5  # the model refuses almost everywhere
     assert parse(reply.review.text).aspects  # the text is the format's own rendering: strict parse
     assert reply.lineage.prompt_version == "reviewer-v1" and reply.lineage.backend == engine
+    assert reply.lineage.model == str(refuser_model)  # no served_model set: the backend's own id
     assert reply.lineage.parameters.refusal_penalty == 0 and reply.lineage.parameters.max_new_tokens == 450
     assert 0 < reply.prompt_tokens <= 512 and reply.generated_tokens > 0
     assert not any(a.missing for a in reply.review.aspects)  # it ended its turn: every aspect was written
@@ -235,7 +237,13 @@ def test_the_cli_sets_its_own_deadline_on_a_server(refuser_model, engine, tmp_pa
     papers.mkdir()
     for i in range(2):
         (papers / f"p{i}.md").write_text(paper_text(random.Random(i)))
-    env = _env(refuser_model, engine, tmp_path, REVIEWSTACK_DEFAULT_DEADLINE_S="0.2")
+    env = _env(
+        refuser_model,
+        engine,
+        tmp_path,
+        REVIEWSTACK_DEFAULT_DEADLINE_S="0.2",
+        REVIEWSTACK_SERVED_MODEL="s3://reviewstack/runs/r1/merged",
+    )
     with service_process("reviewstack-review", SERVICE, env, tmp_path / "log") as target:
         command = [
             str(Path(sys.executable).with_name("reviewstack")), "review", "--batch", str(papers),
@@ -243,7 +251,9 @@ def test_the_cli_sets_its_own_deadline_on_a_server(refuser_model, engine, tmp_pa
         ]  # fmt: skip
         result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert sorted(p.name for p in (tmp_path / "store" / "reviews" / "deadline").glob("*.json")) == [
-        "p0.json",
-        "p1.json",
-    ]
+    records = sorted((tmp_path / "store" / "reviews" / "deadline").glob("*.json"))
+    assert [p.name for p in records] == ["p0.json", "p1.json"]
+    # the lineage names the run the deployment says it serves, not the engine's model directory
+    assert {json.loads(p.read_text())["lineage"]["model"] for p in records} == {
+        "s3://reviewstack/runs/r1/merged"
+    }

@@ -28,10 +28,28 @@
 - name: REVIEWSTACK_REPETITION_PENALTY
   value: {{ . | quote }}
 {{- end }}
+{{- with include "review-stack.review.servedModel" . }}
+# the lineage names the run the backend serves, not the backend's local /models directory
+- name: REVIEWSTACK_SERVED_MODEL
+  value: {{ . | quote }}
+{{- end }}
 {{- if ne $v.tokenizer.source "image" }}
 - name: REVIEWSTACK_TOKENIZER
   value: {{ include "review-stack.models.dir" . }}
 {{- end }}
+{{- end -}}
+
+{{/* The model the release's own backend serves, as its store URI; "" for an external backendUrl. */}}
+{{- define "review-stack.review.servedModel" -}}
+{{- if not .Values.review.backendUrl -}}
+{{- if .Values.tgi.enabled -}}
+{{ include "review-stack.s3.store" . }}/{{ .Values.tgi.model.prefix }}
+{{- else if and .Values.generation.enabled (eq .Values.generation.model.source "embedded") -}}
+SmolLM2-135M-Instruct (embedded)
+{{- else if .Values.generation.enabled -}}
+{{ include "review-stack.s3.store" . }}/{{ .Values.generation.model.prefix }}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Egress to the release's backend pods (an external review.backendUrl goes in extraEgress). */}}

@@ -275,6 +275,8 @@ def demo(
                     {
                         "REVIEWSTACK_BACKEND_URL": backend,
                         "REVIEWSTACK_TOKENIZER": str(merged),
+                        # the lineage names the run in the store, not a directory of this machine
+                        "REVIEWSTACK_SERVED_MODEL": f"runs/{RUN_ID}/merged",
                         "REVIEWSTACK_MAX_PROMPT_LENGTH": str(config["max_prompt_length"]),
                         "REVIEWSTACK_MAX_NEW_TOKENS": str(max_new_tokens),
                     },

@@ -42,6 +42,11 @@ class ReviewSettings(ServerSettings):
     tokenizer: str | None = Field(
         None, description="the served model's tokenizer directory (default Llama-3)"
     )
+    served_model: str | None = Field(
+        None,
+        description="what the lineage names as the model, e.g. the run's store key runs/<id>/merged "
+        "(default: the backend's model id, which for TGI is only its local model directory)",
+    )
     max_prompt_length: int = Field(MAX_PROMPT_LENGTH, ge=64, description="papers are cut to fit this")
     max_new_tokens: int = Field(MAX_RESPONSE_LENGTH, ge=1, description="longest review, in tokens")
     refusal_penalty: float = Field(0.0, ge=0, description="λ when a request names none")
@@ -63,6 +68,7 @@ def build_servicer(settings: ReviewSettings) -> ReviewServicer:
         refusal_penalty_max=settings.refusal_penalty_max,
         backend_refusal_penalty=settings.backend_refusal_penalty,
         repetition_penalty=settings.repetition_penalty,
+        served_model=settings.served_model,
     )
     backend = Backend(settings.backend_url, settings.backend_timeout_s, settings.backend_retries)
     reviewer = Reviewer(

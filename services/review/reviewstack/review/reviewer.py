@@ -31,6 +31,9 @@ class ReviewLimits:
     refusal_penalty_max: float = 10.0
     backend_refusal_penalty: float = 0.0  # the λ a TGI deployment applies to every request
     repetition_penalty: float = 1.0  # when a request names none; 1 = off
+    # the lineage's model: a backend reports the directory it loaded (TGI: /models/…), which does not
+    # say which training run wrote the review
+    served_model: str | None = None
 
 
 @dataclass
@@ -196,7 +199,7 @@ class Reviewer:
         if decoding.seed is not None:
             parameters.seed = decoding.seed
         lineage = review_pb2.ReviewLineage(
-            model=(await self.backend.info()).model,
+            model=self.limits.served_model or (await self.backend.info()).model,
             prompt_version=PROMPT_VERSION,
             parameters=parameters,
             backend=self.backend.url,
