@@ -36,6 +36,8 @@
 #                               system bundle); given as a build secret, never stored in an image
 #   REVIEWSTACK_BUILD_LOGS      folder for one build log per image (default .cache/images/ in the repo)
 #   REVIEWSTACK_BUILD_CACHE_KEEP  build cache kept after a build, most recent first (default 12GB; off)
+#   REVIEWSTACK_BUILD_MIN_FREE_GB free space the engine's data root must have before a build (default:
+#                               25 when no review-stack image is there yet, else 8; 0 = no check)
 # The engine must be running: images/dockerd.sh start (the Makefile target does it).
 set -euo pipefail
 
@@ -66,6 +68,26 @@ usable_base() { have_image "$1" || "$DOCKER" pull -q "$1" >/dev/null 2>&1; }
     exit 1
 }
 mkdir -p "$LOGS"
+
+# -- room on the engine's disk -------------------------------------------------------------------------------
+# A build from nothing writes ~10 GB of images and up to the cache cap of builder stages before the prune;
+# a rebuild after a change rewrites each changed image's venv layer (~2 GB each). Running out half-way
+# fails with ENOSPC somewhere in a build log, and leaves every other process on that disk failing too.
+data_root=$("$DOCKER" info --format '{{.DockerRootDir}}' 2>/dev/null || true)
+if [ -n "$data_root" ] && [ -d "$data_root" ]; then # a remote engine's disk cannot be measured from here
+    need_gb=${REVIEWSTACK_BUILD_MIN_FREE_GB:-}
+    if [ -z "$need_gb" ]; then
+        if [ -n "$("$DOCKER" image ls -q 'review-stack/*' 2>/dev/null)" ]; then need_gb=8; else need_gb=25; fi
+    fi
+    free_gb=$(df -Pk "$data_root" | awk 'NR == 2 { printf "%d", $4 / 1048576 }')
+    if [ "$need_gb" -gt 0 ] && [ "$free_gb" -lt "$need_gb" ]; then
+        log "only $free_gb GB free under $data_root (the Docker engine's data root); this build needs about"
+        log "$need_gb GB. Free space there (docker builder prune; docker image prune), or start the engine"
+        log "on a larger disk (REVIEWSTACK_DOCKER_DATA_ROOT=DIR images/dockerd.sh start). To build anyway:"
+        log "REVIEWSTACK_BUILD_MIN_FREE_GB=0"
+        exit 1
+    fi
+fi
 
 # -- the CPU base ----------------------------------------------------------------------------------------
 if [ "$BASE" = local ]; then
