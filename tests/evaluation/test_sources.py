@@ -469,7 +469,7 @@ def test_align_papers_keeps_the_shared_papers_and_says_why_the_rest_go(local_sto
     a = _system(
         "a",
         {
-            "h1": Review("h1", point),
+            "h1": Review("h1", (), missing_aspects=AspectSchema.SEVEN.keys),  # cut before any point: kept
             "h2": Review("h2", (), empty_aspects=AspectSchema.SEVEN.keys),  # a refusal: kept
             "h3": Review("h3", point),
             "h4": Review("h4", point),

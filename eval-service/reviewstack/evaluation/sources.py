@@ -239,7 +239,9 @@ def _versions(places: list[_Place]) -> str:
 def align_papers(systems: list[System], human: System) -> tuple[list[str], list[Exclusion]]:
     """The papers every system and the human set cover, sorted, and one Exclusion per paper left out that
     gives every reason. A review with no point that refused every aspect stays: a refusal is an answer
-    (it scores zero, and the penalty sweep must see it); one with neither points nor refusals is empty."""
+    (it scores zero, and the penalty sweep must see it). So does one cut before it wrote a point: it is
+    what the system produced, and leaving it out would hide the failure. One with neither points nor
+    aspects is empty."""
     if human.kind != "human":
         raise InvalidArgument(f"{human.name!r} is a {human.kind} system; the reference must be the human set")
     names = [s.name for s in systems]
@@ -261,7 +263,7 @@ def align_papers(systems: list[System], human: System) -> tuple[list[str], list[
             if not reviews:
                 why = missing_why[system.name].get(paper)
                 reasons.append(f"not reviewed by system {system.name}" + (f" ({why})" if why else ""))
-            elif all(not r.points and not r.empty_aspects for r in reviews):
+            elif all(not (r.points or r.empty_aspects or r.missing_aspects) for r in reviews):
                 reasons.append(f"empty review of system {system.name}")
         if reasons:
             excluded.append(Exclusion(paper, "; ".join(reasons), paper))
