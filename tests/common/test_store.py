@@ -29,6 +29,7 @@ from reviewstack.common.errors import (
 )
 from reviewstack.common.settings import StoreSettings
 from reviewstack.common.store import ArtifactStore, LocalStore, open_store
+from reviewstack.common.store.base import STAGING_DIR
 from reviewstack.common.store.s3 import S3Store
 
 
@@ -222,13 +223,89 @@ def test_concurrent_writers(store: ArtifactStore) -> None:
     assert all(r.sha256 == sha(store.get_bytes(r.key)) for r in refs)
 
 
+def test_exclusive_put_creates_once(store: ArtifactStore) -> None:
+    ref = store.put_bytes("runs/r1/spec.json", b'{"a": 1}', exclusive=True)
+    assert (ref.sha256, ref.size) == (sha(b'{"a": 1}'), 8)
+    assert store.stat("runs/r1/spec.json") == ref
+    with pytest.raises(AlreadyExists, match=re.escape(store.uri_for("runs/r1/spec.json"))):
+        store.put_bytes("runs/r1/spec.json", b'{"a": 2}', exclusive=True)
+    assert store.get_bytes("runs/r1/spec.json") == b'{"a": 1}'  # the loser changed nothing
+    store.delete("runs/r1/spec.json")
+    assert store.put_bytes("runs/r1/spec.json", b"again", exclusive=True).sha256 == sha(b"again")
+    with pytest.raises(InvalidArgument):
+        store.put_bytes(".reviewstack/x", b"x", exclusive=True)
+    assert keys(store) == ["runs/r1/spec.json"]
+
+
+def test_exclusive_put_local_refuses_folders(local_store: LocalStore) -> None:
+    local_store.put_bytes("a/b/c", b"c")
+    with pytest.raises(InvalidArgument, match="folder"):
+        local_store.put_bytes("a/b", b"x", exclusive=True)
+    with pytest.raises(InvalidArgument, match="parent"):
+        local_store.put_bytes("a/b/c/d", b"x", exclusive=True)
+    assert list((local_store.root / ".reviewstack" / "tmp").iterdir()) == []  # no temp file left
+
+
+EXCLUSIVE_RACER = """
+import os, sys, time
+from reviewstack.common.errors import AlreadyExists
+from reviewstack.common.store import open_store
+store = open_store(sys.argv[1])
+store.check_writable()
+start = float(sys.argv[3])
+time.sleep(max(0.0, start - time.time()))  # every racer fires at the same instant
+for i in range(int(sys.argv[4])):
+    try:
+        store.put_bytes(f"race/{i}", sys.argv[2].encode(), exclusive=True)
+        print(f"won {i}", flush=True)
+    except AlreadyExists:
+        print(f"lost {i}", flush=True)
+"""
+
+
+def store_env(store: ArtifactStore, request: pytest.FixtureRequest) -> dict[str, str]:
+    """The environment a child process needs to open the same store by its URI."""
+    env = dict(os.environ)
+    if isinstance(store, S3Store):
+        env.update(request.getfixturevalue("s3_server").env())
+    return env
+
+
+def test_exclusive_put_race_between_processes(store: ArtifactStore, request: pytest.FixtureRequest) -> None:
+    """Processes race for the same keys at the same instant: each key has exactly one winner, and the
+    object holds that winner's bytes."""
+    racers, rounds = 4, 10
+    start = time.time() + 3
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", EXCLUSIVE_RACER, store.uri, f"writer-{n}", str(start), str(rounds)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=store_env(store, request),
+        )
+        for n in range(racers)
+    ]
+    outputs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err.decode() for _, err in outputs]
+    for i in range(rounds):
+        winners = [n for n, (out, _) in enumerate(outputs) if f"won {i}\n".encode() in out]
+        assert len(winners) == 1, (i, winners)
+        assert store.get_bytes(f"race/{i}") == f"writer-{winners[0]}".encode()
+
+
 # ---- publication -----------------------------------------------------------------------------------------
 def test_publication_writes_manifest_last(
     store: ArtifactStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     order: list[str] = []
-    for name in ("put_bytes", "put_file", "writer"):
-        spy(monkeypatch, store, name, order)
+    spy(monkeypatch, store, "put_bytes", order)
+    original_move = store._move
+
+    def recording_move(src: str, dest: str, ref: object) -> object:
+        order.append(dest)  # a staged file moved into place
+        return original_move(src, dest, ref)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "_move", recording_move)
     src = tmp_path / "val.jsonl"
     src.write_bytes(b'{"v": 1}\n' * 10)
     before = datetime.now().astimezone()
@@ -237,8 +314,10 @@ def test_publication_writes_manifest_last(
         pub.put_file("val.jsonl", src)
         with pub.writer("test/part-0.jsonl") as w:
             w.write(b'{"x": 1}\n')
+        assert w.ref is not None and w.ref.key == "datasets/x/v1/test/part-0.jsonl"
         pub.manifest["counts"] = {"train": 50, "val": 10, "test": 1}
         assert not store.is_published("datasets/x/v1")
+        assert keys(store, "datasets") == []  # staged out of sight until the commit
         with pytest.raises(NotFound, match="not published"):
             store.read_manifest("datasets/x/v1")
     first_manifest_write = order.index("datasets/x/v1/manifest.json")
@@ -297,25 +376,43 @@ def test_publication_exception_leaves_nothing(store: ArtifactStore) -> None:
         store.read_manifest("datasets/y/v1")
 
 
-def test_publication_adopts_files_other_writers_uploaded(store: ArtifactStore) -> None:
-    """Another process (a second training rank) uploads its shard itself; the publication lists it in the
-    manifest, refuses it twice, and removes it on rollback."""
-    with store.publish("runs/r/checkpoints/step-1") as pub:
+def staged(store: ArtifactStore) -> list[str]:
+    """Every object in the staging areas of publications (internal, never listed)."""
+    return [k for k, _ in store._iter_internal(STAGING_DIR)]
+
+
+def test_publication_adopts_files_participants_wrote(store: ArtifactStore) -> None:
+    """Another process (a second training rank) writes its shard into the owner's staging area through
+    a participant handle; the owner lists it in the manifest, refuses it twice, and a rollback removes it."""
+    prefix = "runs/r/checkpoints/step-1"
+    with store.publish(prefix) as pub:
         pub.put_bytes("rank0.pt", b"zero")
-        store.put_bytes("runs/r/checkpoints/step-1/rank1.pt", b"one")  # the other rank's own upload
+        rank1 = store.join_publication(prefix, pub.writer_id)
+        assert rank1.put_bytes("rank1.pt", b"one").key == f"{prefix}/rank1.pt"
+        rank1.put_bytes("never-adopted.pt", b"x")
+        assert keys(store, "runs") == []  # nothing visible before the commit
         ref = pub.adopt("rank1.pt")
-        assert ref.sha256 == hashlib.sha256(b"one").hexdigest()
-        with pytest.raises(FailedPrecondition, match="already part"):
-            pub.adopt("rank1.pt")
-    files = store.read_manifest("runs/r/checkpoints/step-1")["files"]
-    assert files["rank1.pt"] == {"sha256": hashlib.sha256(b"one").hexdigest(), "size": 3}
-    with pytest.raises(NotFound), store.publish("runs/r/checkpoints/step-2") as pub:
+        assert (ref.key, ref.sha256) == (f"{prefix}/rank1.pt", sha(b"one"))
+        for name in ("rank1.pt", "rank0.pt"):
+            with pytest.raises(FailedPrecondition, match="already part"):
+                pub.adopt(name)
+    files = store.read_manifest(prefix)["files"]
+    assert files == {
+        "rank0.pt": {"sha256": sha(b"zero"), "size": 4},
+        "rank1.pt": {"sha256": sha(b"one"), "size": 3},
+    }
+    assert keys(store, prefix) == [f"{prefix}/{n}" for n in ("manifest.json", "rank0.pt", "rank1.pt")]
+    assert staged(store) == []  # what was not adopted went with the staging area
+    with pytest.raises(NotFound, match="join_publication"), store.publish("runs/r/checkpoints/step-2") as pub:
         pub.adopt("never-uploaded.pt")
     with pytest.raises(RuntimeError), store.publish("runs/r/checkpoints/step-3") as pub:
-        store.put_bytes("runs/r/checkpoints/step-3/rank1.pt", b"one")
+        store.join_publication("runs/r/checkpoints/step-3", pub.writer_id).put_bytes("rank1.pt", b"one")
         pub.adopt("rank1.pt")
         raise RuntimeError("rank 0 failed")
-    assert keys(store, "runs/r/checkpoints/step-3") == []
+    assert keys(store, "runs/r/checkpoints/step-3") == [] and staged(store) == []
+    for bad in ("../x", "ABC", ""):
+        with pytest.raises(InvalidArgument, match="writer_id"):
+            store.join_publication(prefix, bad)
 
 
 def test_publication_rejects_reserved_names(store: ArtifactStore) -> None:
@@ -335,16 +432,50 @@ def test_already_exists_then_overwrite(store: ArtifactStore, monkeypatch: pytest
         pass
     assert store.get_bytes("datasets/z/v1/a.jsonl") == b"a" and store.is_published("datasets/z/v1")
 
-    deletes: list[str] = []
-    for name in ("delete", "delete_prefix"):
-        spy(monkeypatch, store, name, deletes, tag=f"{name}:")
+    events: list[str] = []
+    spy(monkeypatch, store, "_delete", events, tag="delete:")
+    original_many, original_move = store._delete_many, store._move
+    monkeypatch.setattr(
+        store, "_delete_many", lambda ks: (events.extend(f"delete:{k}" for k in ks), original_many(ks))
+    )
+    monkeypatch.setattr(
+        store, "_move", lambda s, d, r: (events.append(f"move:{d}"), original_move(s, d, r))[1]
+    )
     with store.publish("datasets/z/v1", overwrite=True) as pub:
-        # the old version is gone, manifest first, before anything new is written
-        assert deletes[0] == "delete:datasets/z/v1/manifest.json"
-        assert keys(store, "datasets/z/v1") == []
         pub.put_bytes("c.jsonl", b"c")
+        # the old version stays whole and readable while the new one is written
+        assert store.read_manifest("datasets/z/v1")["files"].keys() == {"a.jsonl", "b.jsonl"}
+        assert store.get_bytes("datasets/z/v1/a.jsonl") == b"a"
+    # at commit the old manifest goes first, then the old objects, then the new ones move in
+    final = [
+        e for e in dict.fromkeys(events) if not e.startswith("delete:.reviewstack")
+    ]  # local deletes 1 by 1
+    assert final == [
+        "delete:datasets/z/v1/manifest.json",
+        "delete:datasets/z/v1/a.jsonl",
+        "delete:datasets/z/v1/b.jsonl",
+        "move:datasets/z/v1/c.jsonl",
+    ]
     assert keys(store, "datasets/z/v1") == ["datasets/z/v1/c.jsonl", "datasets/z/v1/manifest.json"]
     assert set(store.read_manifest("datasets/z/v1")["files"]) == {"c.jsonl"}
+
+
+def test_publishing_the_same_files_again_keeps_the_first(store: ArtifactStore) -> None:
+    """Publishing is idempotent for identical files (a retried or duplicated build): the version already
+    there is kept and reported; other files under the same prefix are refused, and change nothing."""
+    with store.publish("datasets/s/v1") as first:
+        first.put_bytes("train.jsonl", b"t")
+        first.manifest["run"] = 1
+    with store.publish("datasets/s/v1") as again:
+        again.put_bytes("train.jsonl", b"t")
+        again.manifest["run"] = 2
+    assert again.reused and not first.reused and again.manifest_ref == first.manifest_ref
+    assert store.read_manifest("datasets/s/v1")["run"] == 1
+    refused = r"1 differ, e\.g\. 'train\.jsonl'.*overwrite=True"
+    with pytest.raises(AlreadyExists, match=refused), store.publish("datasets/s/v1") as other:
+        other.put_bytes("train.jsonl", b"other")
+    assert store.get_bytes("datasets/s/v1/train.jsonl") == b"t" and staged(store) == []
+    assert keys(store, "datasets") == ["datasets/s/v1/manifest.json", "datasets/s/v1/train.jsonl"]
 
 
 def test_leftovers_cleaned_and_nested_publications_protected(store: ArtifactStore) -> None:
@@ -402,8 +533,10 @@ def test_killed_writer_leaves_nothing_complete(store: ArtifactStore, request: py
         proc.stderr.close()  # type: ignore[union-attr]
     assert proc.returncode == -signal.SIGKILL
     prefix = "datasets/killed/v1"
-    # the finished files are there, the half-streamed one is not, and nothing says "complete"
-    assert keys(store, "datasets/killed/v1") == [f"{prefix}/{n}" for n in ("train.jsonl", "val.jsonl")]
+    # the finished files wait in the writer's staging area, the half-streamed one is nowhere, and nothing
+    # of it is under the prefix, let alone something that says "complete"
+    assert sorted(k.rsplit("/", 1)[-1] for k in staged(store)) == ["train.jsonl", "val.jsonl"]
+    assert keys(store, "datasets/killed/v1") == []
     assert not store.is_published("datasets/killed/v1")
     with pytest.raises(NotFound, match="not published"):
         store.read_manifest("datasets/killed/v1")
@@ -444,6 +577,22 @@ def test_s3_bad_credentials_permission_denied(start_s3_server: Callable) -> None
     for call in (store.check_writable, lambda: store.put_bytes("k", b"x"), lambda: store.get_bytes("k")):
         with pytest.raises(PermissionDenied, match="REVIEWSTACK_S3_ACCESS_KEY"):
             call()
+
+
+def test_s3_published_objects_keep_hash_and_type(s3_store: S3Store) -> None:
+    """A commit moves staged objects by server-side copy: the copy keeps the sha256 record (no rehash on
+    the next stat) and its content type."""
+    files = {"spec.json": b'{"a": 1}', "weights.bin": os.urandom(6 << 20)}  # the second in multipart parts
+    with s3_store.publish("runs/m/merged") as pub:
+        for name, data in files.items():
+            pub.put_bytes(name, data)
+    for name, data in files.items():
+        info = s3_store.client.stat_object(s3_store.bucket, f"{s3_store.prefix}/runs/m/merged/{name}")
+        assert info.metadata.get("x-amz-meta-sha256") == sha(data)
+        assert info.content_type == (
+            "application/json" if name.endswith(".json") else "application/octet-stream"
+        )
+    assert staged(s3_store) == []
 
 
 def test_s3_settings_errors() -> None:

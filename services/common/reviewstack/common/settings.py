@@ -10,8 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from reviewstack.common.llm_endpoints import LLMEndpoint, check_endpoints
 
 ENV_PREFIX = "REVIEWSTACK_"
 
@@ -58,6 +60,15 @@ class StoreSettings(BaseReviewStackSettings):
     s3_secure: bool = Field(False, description="use TLS to reach the S3 endpoint")
     s3_region: str = Field("", description="S3 region, if the endpoint needs one")
     s3_create_bucket: bool = Field(False, description="create the bucket when it does not exist")
+    store_claim_ttl_s: float = Field(
+        120.0, gt=0, description="an S3 publication claim not refreshed for this long is a dead writer's"
+    )
+    store_claim_wait_s: float = Field(
+        600.0, ge=0, description="how long a publisher waits for another one committing the same prefix"
+    )
+    store_staging_ttl_s: float = Field(
+        86_400.0, gt=0, description="staged files of a writer idle this long are collected as garbage"
+    )
 
 
 class ServerSettings(LoggingSettings, StoreSettings):
@@ -74,6 +85,33 @@ class ServerSettings(LoggingSettings, StoreSettings):
         60.0, gt=0, description="deadline applied to unary calls whose client set none"
     )
     shutdown_grace_s: float = Field(10.0, ge=0, description="time in-flight calls get on SIGTERM")
+    max_pending_operations: int = Field(
+        16, ge=1, description="long-running operations waiting to run; RESOURCE_EXHAUSTED beyond"
+    )
+
+
+class ReadOnlyRootsSettings(BaseReviewStackSettings):
+    """Places besides the store that requests may name as raw inputs (papers, review folders, CSVs)."""
+
+    read_only_roots: list[str] = Field(
+        default_factory=list,
+        description="directories or s3:// URIs (reached with the store's credentials) that requests may "
+        "read raw inputs from; the store itself is always readable",
+    )
+
+
+class LLMEndpointSettings(BaseReviewStackSettings):
+    """The OpenAI-compatible endpoints a service may call, by name (see reviewstack.common.llm_endpoints)."""
+
+    llm_endpoints: dict[str, LLMEndpoint] = Field(
+        default_factory=dict,
+        description='JSON: {"name": {"url": ..., "model": ..., "api_key_file": ...}}; requests pick by name',
+    )
+
+    @field_validator("llm_endpoints")
+    @classmethod
+    def _names(cls, value: dict[str, LLMEndpoint]) -> dict[str, LLMEndpoint]:
+        return dict(check_endpoints(value))
 
 
 class EmbeddedModelSettings(BaseReviewStackSettings):

@@ -20,6 +20,7 @@ from typing import Protocol
 from reviewstack.common.artifacts import ArtifactRef
 from reviewstack.common.aspects import EMPTY_ASPECT
 from reviewstack.common.errors import AlreadyExists, InvalidArgument
+from reviewstack.common.llm_endpoints import LLMEndpoint
 from reviewstack.common.logging import get_logger
 from reviewstack.common.papers import clean_paper, decode_paper
 from reviewstack.common.prompt import PROMPT_VERSION, PromptBuilder
@@ -94,8 +95,12 @@ class DatasetBuild:
         store_settings: StoreSettings | None = None,
         progress: ProgressSink | None = None,
         distiller: Distiller | None = None,
+        llm: LLMEndpoint | None = None,
     ) -> None:
+        """`llm` is the endpoint (with its key) a server resolved for the LLM distiller; without it the
+        distiller calls `config.llm_endpoint` with the key in REVIEWSTACK_LLM_API_KEY (the CLI)."""
         self.config = config
+        self._llm = llm
         self.store_settings = store_settings
         self.progress = progress or _Silent()
         self._distiller = distiller
@@ -195,6 +200,7 @@ class DatasetBuild:
             self.output.uri_for(prefix),
             pub.manifest_ref,
             self.output.read_manifest(prefix),
+            reused=pub.reused,  # another writer published the identical version first
             skipped=[s.to_json() for s in self.skipped],
         )
 
@@ -238,6 +244,10 @@ class DatasetBuild:
     # -- pieces ------------------------------------------------------------------------------------------
     def _make_distiller(self) -> Distiller:
         if self.config.distiller == "llm":
+            if self._llm is not None:
+                return LLMDistiller(
+                    self._llm.url, self._llm.model, self.config.aspect_schema, api_key=self._llm.api_key()
+                )
             return LLMDistiller(self.config.llm_endpoint, self.config.llm_model, self.config.aspect_schema)
         return EmbeddedDistiller(self.config.aspect_schema)
 

@@ -5,6 +5,9 @@ with store.publish("datasets/x/v1") as pub:
     pub.put_bytes("train.jsonl", data)
     pub.manifest["counts"] = {"train": 100}
 store.read_manifest("datasets/x/v1")   # NotFound until the manifest (written last) exists
+
+Several writers may publish one prefix at once (two replicas, a CLI and a server): one publishes, the
+others keep its version when their files are identical and get AlreadyExists otherwise (base.py).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from reviewstack.common.store.base import (
     ArtifactStore,
     ObjectWriter,
     Publication,
+    PublicationParticipant,
     check_key,
     check_prefix,
 )
@@ -32,6 +36,7 @@ __all__ = [
     "LocalStore",
     "ObjectWriter",
     "Publication",
+    "PublicationParticipant",
     "check_key",
     "check_prefix",
     "open_store",
@@ -49,13 +54,15 @@ def open_store(uri: str, settings: StoreSettings | None = None) -> ArtifactStore
     if not isinstance(uri, str) or not uri.strip():
         raise InvalidArgument("the store URI is empty: set REVIEWSTACK_STORE to a directory or s3://bucket")
     uri = uri.strip()
+    settings = settings if settings is not None else StoreSettings()
+    publication = {"claim_wait_s": settings.store_claim_wait_s, "staging_ttl_s": settings.store_staging_ttl_s}
     if "://" not in uri:
-        return LocalStore(uri)
+        return LocalStore(uri, **publication)
     parts = urlsplit(uri)
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
             raise InvalidArgument(f"store URI {uri!r} must be file:///absolute/path")
-        return LocalStore(unquote(parts.path))
+        return LocalStore(unquote(parts.path), **publication)
     if parts.scheme == "s3":
         if not _BUCKET.match(parts.netloc) or ".." in parts.netloc:
             raise InvalidArgument(
@@ -66,7 +73,7 @@ def open_store(uri: str, settings: StoreSettings | None = None) -> ArtifactStore
         prefix = check_prefix(parts.path.strip("/"))
         from reviewstack.common.store.s3 import S3Store  # minio only where S3 is used
 
-        return S3Store(parts.netloc, prefix, settings if settings is not None else StoreSettings())
+        return S3Store(parts.netloc, prefix, settings, claim_ttl_s=settings.store_claim_ttl_s, **publication)
     raise InvalidArgument(
         f"unsupported store URI {uri!r}: use a directory path, file:///dir, or s3://bucket[/prefix]"
     )

@@ -5,6 +5,8 @@ are fsynced, then renamed into place: a reader sees the old object or the new on
 Hashes live in sidecars `<root>/.reviewstack/meta/<key>.json` stamped with the inode, size and mtime of
 the file they describe; a sidecar that does not match (file replaced by another tool, crash between
 rename and sidecar) is ignored and the hash recomputed, so a stale sidecar can never lie.
+Publications stage their files in `<root>/.reviewstack/staging/<writer>/` and commit under an `flock` on
+`<root>/.reviewstack/claims/<hash of the prefix>` (see base.py).
 """
 
 from __future__ import annotations
@@ -12,22 +14,32 @@ from __future__ import annotations
 import builtins
 import contextlib
 import errno
+import fcntl
+import hashlib
 import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
 from reviewstack.common.artifacts import ArtifactRef
-from reviewstack.common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from reviewstack.common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 from reviewstack.common.logging import get_logger
 from reviewstack.common.store.base import (
     INTERNAL_DIR,
     ArtifactStore,
     PendingObject,
+    PrefixClaim,
     check_key,
+    claim_key,
     hash_stream,
 )
 
@@ -66,10 +78,34 @@ class _LocalPending(PendingObject):
             os.unlink(self._tmp)
 
 
+class _LocalClaim(PrefixClaim):
+    """An exclusive `flock` on the prefix's claim file: the kernel drops it when the holder's process
+    dies, however it dies, so a dead writer never blocks the next one and no TTL is needed."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    def check(self) -> None:
+        if self._fd is None:
+            raise FailedPrecondition("the claim was already released")
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor of the open file drops the lock
+            self._fd = None
+
+
 class LocalStore(ArtifactStore):
     """Artifacts in a local directory (created on first write)."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        claim_wait_s: float = ArtifactStore.claim_wait_s,
+        staging_ttl_s: float = ArtifactStore.staging_ttl_s,
+    ) -> None:
+        self.claim_wait_s, self.staging_ttl_s = claim_wait_s, staging_ttl_s
         self.root = Path(os.path.abspath(os.path.expanduser(root)))
         self.uri = "file://" + quote(str(self.root))
         self._internal = self.root / INTERNAL_DIR
@@ -100,19 +136,29 @@ class LocalStore(ArtifactStore):
             raise self._unwritable(exc, tmp) from exc
         return tmp
 
-    def _replace_into(self, src: str, dest: Path, key: str) -> None:
+    def _replace_into(self, src: str, dest: Path, key: str, *, exclusive: bool = False) -> None:
+        """Rename `src` over `dest`, or with `exclusive` hard-link it there, which fails if anything is
+        at `dest` (the kernel checks and creates in one step: two racing writers cannot both win)."""
         for attempt in range(_REPLACE_ATTEMPTS):
             try:
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(src, dest)
+                if exclusive:
+                    os.link(src, dest)
+                else:
+                    os.replace(src, dest)
                 return
-            except (NotADirectoryError, FileExistsError) as exc:
-                raise InvalidArgument(
-                    f"cannot write {key!r}: a parent of it is an object, not a folder ({exc.filename})"
-                ) from exc
+            except FileExistsError as exc:
+                if exclusive and exc.filename2 is not None and not dest.is_dir():  # from link: dest exists
+                    raise AlreadyExists(
+                        f"{self._uri(key)} already exists: another writer created it first; read it, or"
+                        " write under another key"
+                    ) from None
+                raise _not_a_folder(key, exc) from exc
+            except NotADirectoryError as exc:
+                raise _not_a_folder(key, exc) from exc
             except IsADirectoryError as exc:
-                raise InvalidArgument(f"cannot write {key!r}: it is a folder holding other objects") from exc
-            except FileNotFoundError:
+                raise _not_a_folder(key, exc) from exc
+            except FileNotFoundError:  # a concurrent delete pruned a parent between mkdir and rename
                 if attempt == _REPLACE_ATTEMPTS - 1:
                     raise
             except OSError as exc:
@@ -144,6 +190,29 @@ class LocalStore(ArtifactStore):
 
     def _begin_write(self, key: str) -> PendingObject:
         return _LocalPending(self, key)
+
+    def _put_exclusive(self, key: str, data: bytes) -> ArtifactRef:
+        """Write a complete temp file, then hard-link it into place: readers never see a partial object,
+        and `link` refuses an existing name atomically (unlike a check followed by a rename)."""
+        tmp_dir = self._tmp_dir()
+        try:
+            fd, tmp = tempfile.mkstemp(prefix="x-", dir=tmp_dir)
+        except OSError as exc:
+            raise self._unwritable(exc, tmp_dir) from exc
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+                os.fchmod(f.fileno(), 0o644)
+                st = os.fstat(f.fileno())
+            self._replace_into(tmp, self._path(key), key, exclusive=True)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        sha256 = hashlib.sha256(data).hexdigest()
+        self._write_sidecar(key, sha256, st)
+        return ArtifactRef(key=key, uri=self._uri(key), sha256=sha256, size=len(data))
 
     @contextlib.contextmanager
     def _open_object(self, key: str) -> Iterator[tuple[BinaryIO, str | None]]:
@@ -203,6 +272,70 @@ class LocalStore(ArtifactStore):
                 found.append(key)
         return sorted(found)
 
+    def _move(self, src: str, dest: str, ref: ArtifactRef) -> ArtifactRef:
+        """Rename the file, then its hash record: a rename keeps the inode, size and mtime the record is
+        stamped with, so it stays valid (and without it the hash is only recomputed)."""
+        src_path = self._path(src)
+        if not src_path.is_file():
+            raise NotFound(f"{self._uri(src)} does not exist")
+        try:
+            self._replace_into(str(src_path), self._path(dest), dest)
+        except FileNotFoundError:
+            raise NotFound(f"{self._uri(src)} does not exist") from None
+        with contextlib.suppress(OSError):
+            sidecar = self._sidecar(dest)
+            sidecar.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._sidecar(src), sidecar)
+        self._prune(src_path.parent, self.root)
+        self._prune(self._sidecar(src).parent, self._internal / "meta")
+        return ArtifactRef(key=dest, uri=self._uri(dest), sha256=ref.sha256, size=ref.size)
+
+    def _iter_internal(self, prefix: str) -> Iterator[tuple[str, float]]:
+        for dirpath, _dirnames, filenames in os.walk(self._path(prefix)):
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                with contextlib.suppress(FileNotFoundError):
+                    yield os.path.relpath(path, self.root).replace(os.sep, "/"), os.lstat(path).st_mtime
+
+    def _claim_path(self, prefix: str) -> Path:
+        return self._path(claim_key(prefix))
+
+    def _try_claim(self, prefix: str, holder: dict[str, Any]) -> PrefixClaim | None:
+        """Lock files are never deleted: a writer blocked on a deleted file's lock would hold a lock that
+        nobody else sees."""
+        path = self._claim_path(prefix)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise self._unwritable(exc, path) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except OSError as exc:
+            os.close(fd)
+            raise FailedPrecondition(
+                f"cannot lock {path} in the artifact store {self.uri}: {exc.strerror or exc}; the store's"
+                " filesystem must support flock (a local disk, or NFSv4): point REVIEWSTACK_STORE there"
+            ) from exc
+        claim = _LocalClaim(fd)
+        try:  # who holds it, for the message of a writer that gives up waiting
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+        except OSError as exc:
+            claim.release()
+            raise self._unwritable(exc, path) from exc
+        return claim
+
+    def _claim_holder(self, prefix: str) -> dict[str, Any] | None:
+        try:
+            holder = json.loads(self._claim_path(prefix).read_bytes())
+        except (OSError, ValueError):
+            return None
+        return holder if isinstance(holder, dict) else None
+
     def _delete(self, key: str) -> None:
         path = self._path(key)
         try:
@@ -225,6 +358,13 @@ class LocalStore(ArtifactStore):
             except OSError:
                 return
             folder = folder.parent
+
+
+def _not_a_folder(key: str, exc: OSError) -> InvalidArgument:
+    if isinstance(exc, IsADirectoryError) or (exc.filename2 is not None and Path(exc.filename2).is_dir()):
+        return InvalidArgument(f"cannot write {key!r}: it is a folder holding other objects")
+    where = exc.filename
+    return InvalidArgument(f"cannot write {key!r}: a parent of it is an object, not a folder ({where})")
 
 
 def _valid(key: str) -> bool:
