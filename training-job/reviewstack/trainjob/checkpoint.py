@@ -7,8 +7,15 @@ folder that `latest_checkpoint` does not see, and the restarted run resumes from
 
 Under DeepSpeed ZeRO-3 (`save_zero_checkpoint`) the weights and optimizer state are partitioned across
 ranks, which may sit on different nodes: each rank uploads its own shard files (`zero/…`, `rng-rankR.pt`)
-and rank 0 publishes the manifest listing all of them once every rank is done. Such a checkpoint can
-only be resumed by the same number of processes.
+into rank 0's publication (as a participant of it) and rank 0 adopts them all and commits once every rank
+is done. Such a checkpoint can only be resumed by the same number of processes.
+
+Loading never runs code from the store: anyone who can write the bucket could otherwise put a pickle
+with a payload in place of `optimizer.pt`. Every file is checked against the sha256 its manifest lists,
+and `*.pt` files are read with `torch.load(weights_only=True)` (tensors and plain containers only), RNG
+states being saved in such types; DeepSpeed's shards, which DeepSpeed itself unpickles without that
+restriction, are first scanned and refused if they name anything but the few DeepSpeed classes its
+checkpoints hold.
 """
 
 from __future__ import annotations
@@ -54,18 +61,124 @@ def trainable_state(model: Any) -> dict[str, torch.Tensor]:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state in types a weights-only load accepts: python's is a tuple of ints, numpy's
+    key array travels as a tensor (the ndarray itself would need numpy's unpickling helpers)."""
+    algorithm, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = {
+        "algorithm": str(algorithm),
+        "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(gauss),
+    }
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def _set_rng_state(state: Any, where: str) -> None:
+    try:
+        numpy_state = state["numpy"]
+        if isinstance(numpy_state, dict):  # else a checkpoint from before: numpy's own tuple
+            numpy_state = (
+                numpy_state["algorithm"],
+                numpy_state["keys"].numpy().astype(np.uint32),
+                numpy_state["pos"],
+                numpy_state["has_gauss"],
+                numpy_state["cached_gaussian"],
+            )
+        random.setstate(state["python"])
+        np.random.set_state(numpy_state)
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        raise FailedPrecondition(
+            f"{where} does not hold the RNG states this trainer writes ({type(exc).__name__}: {exc}); delete"
+            " the checkpoint to resume from the one before it, or start a new run id"
+        ) from exc
+
+
+def _refused(store: ArtifactStore, prefix: str, name: str, why: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"{store.uri_for(f'{prefix}/{name}')} is not a file this trainer writes: {why}. Nothing in it was"
+        " run. Someone or something with write access to the store may have altered it: delete the"
+        f" checkpoint {store.uri_for(prefix)} to resume from the one before it, or start a new run id"
+    )
+
+
+def _load_state(
+    store: ArtifactStore, prefix: str, folder: Path, name: str, allow: list[Any] | None = None
+) -> Any:
+    """`torch.load` that can only build tensors and plain containers (plus exactly `allow`)."""
+    with torch.serialization.safe_globals(allow or []):
+        try:
+            return torch.load(folder / name, weights_only=True)
+        except Exception as exc:  # any failure: the file is unusable, and nothing in it may run
+            why = _unsafe_globals(folder / name) or _unpickler_reason(exc)
+    raise _refused(store, prefix, name, f"a weights-only load refuses it ({why})")
+
+
+def _unsafe_globals(path: Path) -> str:
+    """What a checkpoint file would import beyond what may be loaded, for the message (best effort)."""
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:
+        return ""
+    return f"it would import {', '.join(sorted(found))}" if found else ""
+
+
+def _unpickler_reason(exc: Exception) -> str:
+    """torch's message is a page of advice to load with weights_only=False; keep only what was wrong."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    after = [lines[i + 1] for i, line in enumerate(lines[:-1]) if line.endswith("WeightsUnpickler error:")]
+    return (after or lines or [type(exc).__name__])[0]
+
+
+def _load_rng(store: ArtifactStore, prefix: str, folder: Path, name: str) -> None:
+    """RNG states, also from checkpoints written before they were saved as tensors: those hold numpy's
+    key array, so exactly what rebuilds a uint32 ndarray is allowed for them."""
+    legacy = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]
+    _set_rng_state(_load_state(store, prefix, folder, name, legacy), store.uri_for(f"{prefix}/{name}"))
+
+
+# What DeepSpeed 0.19's ZeRO-3 checkpoint files name besides what torch's weights-only load allows anyway.
+_DEEPSPEED_GLOBALS = {
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+}
+
+
+def _screen_deepspeed_files(store: ArtifactStore, prefix: str, folder: Path) -> None:
+    """DeepSpeed's `load_checkpoint` unpickles its shards with `weights_only=False`. Before handing them
+    over, read every pickle's instructions without running any (torch's static scan, which fails on any
+    instruction a weights-only load does not know) and refuse a file that names anything else than
+    torch's weights-only set and DeepSpeed's own few plain classes: unpickling such a file then runs
+    nothing else either."""
+    for path in sorted((folder / "zero").rglob("*.pt")):
+        name = path.relative_to(folder).as_posix()
+        try:
+            unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) - _DEEPSPEED_GLOBALS
+        except Exception as exc:
+            raise _refused(store, prefix, name, f"it is not a plain torch.save file ({exc})") from None
+        if unsafe:
+            raise _refused(store, prefix, name, f"it would import {', '.join(sorted(unsafe))}")
+
+
+def _download_listed(
+    store: ArtifactStore, prefix: str, folder: Path, manifest: dict[str, Any], rank: int | None = None
+) -> None:
+    """Fetch what the manifest lists (only this rank's shards when `rank` is given), each checked against
+    the sha256 listed there: a file replaced after publication, even through the store, is refused."""
+    for name, entry in manifest.get("files", {}).items():
+        match = _RANK_FILE.search(name.rsplit("/", 1)[-1])
+        if rank is not None and match is not None and int(match.group(1)) != rank:
+            continue
+        ref = store.download(f"{prefix}/{name}", folder / name)
+        if ref.sha256 != (entry.get("sha256") if isinstance(entry, dict) else None):
+            raise _refused(store, prefix, name, f"its sha256 {ref.sha256} is not the one its manifest lists")
 
 
 def save_checkpoint(
@@ -135,18 +248,21 @@ def _check_trainable(store: ArtifactStore, prefix: str, saved: dict[str, list[in
 def load_checkpoint(
     store: ArtifactStore, prefix: str, model: Any, optimizer: Any, scheduler: Any
 ) -> TrainerState:
+    manifest = store.read_manifest(prefix)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        store.download_dir(prefix, folder)
+        _download_listed(store, prefix, folder, manifest)
         tensors = load_file(folder / "trainable.safetensors")
         _check_trainable(store, prefix, {n: list(t.shape) for n, t in tensors.items()}, model)
         params = dict(model.named_parameters())
         with torch.no_grad():
             for name, tensor in tensors.items():
                 params[name].copy_(tensor.to(params[name].device, params[name].dtype))
-        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
-        scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
-        _set_rng_state(torch.load(folder / "rng.pt", weights_only=False))
+        optimizer_state = _load_state(store, prefix, folder, "optimizer.pt")
+        scheduler_state = _load_state(store, prefix, folder, "scheduler.pt")
+        _load_rng(store, prefix, folder, "rng.pt")
+        optimizer.load_state_dict(optimizer_state)
+        scheduler.load_state_dict(scheduler_state)
         return TrainerState(**json.loads((folder / "trainer_state.json").read_text()))
 
 
@@ -162,24 +278,22 @@ def save_zero_checkpoint(
 
     prefix = f"{run_prefix}/checkpoints/step-{state.step}"
     with contextlib.ExitStack() as stack:
-        # rank 0 opens the publication first: opening clears leftovers of an unfinished attempt
         pub = stack.enter_context(store.publish(prefix, overwrite=True)) if rank == 0 else None
-        dist.barrier()
+        writer = [pub.writer_id if pub is not None else None]
+        dist.broadcast_object_list(writer, src=0)  # the other ranks write into rank 0's publication
+        target = pub if pub is not None else store.join_publication(prefix, str(writer[0]))
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         # frozen weights are the base model, reloaded from base_model on resume: not saved per rank
         engine.save_checkpoint(str(folder / "zero"), tag=_ZERO_TAG, exclude_frozen_parameters=True)
         torch.save(_rng_state(), folder / f"rng-rank{rank}.pt")
         mine = [p.relative_to(folder).as_posix() for p in sorted(folder.rglob("*")) if p.is_file()]
         for name in mine:
-            if pub is not None:
-                pub.put_file(name, folder / name)
-            else:
-                store.put_file(f"{prefix}/{name}", folder / name)
+            target.put_file(name, folder / name)
         theirs: list[list[str] | None] = [None] * world
         dist.gather_object(mine, theirs if rank == 0 else None, dst=0)
         if pub is not None:
             for name in (n for names in theirs[1:] for n in names or []):
-                pub.adopt(name)  # uploaded by its own rank; two ranks writing one name is refused
+                pub.adopt(name)  # written by its own rank; two ranks writing one name is refused
             pub.put_bytes("trainable.json", json.dumps(trainable_shapes(model), indent=1).encode())
             pub.put_bytes("trainer_state.json", json.dumps(state.to_json(), indent=2).encode())
             pub.manifest.update(
@@ -196,18 +310,16 @@ def load_zero_checkpoint(
     manifest = store.read_manifest(prefix)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for name in manifest["files"]:
-            match = _RANK_FILE.search(name.rsplit("/", 1)[-1])
-            if match is None or int(match.group(1)) == rank:
-                store.download(f"{prefix}/{name}", folder / name)
+        _download_listed(store, prefix, folder, manifest, rank)
         _check_trainable(store, prefix, json.loads((folder / "trainable.json").read_text()), model)
+        _screen_deepspeed_files(store, prefix, folder)
         # frozen weights were not saved (see save_zero_checkpoint): only the trainable ones must match
         loaded, _ = engine.load_checkpoint(str(folder / "zero"), tag=_ZERO_TAG, load_module_strict=False)
         if loaded is None:
             raise FailedPrecondition(
                 f"DeepSpeed found no checkpoint in {store.uri_for(prefix)}; start a new run id"
             )
-        _set_rng_state(torch.load(folder / f"rng-rank{rank}.pt", weights_only=False))
+        _load_rng(store, prefix, folder, f"rng-rank{rank}.pt")
         return TrainerState(**json.loads((folder / "trainer_state.json").read_text()))
 
 
