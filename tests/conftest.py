@@ -161,31 +161,65 @@ def service_process(
         assert proc.wait(timeout=90) == 0, "SIGTERM must drain and exit 0:\n" + log.read_text()
 
 
+@dataclass
+class EngineChild:
+    """A running `reviewstack-generation` process and its base URL."""
+
+    url: str
+    process: subprocess.Popen
+    port: int
+
+
+def start_engine(
+    model: Path,
+    log: Path,
+    *flags: str,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    ready_timeout_s: float = 120,
+) -> EngineChild:
+    """Start the generation engine on loopback (`port`, or a free one) and return once /health answers
+    200; the caller stops it (`stop_engine`). `env` replaces the environment (tokens, limits)."""
+    port = port or free_port()
+    command = [str(Path(sys.executable).with_name("reviewstack-generation")), "--model", str(model)]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [*command, "--host", "127.0.0.1", "--port", str(port), *flags], stdout=out, stderr=out, env=env
+        )
+    deadline = time.monotonic() + ready_timeout_s
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"the engine exited with {proc.returncode}:\n{log.read_text()}")
+        with contextlib.suppress(OSError):
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            connection.request("GET", "/health")
+            if connection.getresponse().status == 200:
+                return EngineChild(f"http://127.0.0.1:{port}", proc, port)
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the engine did not become healthy on port {port}:\n{log.read_text()}")
+        time.sleep(0.2)
+
+
+def stop_engine(child: EngineChild, log: Path) -> None:
+    """SIGTERM, and require a clean exit (0); a process already killed on purpose is only reaped."""
+    if child.process.poll() is not None:
+        return
+    child.process.terminate()
+    assert child.process.wait(timeout=60) == 0, "SIGTERM must stop the engine cleanly:\n" + log.read_text()
+
+
 @contextlib.contextmanager
-def engine_process(model: Path, log: Path, *flags: str, ready_timeout_s: float = 120) -> Iterator[str]:
+def engine_process(
+    model: Path, log: Path, *flags: str, ready_timeout_s: float = 120, env: dict[str, str] | None = None
+) -> Iterator[str]:
     """Run the generation engine (`reviewstack-generation`) on a free loopback port; yield its base URL
     once /health answers 200; on exit SIGTERM it and require a clean exit (0)."""
-    port = free_port()
-    command = [str(Path(sys.executable).with_name("reviewstack-generation")), "--model", str(model)]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [*command, "--host", "127.0.0.1", "--port", str(port), *flags], stdout=out, stderr=out
-        )
+    child = start_engine(model, log, *flags, env=env, ready_timeout_s=ready_timeout_s)
     try:
-        deadline = time.monotonic() + ready_timeout_s
-        while True:
-            assert proc.poll() is None, log.read_text()
-            with contextlib.suppress(OSError):
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                connection.request("GET", "/health")
-                if connection.getresponse().status == 200:
-                    break
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}"
+        yield child.url
     finally:
-        proc.terminate()
-        assert proc.wait(timeout=60) == 0, "SIGTERM must stop the engine cleanly:\n" + log.read_text()
+        stop_engine(child, log)
 
 
 # The limits of the engine shared (`refuser_engine`) by the HTTP-level tests of the engine, its chat API,

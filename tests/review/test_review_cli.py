@@ -17,8 +17,8 @@ from ..refuser import paper_text
 CLI = str(Path(sys.executable).with_name("reviewstack"))
 
 
-def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "200"}
+def _run(*args: str, timeout: float = 600, **extra_env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200", **extra_env}
     return subprocess.run([CLI, "review", *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -105,8 +105,12 @@ def test_a_paper_that_fails_is_reported_and_the_others_are_written(engine, refus
     assert "empty.md" in result.stderr and (tmp_path / "store/reviews/reviewstack/good.json").is_file()
 
 
-def test_without_a_backend_the_embedded_engine_is_started_for_the_run(refuser_model, papers):
-    result = _run(str(papers / "c.md"), "--engine-model", str(refuser_model), "--max-new-tokens", "15")
+def test_without_a_backend_the_embedded_engine_is_started_for_the_run(refuser_model, papers, tmp_path):
+    """The engine started for the run requires a token made for the run, which the CLI sends: a token (or
+    a token file that does not exist here) meant for some deployment's engine reaches neither of them."""
+    elsewhere = {"REVIEWSTACK_AUTH_TOKEN_FILE": str(tmp_path / "no-such-secret")}
+    args = (str(papers / "c.md"), "--engine-model", str(refuser_model), "--max-new-tokens", "15")
+    result = _run(*args, **elsewhere)
     assert result.returncode == 0, result.stderr
     assert "15 generated tokens" in result.stdout
 

@@ -4,6 +4,14 @@ One thread owns the model. Each turn it admits waiting requests into free slots 
 at most `max_prefill_tokens` a turn so that running requests are not starved), then runs one decode step
 for every running request, hands each its token, and frees the slots of finished ones. Requests talk to
 the loop through thread-safe handles; the HTTP layer awaits their events on its own event loop.
+
+A failure fails what it belongs to, never the engine: an exception while prefilling, sampling or
+detokenizing one request fails that request; one in a decode step (the batch's forward) fails the requests
+of that step; one in the loop's own bookkeeping fails what was queued and running. Their slots are freed,
+and the loop goes on. Whether the model itself still works is then asked of the model: a one-token prefill
+into a free slot (`_probe`). Only when that fails is the engine unhealthy (`/health` 503, new requests
+refused at once), and it probes again every few seconds, so a passing fault (an out-of-memory moment) heals
+without a restart while a broken model or device keeps failing its liveness probe.
 """
 
 from __future__ import annotations
@@ -23,10 +31,11 @@ from reviewstack.common.logging import get_logger
 from reviewstack.generation import metrics
 from reviewstack.generation.detokenize import IncrementalDetokenizer
 from reviewstack.generation.runner import DecoderRunner
-from reviewstack.generation.sampling import Choice, RowSampling, choose
+from reviewstack.generation.sampling import Choice, RowFailed, RowSampling, choose
 from reviewstack.penalty.core import PenaltyTable, RowTracker
 
 log = get_logger(__name__)
+PROBE_INTERVAL_S = 5.0  # how often an unhealthy engine asks its model again
 
 
 @dataclass
@@ -88,7 +97,10 @@ class Handle:
         self.cancelled = threading.Event()
 
     def emit(self, kind: str, payload: Any) -> None:  # called from the engine thread
-        self._loop.call_soon_threadsafe(self.events.put_nowait, (kind, payload))
+        try:
+            self._loop.call_soon_threadsafe(self.events.put_nowait, (kind, payload))
+        except RuntimeError:  # the caller's event loop is closed: nobody is listening any more
+            self.cancel()
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -107,6 +119,7 @@ class Engine:
         max_concurrent_requests: int = 128,
         max_prefill_tokens: int = 16_384,
         penalty_table: PenaltyTable | None = None,
+        probe_interval_s: float = PROBE_INTERVAL_S,
     ) -> None:
         self.runner = runner
         self.tokenizer = tokenizer
@@ -123,7 +136,9 @@ class Engine:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
-        self.error: BaseException | None = None
+        self.error: str | None = None  # why the model is unusable; None while it works
+        self.probe_interval_s = probe_interval_s
+        self._next_probe = 0.0
 
     # -- the HTTP side -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -137,6 +152,13 @@ class Engine:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive() and self.error is None
+
+    @property
+    def problem(self) -> str | None:
+        """Why the engine cannot serve now (for /health and for refused requests), or None."""
+        if not self._thread.is_alive():
+            return "the engine thread is not running" + (f": {self.error}" if self.error else "")
+        return self.error
 
     def submit(self, request: Request, loop: asyncio.AbstractEventLoop) -> Handle:
         with self._count_lock:
@@ -155,23 +177,30 @@ class Engine:
     def _loop(self) -> None:
         try:
             with torch.inference_mode():  # logits and caches stay inference tensors end to end
-                self._serve()
-        except BaseException as exc:  # the engine is broken: every request hears it, /health says so
-            self.error = exc
-            log.exception("engine loop failed")
+                while not self._stop.is_set():
+                    try:
+                        self._turn()
+                    except Exception as exc:  # the loop's own bookkeeping: fail what is in it, go on
+                        self._fail_everything(exc, "the engine loop")
+                        self._wake.wait(0.05)  # a fault that repeats every turn must not spin the CPU
+        except BaseException as exc:  # interpreter shutdown or the like: every request hears it
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.exception("engine loop stopped")
             for item in [*self._waiting, *self._running.values()]:
-                item.handle.emit("error", f"the generation engine failed: {exc}")
+                item.handle.emit("error", f"the generation engine stopped: {self.error}")
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            self._drain_inbox()
-            self._drop_cancelled()
-            self._admit()
-            if self._running:
-                self._decode_step()
-            else:
-                self._wake.wait(0.05)
-                self._wake.clear()
+    def _turn(self) -> None:
+        self._drain_inbox()
+        self._drop_cancelled()
+        if self.error is not None:
+            self._while_unusable()
+            return
+        self._admit()
+        if self._running:
+            self._decode_step()
+        else:
+            self._wake.wait(0.05)
+            self._wake.clear()
 
     def _drain_inbox(self) -> None:
         while True:
@@ -183,6 +212,7 @@ class Engine:
     def _drop_cancelled(self) -> None:
         for item in [w for w in self._waiting if w.handle.cancelled.is_set()]:
             self._waiting.remove(item)
+            metrics.QUEUE_SIZE.dec()
             self._release(item, success=False)
         for slot, item in list(self._running.items()):
             if item.handle.cancelled.is_set():
@@ -191,14 +221,17 @@ class Engine:
 
     def _admit(self) -> None:
         budget = self.max_prefill_tokens
-        while self._waiting and len(self._running) < self.runner.max_batch:
+        while self._waiting and len(self._running) < self.runner.max_batch and self.error is None:
             item = self._waiting[0]
             if budget < len(item.request.input_ids) and budget != self.max_prefill_tokens:
                 return  # next turn: decode the running requests first
             self._waiting.popleft()
             budget -= len(item.request.input_ids)
             slot = min(set(range(self.runner.max_batch)) - set(self._running))
-            self._prefill(item, slot)
+            try:
+                self._prefill(item, slot)
+            except Exception as exc:
+                self._failed([item], exc, "prefill")
 
     def _prefill(self, item: _Running, slot: int) -> None:
         request = item.request
@@ -218,7 +251,10 @@ class Engine:
         item.detokenizer = IncrementalDetokenizer(self.tokenizer, request.input_ids)
         item.position = len(request.input_ids)
         self._running[slot] = item
-        self._accept(item, choose(logits[None], [sampling])[0])
+        choice = choose(logits[None], [sampling])[0]
+        if isinstance(choice, RowFailed):
+            raise choice
+        self._accept(item, choice)
 
     def _prefill_details(self, ids: list[int], logits: torch.Tensor) -> list[TokenInfo]:
         logprobs = (
@@ -233,15 +269,27 @@ class Engine:
     def _decode_step(self) -> None:
         items = list(self._running.values())
         started = time.monotonic()
-        logits = self.runner.decode(
-            [i.slot for i in items], [i.last_token for i in items], [i.position for i in items]
-        )
-        choices = choose(logits, [i.request.sampling for i in items])
+        try:
+            logits = self.runner.decode(
+                [i.slot for i in items], [i.last_token for i in items], [i.position for i in items]
+            )
+            choices = choose(logits, [i.request.sampling for i in items])
+        except Exception as exc:  # the batch's forward: no one request to blame
+            self._failed(items, exc, "a decode step")
+            return
         metrics.DECODE_DURATION.observe(time.monotonic() - started)
         metrics.BATCH_SIZE.set(len(items))
+        failures = []
         for item, choice in zip(items, choices, strict=True):
-            item.position += 1
-            self._accept(item, choice)
+            try:
+                if isinstance(choice, RowFailed):
+                    raise choice
+                item.position += 1
+                self._accept(item, choice)
+            except Exception as exc:
+                failures.append((item, exc))
+        for item, exc in failures:
+            self._failed([item], exc, "decoding")
 
     def _accept(self, item: _Running, choice: Choice) -> None:
         """Record one generated token; finish the request if it is done."""
@@ -270,26 +318,20 @@ class Engine:
         generated = self.tokenizer.decode(item.generated, skip_special_tokens=True)
         if reason == "stop_sequence":
             generated = _cut_at_stop(generated, item.request.stop)
-        item.handle.emit(
-            "end",
-            (
-                info,
-                item.top_tokens[-1] if sampling.top_n_tokens else None,
-                Finished(
-                    reason,
-                    generated,
-                    len(item.generated),
-                    len(item.request.input_ids),
-                    sampling.seed if sampling.do_sample else None,
-                    item.prefill,
-                    item.tokens,
-                    item.top_tokens,
-                ),
-            ),
+        finished = Finished(
+            reason,
+            generated,
+            len(item.generated),
+            len(item.request.input_ids),
+            sampling.seed if sampling.do_sample else None,
+            item.prefill,
+            item.tokens,
+            item.top_tokens,
         )
         metrics.GENERATED_TOKENS.observe(len(item.generated))
         metrics.REQUEST_DURATION.observe(time.monotonic() - item.queued_at)
-        self._release(item, success=True)
+        self._release(item, success=True)  # before the caller hears: its next request finds the room
+        item.handle.emit("end", (info, item.top_tokens[-1] if sampling.top_n_tokens else None, finished))
 
     def _finish_reason(self, item: _Running, token: int) -> str | None:
         if token in self.eos_ids:
@@ -304,6 +346,74 @@ class Engine:
         with self._count_lock:
             self._in_flight -= 1
         (metrics.REQUEST_SUCCESS if success else metrics.REQUEST_FAILURE).inc()
+
+    # -- failures ------------------------------------------------------------------------------------
+    def _failed(self, items: list[_Running], exc: Exception, stage: str) -> None:
+        """Fail `items` (what `exc` belongs to) once the model was asked whether it still works, so a
+        caller that hears of the failure and then asks /health gets the answer that holds."""
+        log.error("generation failed", stage=stage, requests=len(items), error=f"{type(exc).__name__}: {exc}")
+        log.debug("generation failure", exc_info=exc)
+        for item in items:
+            self._forget(item)
+        self._probe()
+        message = f"generation failed in {stage}: {type(exc).__name__}: {exc}"
+        for item in items:
+            item.handle.emit("error", message)
+
+    def _fail(self, item: _Running, message: str) -> None:
+        self._forget(item)
+        item.handle.emit("error", message)
+
+    def _forget(self, item: _Running) -> None:
+        """Give the request's slot and its place in the count back."""
+        if self._running.get(item.slot) is item:
+            del self._running[item.slot]
+        if not item.started_at:
+            metrics.QUEUE_SIZE.dec()  # it never left the queue
+        self._release(item, success=False)
+
+    def _fail_everything(self, exc: Exception, stage: str) -> None:
+        self._drain_inbox()
+        items = [*self._waiting, *self._running.values()]
+        self._waiting.clear()
+        self._failed(items, exc, stage)
+
+    def _probe(self) -> None:
+        """A one-token prefill into a free slot: usable when the model computes finite logits for it."""
+        self._next_probe = time.monotonic() + self.probe_interval_s
+        free = set(range(self.runner.max_batch)) - set(self._running)
+        if not free:
+            return  # not after a failure, which always frees the failed request's slot
+        try:
+            logits = self.runner.prefill(min(free), [self._probe_token])
+            problem = None if bool(torch.isfinite(logits).all()) else "it computes non-finite logits"
+        except Exception as exc:
+            problem = f"a one-token prefill raised {type(exc).__name__}: {exc}"
+        if problem is not None:
+            self.error = f"the model is unusable: {problem}"
+            log.error("generation engine unhealthy", reason=self.error)
+            running = list(self._running.values())
+            for item in running:
+                self._fail(item, f"the generation engine is unhealthy ({self.error}); retry later")
+        elif self.error is not None:
+            log.info("generation engine healthy again")
+            self.error = None
+
+    def _while_unusable(self) -> None:
+        """Refuse what queued before the engine went unhealthy; ask the model again now and then."""
+        for item in list(self._waiting):
+            self._waiting.remove(item)
+            self._fail(item, f"the generation engine is unhealthy ({self.error}); retry later")
+        if time.monotonic() >= self._next_probe:
+            self._probe()
+        if self.error is not None:
+            self._wake.wait(0.05)
+            self._wake.clear()
+
+    @property
+    def _probe_token(self) -> int:
+        token = getattr(self.tokenizer, "bos_token_id", None)
+        return token if isinstance(token, int) else 0
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

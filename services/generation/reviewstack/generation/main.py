@@ -8,6 +8,10 @@ Run book:
 Every setting is a `REVIEWSTACK_*` variable or the same-named flag (`--help`). On a GPU the model runs
 in bf16 with CUDA graphs captured at start-up (`--warm-up false` to capture on first use); on a CPU in
 float32, eagerly. The `text-generation` client (or anything speaking TGI) talks to it.
+
+It listens on loopback unless told otherwise (the Helm chart sets `REVIEWSTACK_HOST=0.0.0.0` inside the
+pod). With `REVIEWSTACK_AUTH_TOKEN` or `REVIEWSTACK_AUTH_TOKEN_FILE` every route but /health and /metrics
+requires `Authorization: Bearer <token>`; the Review service sends it from its `backend_auth_token[_file]`.
 """
 
 from __future__ import annotations
@@ -19,13 +23,15 @@ from typing import Literal
 
 import torch
 import uvicorn
-from pydantic import Field
+from pydantic import Field, SecretStr
 
+from reviewstack.common import errors
+from reviewstack.common.grpc.auth import TokenSource
 from reviewstack.common.logging import configure_logging, get_logger
 from reviewstack.common.settings import LoggingSettings, entry_point_config
 from reviewstack.generation.engine import Engine
 from reviewstack.generation.runner import DecoderRunner, KernelChoice
-from reviewstack.generation.server import ServerLimits, create_app
+from reviewstack.generation.server import PAYLOAD_LIMIT, ServerLimits, create_app
 from reviewstack.penalty.core import PenaltyTable
 from reviewstack.penalty.surfaces import token_surfaces
 
@@ -38,7 +44,7 @@ class EngineSettings(LoggingSettings):
     model_config = entry_point_config("reviewstack-generation")
 
     model: Path = Field(..., description="merged model directory (config, safetensors, tokenizer)")
-    host: str = Field("0.0.0.0", description="address to listen on")
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0: every interface)")
     port: int = Field(8080, ge=0, le=65535, description="HTTP port")
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="cuda when a GPU is there")
     max_batch_size: int = Field(16, ge=1, description="requests decoded together (KV-cache slots)")
@@ -53,6 +59,26 @@ class EngineSettings(LoggingSettings):
         "auto", description="decode kernels: auto (Triton on a GPU when the model allows), triton, torch"
     )
     warm_up: bool = Field(True, description="capture the CUDA graphs before serving")
+    auth_token: SecretStr | None = Field(
+        None, description="bearer token every route but /health and /metrics requires; unset = no auth"
+    )
+    auth_token_file: Path | None = Field(
+        None, description="file holding the bearer token (a mounted Secret); re-read when it changes"
+    )
+    payload_limit: int = Field(
+        PAYLOAD_LIMIT,
+        ge=1024,
+        description="largest request body in bytes (TGI's --payload-limit); 413 beyond",
+    )
+
+
+def token_source(settings: EngineSettings) -> TokenSource:
+    """The engine's token, as the gRPC services read theirs (a file is read now: a missing Secret stops
+    the process before it listens)."""
+    token = settings.auth_token.get_secret_value().strip() if settings.auth_token is not None else None
+    if token is not None and not token:
+        raise errors.InvalidArgument("auth_token is empty; unset REVIEWSTACK_AUTH_TOKEN to turn auth off")
+    return TokenSource(token=token, path=settings.auth_token_file)
 
 
 def build_engine(settings: EngineSettings) -> tuple[Engine, ServerLimits]:
@@ -104,6 +130,7 @@ def build_engine(settings: EngineSettings) -> tuple[Engine, ServerLimits]:
         max_batch_size=settings.max_batch_size,
         refusal_penalty=settings.refusal_penalty,
         refusal_penalty_max=settings.refusal_penalty_max,
+        payload_limit=settings.payload_limit,
     )
     return engine, limits
 
@@ -111,6 +138,17 @@ def build_engine(settings: EngineSettings) -> tuple[Engine, ServerLimits]:
 def main() -> None:
     settings = EngineSettings()
     configure_logging(settings.log_level, settings.log_format)
+    try:
+        tokens = token_source(settings)
+    except errors.ReviewStackError as exc:
+        log.error("cannot start the generation engine", error=str(exc))
+        raise SystemExit(2) from None
+    if not tokens.enabled and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "auth is off on a non-loopback address: anything that reaches this port may generate; "
+            "set REVIEWSTACK_AUTH_TOKEN or REVIEWSTACK_AUTH_TOKEN_FILE",
+            host=settings.host,
+        )
     engine, limits = build_engine(settings)
     engine.start()
     log.info(
@@ -118,7 +156,9 @@ def main() -> None:
         model=limits.model_id,
         device=limits.model_device_type,
         triton_kernels=engine.runner.fused,
+        host=settings.host,
         port=settings.port,
+        auth=tokens.enabled,
         kv_cache_gib=round(
             engine.runner.kv_bytes_per_token * settings.max_batch_size * settings.max_total_tokens / 2**30, 2
         ),
@@ -128,7 +168,8 @@ def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     try:
-        uvicorn.run(create_app(engine, limits), host=settings.host, port=settings.port, log_config=None)
+        app = create_app(engine, limits, tokens=tokens)
+        uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
     finally:
         engine.stop()
     sys.exit(0)

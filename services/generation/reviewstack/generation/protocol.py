@@ -1,12 +1,18 @@
 """TGI's HTTP request shapes and its validation rules, so that TGI clients meet the same answers here.
 
-The messages of the validation errors follow TGI's router (422, `error_type: validation`). Parameters
-that TGI accepts but this engine does not implement (best_of > 1, watermark, grammar, typical_p,
-frequency_penalty, adapters) are refused with a 422 that says so, never silently ignored.
+The messages of the validation errors follow TGI's router (422, `error_type: validation`); the rules for
+each parameter live in `reviewstack.common.generation_params`, shared with the Review service. Bodies are
+read strictly, as TGI's own parser does: a string where a number belongs, or a number where a boolean
+belongs, is a malformed request, not a value to coerce. Parameters that TGI accepts but this engine does
+not implement (best_of > 1, watermark, grammar, typical_p, frequency_penalty, adapters) are refused with a
+422 that says so, never silently ignored.
 
-The Messages API (`/v1/chat/completions`) is TGI's too: a chat request becomes a generate request
-(`chat_generate_request`) over the chat-templated prompt, so both routes share one validation and one
-set of messages. As in TGI, temperature 0 means greedy decoding and no temperature means sampling at 1.
+Validation comes in two steps: `check_parameters` needs nothing but the body and runs before the prompt is
+tokenized (a request that cannot succeed costs no tokenizer time), `validate` checks the token counts.
+
+The Messages API (`/v1/chat/completions`) is TGI's too: a chat request becomes generate parameters
+(`chat_parameters`) over the chat-templated prompt, so both routes share one validation and one set of
+messages. As in TGI, temperature 0 means greedy decoding and no temperature means sampling at 1.
 """
 
 from __future__ import annotations
@@ -15,16 +21,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from reviewstack.common.generation_params import GenerationParams, ParameterError, check_truncate
 from reviewstack.generation.engine import Request
 from reviewstack.generation.sampling import RowSampling
 
-MAX_STOP_SEQUENCES = 4
-MAX_TOP_N_TOKENS = 5
 REFUSAL_PENALTY_HEADER = "X-Refusal-Penalty"
+_STRICT = ConfigDict(extra="ignore", strict=True)
 
 
 class Parameters(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = _STRICT
 
     best_of: int | None = None
     decoder_input_details: bool = False
@@ -48,7 +54,7 @@ class Parameters(BaseModel):
 
 
 class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = _STRICT
 
     inputs: str
     parameters: Parameters = Field(default_factory=Parameters)
@@ -57,6 +63,40 @@ class GenerateRequest(BaseModel):
 
 class ValidationFailed(ValueError):
     """A request TGI would answer with 422."""
+
+
+def check_parameters(p: Parameters, *, max_input_tokens: int, max_total_tokens: int) -> None:
+    """Every rule that needs no tokens: TGI's per-parameter rules, what this engine does not implement,
+    and the limits a request breaks whatever its prompt (`truncate`, `max_new_tokens` alone)."""
+    try:
+        GenerationParams(
+            temperature=p.temperature,
+            top_p=p.top_p,
+            top_k=p.top_k,
+            typical_p=p.typical_p,
+            repetition_penalty=p.repetition_penalty,
+            frequency_penalty=p.frequency_penalty,
+            seed=p.seed,
+            max_new_tokens=p.max_new_tokens,
+            top_n_tokens=p.top_n_tokens,
+            best_of=p.best_of,
+            stop=tuple(p.stop),
+        ).check()
+        if p.truncate is not None:
+            check_truncate(p.truncate, max_input_tokens)
+    except ParameterError as exc:
+        raise ValidationFailed(str(exc)) from None
+    _refuse_unsupported(p)
+    if p.max_new_tokens is not None and p.max_new_tokens >= max_total_tokens:
+        raise ValidationFailed(
+            f"`inputs` tokens + `max_new_tokens` must be <= {max_total_tokens}. "
+            f"Given: at least 1 `inputs` token and {p.max_new_tokens} `max_new_tokens`"
+        )
+
+
+def check_inputs(body: GenerateRequest) -> None:
+    if not body.inputs:
+        raise ValidationFailed("`inputs` cannot be empty")
 
 
 def validate(
@@ -70,34 +110,13 @@ def validate(
     """The engine request for a TGI body whose inputs tokenized to `input_ids` (truncated here when
     the body asks for it); raises ValidationFailed with TGI's message otherwise."""
     p = body.parameters
-    _refuse_unsupported(p)
-    if not body.inputs:
-        raise ValidationFailed("`inputs` cannot be empty")
-    if p.temperature is not None and p.temperature <= 0:
-        raise ValidationFailed("`temperature` must be strictly positive")
-    if p.repetition_penalty is not None and p.repetition_penalty <= 0:
-        raise ValidationFailed("`repetition_penalty` must be strictly positive")
-    if p.top_p is not None and not 0 < p.top_p < 1:
-        raise ValidationFailed("`top_p` must be > 0.0 and < 1.0")
-    if p.top_k is not None and p.top_k <= 0:
-        raise ValidationFailed("`top_k` must be strictly positive")
-    if p.top_n_tokens is not None and p.top_n_tokens > MAX_TOP_N_TOKENS:
-        raise ValidationFailed(
-            f"`top_n_tokens` must be >= 0 and <= {MAX_TOP_N_TOKENS}. Given: {p.top_n_tokens}"
-        )
-    if len(p.stop) > MAX_STOP_SEQUENCES:
-        raise ValidationFailed(
-            f"`stop` supports up to {MAX_STOP_SEQUENCES} stop sequences. Given: {len(p.stop)}"
-        )
-    if p.max_new_tokens is not None and p.max_new_tokens <= 0:
-        raise ValidationFailed("`max_new_tokens` must be strictly positive")
+    check_inputs(body)
+    check_parameters(p, max_input_tokens=max_input_tokens, max_total_tokens=max_total_tokens)
     if p.truncate is not None:
-        if not 0 < p.truncate <= max_input_tokens:
-            raise ValidationFailed(
-                f"`truncate` must be strictly positive and less than {max_input_tokens}. Given: {p.truncate}"
-            )
         input_ids = input_ids[-p.truncate :]
     length = len(input_ids)
+    if length == 0:
+        raise ValidationFailed("`inputs` cannot be empty: it tokenized to no token")
     if length > max_input_tokens:
         raise ValidationFailed(f"`inputs` must have less than {max_input_tokens} tokens. Given: {length}")
     max_new = p.max_new_tokens if p.max_new_tokens is not None else max_total_tokens - length
@@ -108,10 +127,10 @@ def validate(
         )
     sampling = RowSampling(
         do_sample=p.do_sample,
-        temperature=p.temperature or 1.0,
+        temperature=p.temperature if p.temperature is not None else 1.0,
         top_k=p.top_k or 0,
-        top_p=p.top_p or 1.0,
-        repetition_penalty=p.repetition_penalty or 1.0,
+        top_p=p.top_p if p.top_p is not None else 1.0,
+        repetition_penalty=p.repetition_penalty if p.repetition_penalty is not None else 1.0,
         refusal_penalty=refusal_penalty,
         top_n_tokens=p.top_n_tokens or 0,
         seed=p.seed,
@@ -120,11 +139,12 @@ def validate(
 
 
 def _refuse_unsupported(p: Parameters) -> None:
+    """Called once the values are known to be valid TGI values: any typical_p TGI accepts is < 1."""
     unsupported = {
         "best_of": p.best_of is not None and p.best_of > 1,
         "watermark": p.watermark,
         "grammar": p.grammar is not None,
-        "typical_p": p.typical_p is not None and p.typical_p < 1.0,
+        "typical_p": p.typical_p is not None,
         "frequency_penalty": bool(p.frequency_penalty),
         "adapter_id": bool(p.adapter_id),
     }
@@ -139,28 +159,28 @@ def refusal_penalty_from(header: str | None, default: float, maximum: float) -> 
         value = float(header)
     except ValueError:
         raise ValidationFailed(f"`{REFUSAL_PENALTY_HEADER}` must be a number. Given: {header!r}") from None
-    if not 0 <= value <= maximum:
+    if not 0 <= value <= maximum:  # NaN fails this too
         raise ValidationFailed(f"`{REFUSAL_PENALTY_HEADER}` must be >= 0 and <= {maximum}. Given: {value}")
     return value
 
 
 # -- the Messages API -------------------------------------------------------------------------------------
 class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = _STRICT
 
     type: str
     text: str | None = None
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = _STRICT
 
     role: str
     content: str | list[ContentPart] | None = None
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = _STRICT
 
     include_usage: bool = False
 
@@ -168,7 +188,7 @@ class StreamOptions(BaseModel):
 class ChatRequest(BaseModel):
     """OpenAI's chat completion request, the fields TGI reads; unknown fields are ignored as TGI does."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = _STRICT
 
     model: str | None = None
     messages: list[ChatMessage]
@@ -221,12 +241,13 @@ def chat_messages(body: ChatRequest) -> list[dict[str, str]]:
     return messages
 
 
-def chat_generate_request(body: ChatRequest, inputs: str) -> GenerateRequest:
-    """The generate request a chat request stands for, `inputs` being its chat-templated prompt."""
+def chat_parameters(body: ChatRequest) -> Parameters:
+    """The generate parameters a chat request stands for; refuses what this engine does not implement.
+    Cheap: the route checks them before it renders the chat template."""
     _refuse_unsupported_chat(body)
     greedy = body.temperature == 0
     max_new = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    parameters = Parameters(
+    return Parameters(
         do_sample=not greedy,
         temperature=None if greedy else body.temperature,
         # OpenAI clients send top_p=1 to mean "off"; TGI's validation refuses 1.0, so it becomes "off" here
@@ -235,10 +256,11 @@ def chat_generate_request(body: ChatRequest, inputs: str) -> GenerateRequest:
         stop=body.stop,
         max_new_tokens=max_new,
     )
-    return GenerateRequest(inputs=inputs, parameters=parameters, stream=body.stream)
 
 
 def _refuse_unsupported_chat(body: ChatRequest) -> None:
+    if body.n is not None and body.n < 1:
+        raise ValidationFailed(f"`n` must be strictly positive. Given: {body.n}")
     unsupported = {
         "n": body.n is not None and body.n > 1,
         "presence_penalty": bool(body.presence_penalty),

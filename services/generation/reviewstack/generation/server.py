@@ -6,6 +6,10 @@ Errors are TGI's JSON (`{"error": ..., "error_type": ...}`) on TGI's routes and 
 (`{"error": {"message", "type", ...}}`) on `/v1/`, with the same status codes: 422 validation, 429
 overloaded, 500 generation. λ of the refusal penalty comes per request in the `X-Refusal-Penalty` header
 on every route, within the bounds `/info` reports; without it the deployment's default applies.
+
+Before a route runs, `guards` checks the bearer token (when one is configured) and the body's size (413
+beyond `payload_limit`). A route then checks what needs no tokens (parameters, `truncate`, `max_new_tokens`)
+before it tokenizes or renders a chat template, and the token counts after.
 """
 
 from __future__ import annotations
@@ -21,18 +25,25 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from reviewstack.common.generation_params import MAX_STOP_SEQUENCES
+from reviewstack.common.grpc.auth import TokenSource
 from reviewstack.generation import metrics
 from reviewstack.generation.chat import ChatChunk, chat_events, chat_prompt, openai_error
 from reviewstack.generation.engine import Engine, Finished, Handle, Overloaded, TokenInfo
+from reviewstack.generation.guards import BearerAuth, BodyLimit
 from reviewstack.generation.protocol import (
     REFUSAL_PENALTY_HEADER,
     ChatRequest,
     GenerateRequest,
     ValidationFailed,
-    chat_generate_request,
+    chat_parameters,
+    check_inputs,
+    check_parameters,
     refusal_penalty_from,
     validate,
 )
+
+PAYLOAD_LIMIT = 2_000_000  # bytes of a request body: TGI's --payload-limit default
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,7 @@ class ServerLimits:
     max_batch_size: int
     refusal_penalty: float
     refusal_penalty_max: float
+    payload_limit: int = PAYLOAD_LIMIT
 
 
 @dataclass(frozen=True)
@@ -61,8 +73,14 @@ def _error(status: int, message: str, kind: str) -> JSONResponse:
     return JSONResponse({"error": message, "error_type": kind}, status_code=status)
 
 
-def create_app(engine: Engine, limits: ServerLimits, version: str = "0.1.0") -> FastAPI:
+def create_app(
+    engine: Engine, limits: ServerLimits, version: str = "0.1.0", tokens: TokenSource | None = None
+) -> FastAPI:
+    """The engine's HTTP app; `tokens` (a TokenSource with a token) makes every route but /health and
+    /metrics require it."""
     app = FastAPI(title="review-stack generation engine", version=version)
+    app.add_middleware(BodyLimit, limit=limits.payload_limit)
+    app.add_middleware(BearerAuth, tokens=tokens or TokenSource())  # added last: runs first
 
     @app.exception_handler(RequestValidationError)
     async def malformed(http: Request, exc: RequestValidationError) -> JSONResponse:
@@ -72,12 +90,23 @@ def create_app(engine: Engine, limits: ServerLimits, version: str = "0.1.0") -> 
             return openai_error(422, f"malformed request: {problems}", "validation")
         return _error(422, f"malformed request: {problems}", "validation")
 
+    def checked(body: GenerateRequest, http: Request) -> float:
+        """λ, once everything that needs no tokens passed: the cheap checks come first."""
+        penalty = refusal_penalty_from(
+            http.headers.get(REFUSAL_PENALTY_HEADER), limits.refusal_penalty, limits.refusal_penalty_max
+        )
+        check_inputs(body)
+        check_parameters(
+            body.parameters,
+            max_input_tokens=limits.max_input_tokens,
+            max_total_tokens=limits.max_total_tokens,
+        )
+        return penalty
+
     async def start(body: GenerateRequest, http: Request) -> Handle | Failure:
         metrics.REQUEST_COUNT.inc()
         try:
-            penalty = refusal_penalty_from(
-                http.headers.get(REFUSAL_PENALTY_HEADER), limits.refusal_penalty, limits.refusal_penalty_max
-            )
+            penalty = checked(body, http)
             ids = await asyncio.to_thread(engine.tokenizer.encode, body.inputs, add_special_tokens=False)
             request = validate(
                 body,
@@ -89,8 +118,9 @@ def create_app(engine: Engine, limits: ServerLimits, version: str = "0.1.0") -> 
         except ValidationFailed as exc:
             metrics.VALIDATION_FAILURE.inc()
             return Failure(422, str(exc), "validation")
-        if not engine.alive:
-            return Failure(500, "the generation engine is not running; see its log", "generation")
+        problem = engine.problem
+        if problem is not None:
+            return Failure(500, f"the generation engine cannot serve now: {problem}", "generation")
         metrics.INPUT_LENGTH.observe(len(request.input_ids))
         try:
             return engine.submit(request, asyncio.get_running_loop())
@@ -142,8 +172,12 @@ def create_app(engine: Engine, limits: ServerLimits, version: str = "0.1.0") -> 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, http: Request) -> Response:
         try:
+            parameters = chat_parameters(body)
+            check_parameters(
+                parameters, max_input_tokens=limits.max_input_tokens, max_total_tokens=limits.max_total_tokens
+            )
             prompt = await asyncio.to_thread(chat_prompt, engine.tokenizer, body)
-            generate_body = chat_generate_request(body, prompt)
+            generate_body = GenerateRequest(inputs=prompt, parameters=parameters, stream=body.stream)
         except ValidationFailed as exc:
             metrics.VALIDATION_FAILURE.inc()
             return openai_error(422, str(exc), "validation")
@@ -177,7 +211,7 @@ def create_app(engine: Engine, limits: ServerLimits, version: str = "0.1.0") -> 
             "model_pipeline_tag": "text-generation",
             "max_concurrent_requests": limits.max_concurrent_requests,
             "max_best_of": 1,
-            "max_stop_sequences": 4,
+            "max_stop_sequences": MAX_STOP_SEQUENCES,
             "max_input_tokens": limits.max_input_tokens,
             "max_total_tokens": limits.max_total_tokens,
             "max_batch_size": limits.max_batch_size,
@@ -196,9 +230,10 @@ def create_app(engine: Engine, limits: ServerLimits, version: str = "0.1.0") -> 
 
     @app.get("/health")
     async def health() -> Response:
-        if engine.alive:
+        problem = engine.problem
+        if problem is None:
             return Response(status_code=200)
-        return _error(503, f"the generation engine is down: {engine.error}", "unhealthy")
+        return _error(503, f"the generation engine is unhealthy: {problem}", "unhealthy")
 
     @app.get("/metrics")
     async def prometheus() -> Response:

@@ -51,6 +51,10 @@ def review(
         float, typer.Option(min=1, help="--server: seconds one review may take (its call's deadline)")
     ] = 1800.0,
     backend: Annotated[str | None, typer.Option(help="TGI-protocol backend URL to review with here")] = None,
+    backend_token: Annotated[
+        str | None,
+        typer.Option(envvar="REVIEWSTACK_BACKEND_AUTH_TOKEN", help="--backend: the bearer token it requires"),
+    ] = None,
     engine_model: Annotated[
         Path | None, typer.Option(help="model directory to start the embedded engine on (default: embedded)")
     ] = None,
@@ -79,7 +83,7 @@ def review(
     if repetition_penalty is not None:
         parameters.repetition_penalty = repetition_penalty
     schema = common_pb2.ASPECT_SCHEMA_FOUR if four_aspects else common_pb2.ASPECT_SCHEMA_SEVEN
-    source = _Source(server, token, backend, engine_model, tokenizer, timeout)
+    source = _Source(server, token, backend, engine_model, tokenizer, timeout, backend_token)
     if paper is not None:
         asyncio.run(_one(source, _request(paper, schema, parameters), as_json))
     else:
@@ -109,9 +113,11 @@ class _Source:
         engine_model: Path | None,
         tokenizer: str | None,
         timeout: float = 1800.0,
+        backend_token: str | None = None,
     ) -> None:
         self.server, self.token, self.backend = server, token, backend
         self.engine_model, self.tokenizer, self.timeout = engine_model, tokenizer, timeout
+        self.backend_token = backend_token
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[tuple[Review, Callable[..., AsyncIterator[Any]]]]:
@@ -134,19 +140,20 @@ class _Source:
 
     @asynccontextmanager
     async def _reviewer(self) -> AsyncIterator[Any]:
+        from reviewstack.common.grpc.auth import TokenSource
         from reviewstack.common.tokenizer import load_tokenizer
         from reviewstack.review.backend import Backend
         from reviewstack.review.local_engine import budget, embedded_engine
         from reviewstack.review.reviewer import Reviewer, ReviewLimits
 
         async with AsyncExitStack() as stack:
-            url, model, limits = self.backend, None, ReviewLimits()
+            url, model, limits, token = self.backend, None, ReviewLimits(), self.backend_token or None
             if url is None:
-                url, model = await stack.enter_async_context(embedded_engine(self.engine_model, err))
+                url, model, token = await stack.enter_async_context(embedded_engine(self.engine_model, err))
                 prompt, new = budget(model)
                 limits = ReviewLimits(max_prompt_length=prompt, max_new_tokens=new)
             tokenizer = load_tokenizer(self.tokenizer or model)
-            yield Reviewer(tokenizer, Backend(url), limits)
+            yield Reviewer(tokenizer, Backend(url, tokens=TokenSource(token=token)), limits)
 
 
 async def _one(source: _Source, request: review_pb2.ReviewRequest, as_json: bool) -> None:

@@ -1,9 +1,16 @@
-"""The embedded generation engine as a child process, for a `reviewstack review` run on one machine."""
+"""The embedded generation engine as a child process, for a `reviewstack review` run on one machine.
+
+The child listens on loopback with a bearer token made for the run (`REVIEWSTACK_AUTH_TOKEN`, replacing
+any token or token file the caller's environment names): another local user cannot drive it while it runs,
+and a token meant for a deployment's engine never reaches this one.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -41,9 +48,9 @@ def budget(model: Path) -> tuple[int, int]:
 @asynccontextmanager
 async def embedded_engine(
     model: Path | None, console: Console, slots: int = 4
-) -> AsyncIterator[tuple[str, Path]]:
+) -> AsyncIterator[tuple[str, Path, str]]:
     """Start `reviewstack-generation` on `model` (default: the embedded SmolLM2, unpacked on first use)
-    on a free loopback port; yield (URL, model) once it is healthy; stop it on exit."""
+    on a free loopback port; yield (URL, model, bearer token) once it is healthy; stop it on exit."""
     from reviewstack.common.embedded_model import materialise_embedded_model
 
     if model is None:
@@ -61,9 +68,12 @@ async def embedded_engine(
         *("--max-total-tokens", str(prompt + new), "--max-input-tokens", str(prompt)),
         *("--max-batch-size", str(slots)),
     ]
+    token = secrets.token_urlsafe(32)
+    env = {k: v for k, v in os.environ.items() if k != "REVIEWSTACK_AUTH_TOKEN_FILE"}
+    env["REVIEWSTACK_AUTH_TOKEN"] = token
     logs = Path(tempfile.mkdtemp(prefix="reviewstack-engine-"))
     with open(logs / "engine.log", "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=log)
+        process = subprocess.Popen(command, stdout=log, stderr=log, env=env)
     url = f"http://127.0.0.1:{port}"
     keep_log = False
     try:
@@ -73,7 +83,7 @@ async def embedded_engine(
             except FailedPrecondition:
                 keep_log = True  # the message names it
                 raise
-        yield url, model
+        yield url, model, token
     finally:
         process.terminate()
         try:

@@ -6,21 +6,37 @@ Run book:
     REVIEWSTACK_TOKENIZER=/models/reviewer-v1 reviewstack-review --port 50051
 
 Every setting is a `REVIEWSTACK_*` variable or the same-named flag (`--help`). The tokenizer must be the
-served model's: it counts the prompt and applies the chat template the model was trained with.
+served model's: it counts the prompt and applies the chat template the model was trained with. A backend
+that requires a bearer token (the embedded engine with REVIEWSTACK_AUTH_TOKEN[_FILE]) gets it from
+REVIEWSTACK_BACKEND_AUTH_TOKEN or REVIEWSTACK_BACKEND_AUTH_TOKEN_FILE (a mounted Secret, re-read on change).
+
+Inline papers (`paper.text`, `paper.file`) are bounded first by gRPC's message size (4 MiB: the server
+keeps grpc's default receive limit), artifacts by `max_paper_bytes`, and every paper's text by
+`max_paper_chars` before it is cleaned and tokenized.
 """
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
 
+from pydantic import Field, SecretStr
+
+from reviewstack.common import errors
 from reviewstack.common.grpc import GrpcServer, ServiceRegistration, run_server
-from reviewstack.common.logging import get_logger
+from reviewstack.common.grpc.auth import TokenSource
+from reviewstack.common.logging import configure_logging, get_logger
 from reviewstack.common.prompt import MAX_PROMPT_LENGTH, MAX_RESPONSE_LENGTH
 from reviewstack.common.settings import ServerSettings, entry_point_config
 from reviewstack.common.store import open_store
 from reviewstack.common.tokenizer import load_tokenizer
 from reviewstack.review.backend import Backend
-from reviewstack.review.reviewer import MAX_REPETITION_PENALTY, Reviewer, ReviewLimits
+from reviewstack.review.reviewer import (
+    MAX_PAPER_BYTES,
+    MAX_PAPER_CHARS,
+    MAX_REPETITION_PENALTY,
+    Reviewer,
+    ReviewLimits,
+)
 from reviewstack.review.service import ReviewServicer
 from reviewstack.v1 import review_pb2, review_pb2_grpc
 
@@ -36,6 +52,14 @@ class ReviewSettings(ServerSettings):
     backend_url: str = Field("http://127.0.0.1:8080", description="TGI-protocol generation backend")
     backend_timeout_s: float = Field(900.0, gt=0, description="longest a backend call may take")
     backend_retries: int = Field(3, ge=0, description="retries when the backend cannot be reached")
+    backend_auth_token: SecretStr | None = Field(
+        None,
+        description="bearer token the backend requires (the engine's REVIEWSTACK_AUTH_TOKEN); unset = none",
+    )
+    backend_auth_token_file: Path | None = Field(
+        None,
+        description="file holding the backend's bearer token (a mounted Secret); re-read when it changes",
+    )
     backend_refusal_penalty: float = Field(
         0.0, ge=0, description="λ a TGI backend applies to every request (its REVIEWSTACK_REFUSAL_PENALTY)"
     )
@@ -58,6 +82,31 @@ class ReviewSettings(ServerSettings):
         description="TGI repetition penalty when a request names none (1 = off)",
     )
     max_in_flight: int = Field(64, ge=1, description="reviews written at once; RESOURCE_EXHAUSTED beyond")
+    max_paper_bytes: int = Field(
+        MAX_PAPER_BYTES,
+        ge=1024,
+        description="largest paper file or artifact read, in bytes; INVALID_ARGUMENT beyond",
+    )
+    max_paper_chars: int = Field(
+        MAX_PAPER_CHARS,
+        ge=1000,
+        description="longest paper text cleaned and tokenized; INVALID_ARGUMENT beyond",
+    )
+
+
+def backend_tokens(settings: ReviewSettings) -> TokenSource:
+    """The backend's token, read as the services read their own (a file is read now: a missing Secret
+    stops the service before it serves)."""
+    secret = settings.backend_auth_token
+    token = secret.get_secret_value().strip() if secret is not None else None
+    if token is not None and not token:
+        raise errors.InvalidArgument("backend_auth_token is empty; unset REVIEWSTACK_BACKEND_AUTH_TOKEN")
+    if token is not None and settings.backend_auth_token_file is not None:
+        raise errors.InvalidArgument(
+            "both backend_auth_token and backend_auth_token_file are set; set one "
+            "(REVIEWSTACK_BACKEND_AUTH_TOKEN or REVIEWSTACK_BACKEND_AUTH_TOKEN_FILE)"
+        )
+    return TokenSource(token=token, path=settings.backend_auth_token_file)
 
 
 def build_servicer(settings: ReviewSettings) -> ReviewServicer:
@@ -69,8 +118,15 @@ def build_servicer(settings: ReviewSettings) -> ReviewServicer:
         backend_refusal_penalty=settings.backend_refusal_penalty,
         repetition_penalty=settings.repetition_penalty,
         served_model=settings.served_model,
+        max_paper_bytes=settings.max_paper_bytes,
+        max_paper_chars=settings.max_paper_chars,
     )
-    backend = Backend(settings.backend_url, settings.backend_timeout_s, settings.backend_retries)
+    backend = Backend(
+        settings.backend_url,
+        settings.backend_timeout_s,
+        settings.backend_retries,
+        tokens=backend_tokens(settings),
+    )
     reviewer = Reviewer(
         load_tokenizer(settings.tokenizer), backend, limits, open_store(settings.store, settings)
     )
@@ -79,9 +135,13 @@ def build_servicer(settings: ReviewSettings) -> ReviewServicer:
 
 def main() -> None:
     settings = ReviewSettings()
-    registration = ServiceRegistration(
-        SERVICE, review_pb2_grpc.add_ReviewServicer_to_server, build_servicer(settings)
-    )
+    try:
+        servicer = build_servicer(settings)
+    except errors.ReviewStackError as exc:  # e.g. an unreadable token file: one line, exit 2
+        configure_logging(settings.log_level, settings.log_format)
+        log.error("cannot start the server", error=str(exc))
+        raise SystemExit(2) from None
+    registration = ServiceRegistration(SERVICE, review_pb2_grpc.add_ReviewServicer_to_server, servicer)
 
     def ready(server: GrpcServer) -> None:
         log.info("review serving", port=server.port, backend=settings.backend_url)
