@@ -58,14 +58,15 @@ def _rule_of(api: type, method: str) -> tuple[str, str, str, bool]:
 
 
 def kubernetes_calls_in_code() -> set[tuple[str, str, str, bool]]:
-    """Every kubernetes-client operation called anywhere in services/training, as an RBAC rule."""
+    """Every kubernetes-client operation used anywhere in services/training, as an RBAC rule: called
+    (`batch.create_namespaced_job(...)`) or handed to a helper that calls it (`batch.read_namespaced_job`)."""
     methods = _api_methods()
     rules = set()
     for path in sorted(TRAINING_CODE.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-                for api in methods.get(node.func.attr, []):
-                    rules.add(_rule_of(api, node.func.attr))
+            if isinstance(node, ast.Attribute):
+                for api in methods.get(node.attr, []):
+                    rules.add(_rule_of(api, node.attr))
     return rules
 
 
@@ -85,6 +86,7 @@ def test_the_derivation_finds_the_launchers_calls():
     calls = kubernetes_calls_in_code()
     assert ("batch", "jobs", "create", True) in calls
     assert ("", "services", "create", True) in calls
+    assert ("batch", "jobs", "delete", True) in calls  # passed as a function, not called in place
     assert _rule_of(k8s.BatchV1Api, "patch_namespaced_job_status") == ("batch", "jobs/status", "patch", True)
     assert _rule_of(k8s.CoreV1Api, "list_pod_for_all_namespaces")[3] is False
 

@@ -170,3 +170,19 @@ def test_list_reads_the_runs_of_a_store(store):
     assert "succeeded" in done and "300/300" in done and "0.8123" in done and "0.9011 (200)" in done
     assert "yes" in rows["done-run"]  # merged/ is published
     assert "pending" in rows["starting"]  # a spec and no status yet
+
+
+def test_render_job_upload_never_replaces_a_runs_spec(tmp_path, s3_server, s3_store):
+    """`--upload` writes a new run's spec; the same spec again is a resume, another one is refused."""
+    cluster_spec = write_spec(
+        tmp_path / "cluster.yaml", spec_data(publish_dataset(s3_store), s3_store.uri, run_id="kept-run")
+    )
+    env = {**s3_server.env(), "REVIEWSTACK_K8S_IMAGE": "registry.example/train:9"}
+    first = _done(_start("render-job", str(cluster_spec), "--upload", env=env))
+    assert first[0] == 0, first[2]
+    stored = s3_store.get_bytes("runs/kept-run/spec.json")
+    again = _done(_start("render-job", str(cluster_spec), "--upload", env=env))
+    assert again[0] == 0 and "already holds this spec" in again[2], again[2]
+    other = _done(_start("render-job", str(cluster_spec), "learning_rate=0.0002", "--upload", env=env))
+    assert other[0] == 2 and "learning_rate" in " ".join(other[2].split()), other[2]
+    assert s3_store.get_bytes("runs/kept-run/spec.json") == stored

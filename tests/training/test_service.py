@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,7 +39,16 @@ SUCCEEDED = operations_pb2.OPERATION_STATE_SUCCEEDED
 @contextlib.contextmanager
 def training_server(log: Path, env: dict[str, str]) -> Iterator[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("REVIEWSTACK_", "KUBERNETES_"))}
-    full_env.update({"REVIEWSTACK_AUTH_TOKEN": TOKEN, "REVIEWSTACK_POLL_INTERVAL_S": "0.2", **env})
+    # base models: the cluster's image path the specs below name, and the tiny models the tests build
+    roots = json.dumps(["/models", tempfile.gettempdir()])
+    full_env.update(
+        {
+            "REVIEWSTACK_AUTH_TOKEN": TOKEN,
+            "REVIEWSTACK_POLL_INTERVAL_S": "0.2",
+            "REVIEWSTACK_BASE_MODEL_ROOTS": roots,
+            **env,
+        }
+    )
     with service_process("reviewstack-training", SERVICE, full_env, log, ready_timeout_s=60) as target:
         yield target
 
@@ -74,6 +84,11 @@ def _run_spec(dataset: str, run_id: str = "", output: str = "", **config: object
     )
 
 
+def _with_base_model(spec: training_pb2.RunSpec, base_model: str) -> training_pb2.RunSpec:
+    spec.base_model = base_model
+    return spec
+
+
 def _watch_to_end(stub: training_pb2_grpc.TrainingStub, run_id: str) -> list[training_pb2.Run]:
     return list(stub.WatchRun(training_pb2.GetRunRequest(run_id=run_id), timeout=60))
 
@@ -97,7 +112,33 @@ def test_calls_need_the_token(cluster):
             grpc.StatusCode.NOT_FOUND,
             "no published dataset at s3://train-test/store/datasets/nope/v1",
         ),
-        (lambda d: _run_spec(d, output="/tmp/out"), grpc.StatusCode.INVALID_ARGUMENT, "not an s3:// URI"),
+        (lambda d: _run_spec(d, output="/tmp/out"), grpc.StatusCode.PERMISSION_DENIED, "output '/tmp/out'"),
+        # the controller's credentials reach only its own store and the model roots its operator named
+        (
+            lambda d: _run_spec("s3://another-bucket/datasets/tiny/v1"),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "dataset 's3://another-bucket/datasets/tiny/v1' is outside",
+        ),
+        (
+            lambda d: _run_spec(d, output="s3://train-test/store2"),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "outside",
+        ),
+        (
+            lambda d: _with_base_model(_run_spec(d), "/etc"),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "base_model '/etc' is not under",
+        ),
+        (
+            lambda d: _with_base_model(_run_spec(d), "/models/../etc/x"),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "base_model",
+        ),
+        (
+            lambda d: _with_base_model(_run_spec(d), "s3://train-test/store/models/x"),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "base_model",
+        ),
     ],
 )
 def test_bad_specs_are_refused_before_launch(cluster, spec, code, message):
@@ -301,3 +342,27 @@ def test_the_real_job_end_to_end_bad_input_queueing_and_cancel(local):
     assert "submitting the same run_id resumes it" in stopped.operation.progress.message
     log = Path(stopped.log).read_text()
     assert log.count("=== ") == 2  # the first run's attempt, then this one: appended to the same log
+
+
+def test_a_dataset_named_by_key_runs_from_the_controllers_store(cluster):
+    """Keys name the controller's store; the job is handed the full URI it resolved to."""
+    stub, _ = _stubs(cluster["target"])
+    run = stub.SubmitRun(
+        training_pb2.SubmitRunRequest(spec=_run_spec("datasets/tiny/v1", run_id="by-key")), timeout=30
+    )
+    assert run.spec.dataset == cluster["dataset"] == "s3://train-test/store/datasets/tiny/v1"
+    assert run.spec.output == "s3://train-test/store"
+
+
+@pytest.mark.parametrize("run_id", ["../../etc", "a/b", "UPPER", "x" * 64, "$(SECRET)"])
+def test_run_ids_in_requests_are_checked_before_any_lookup(cluster, run_id):
+    """A run id names a store folder and a Job: anything but a DNS label is refused at the door."""
+    stub, _ = _stubs(cluster["target"])
+    for call in (stub.GetRun, stub.CancelRun):
+        request = (training_pb2.GetRunRequest if call is stub.GetRun else training_pb2.CancelRunRequest)(
+            run_id=run_id
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            call(request, timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+        assert "run_id" in info.value.details()

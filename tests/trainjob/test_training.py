@@ -193,3 +193,15 @@ def test_full_fine_tuning_publishes_full_weights(tiny_model, small_dataset, tmp_
     store.download_dir("runs/full/merged", tmp_path / "merged")
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     assert merged.config.rope_parameters["factor"] == 1.5
+
+
+def test_a_job_with_another_spec_for_an_existing_run_id_is_refused(trained, tiny_model, small_dataset):
+    """A run id names one spec: a job started by hand under a finished run's id with other settings
+    must not rewrite the spec that a resumed run reads, nor train."""
+    store_dir = trained["tmp"] / "runs-store"
+    stored = (store_dir / "runs/tiny/spec.json").read_bytes()
+    spec = _spec(trained["tmp"], tiny_model, small_dataset, learning_rate=0.02)
+    run = _train(spec)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "holds another spec for run tiny" in " ".join(run.stderr.split())
+    assert (store_dir / "runs/tiny/spec.json").read_bytes() == stored

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from reviewstack.common.errors import FailedPrecondition, InvalidArgument
+from reviewstack.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from reviewstack.common.logging import get_logger
 from reviewstack.common.runspec import TrainSpec
 from reviewstack.common.settings import StoreSettings
@@ -109,15 +109,28 @@ class FineTuneRecipe:
         self.output = open_store(self.spec.output, self.store_settings)
         self.output.check_writable()
         self.run_prefix = f"runs/{self.spec.run_id}"
+        if self.rank == 0:
+            self._claim_run_id()
         self.latest = checkpoint.latest_checkpoint(self.output, self.run_prefix)
         if self.latest:  # optimizer state fits only the layout that wrote it
             checkpoint.check_resumable(self.output, self.latest, self.zero3, self.world_size)
 
     # -- building the parts, in order ---------------------------------------------------------------
+    def _claim_run_id(self) -> None:
+        """A run id names one spec: record ours if the run is new, else it must be the one stored (a job
+        started by hand with another spec must not rewrite what a resumed run reads)."""
+        key = f"{self.run_prefix}/spec.json"
+        try:
+            self.output.put_bytes(key, self.spec.model_dump_json(indent=2).encode() + b"\n", exclusive=True)
+        except AlreadyExists:
+            if TrainSpec.model_validate_json(self.output.get_bytes(key)) != self.spec:
+                raise InvalidArgument(
+                    f"{self.output.uri_for(key)} holds another spec for run {self.spec.run_id}: a run id "
+                    "names one spec; use another run_id, or resume with the stored spec"
+                ) from None
+
     def setup(self) -> None:
         spec = self.spec
-        if self.rank == 0:
-            self.output.put_bytes(f"{self.run_prefix}/spec.json", spec.model_dump_json(indent=2).encode())
         # data before the model: the step count (and so the scheduler) depends on it
         builder = ExampleBuilder(
             self.tokenizer, self.dataset.schema, spec.max_prompt_length, spec.max_response_length

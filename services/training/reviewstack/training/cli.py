@@ -239,7 +239,7 @@ def render_job(
     from reviewstack.common.store import open_store
     from reviewstack.training.manifests import JobTemplate, render_run, to_yaml
     from reviewstack.training.preflight import check_cluster_run
-    from reviewstack.training.specs import Resources, load_spec, spec_json
+    from reviewstack.training.specs import Resources, load_spec
     from reviewstack.training.status import run_prefix
 
     settings = _settings()
@@ -254,8 +254,13 @@ def render_job(
     key = f"{run_prefix(train_spec.run_id)}/spec.json"
     spec_uri = store.uri_for(key)
     if upload:
-        store.put_bytes(key, spec_json(train_spec))
-        err.print(f"spec written to {spec_uri}", soft_wrap=True)
+        from reviewstack.training.controller import create_spec, refuse_other_spec
+
+        if refuse_other_spec(store, train_spec) is None:  # ALREADY_EXISTS when the id names another spec
+            create_spec(store, train_spec)
+            err.print(f"spec written to {spec_uri}", soft_wrap=True)
+        else:
+            err.print(f"{spec_uri} already holds this spec (the Job resumes the run)", soft_wrap=True)
     else:
         err.print(f"the Job reads {spec_uri}: write it there first (or pass --upload)", soft_wrap=True)
     print(to_yaml(render_run(train_spec.run_id, spec_uri, template, resources)), end="")

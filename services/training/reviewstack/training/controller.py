@@ -11,11 +11,20 @@ status.json, publish progress, and finish the way the run finished. Runs this co
 
 When the server stops, local runs are stopped too (SIGTERM: they checkpoint, and resume when
 resubmitted); Kubernetes Jobs are left running — a controller upgrade must not kill a week of training.
+
+A run id names one spec for good. SubmitRun never writes over an existing runs/<run-id>/spec.json: a
+new run id's spec is created with an exclusive write (of two controllers racing for it, one wins);
+submitting an existing run id again resumes it when the spec is the same (the stored TrainSpec equals
+the submitted one) and is refused (ALREADY_EXISTS) when it is not. A run that is still active — this
+controller's, or a Job/process its launcher finds — is refused (FAILED_PRECONDITION) before anything is
+written. The store and the launcher are asked, not this process's memory, so another replica's runs
+and runs from before a restart count too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -29,19 +38,22 @@ from reviewstack.common.store import ArtifactStore, open_store
 from reviewstack.training.launchers import Launcher, LaunchState
 from reviewstack.training.preflight import check_dataset, check_output, local_path_of
 from reviewstack.training.settings import LauncherSettings
-from reviewstack.training.specs import Resources, spec_json, spec_to_pb
-from reviewstack.training.status import JobStatus, published_artifacts, read_status, run_prefix
+from reviewstack.training.specs import Resources, spec_json, spec_to_pb, validate_spec
+from reviewstack.training.status import JobStatus, published_artifacts, read_status, run_prefix, spec_key
 from reviewstack.training.views import SUBMIT_KIND, run_stage, stored_run, synthetic_operation
 from reviewstack.v1 import operations_pb2, training_pb2
 
 log = get_logger(__name__)
+_KEEP_FINISHED = 1000  # finished runs answered from memory; older ones are read from the store again
 
 
 class RunOperations(OperationRegistry):
     """The operation registry, with a hook that runs first when the server shuts down."""
 
-    def __init__(self, max_workers: int, on_shutdown: Callable[[], None] | None = None) -> None:
-        super().__init__(max_workers=max_workers)
+    def __init__(
+        self, max_workers: int, on_shutdown: Callable[[], None] | None = None, max_pending: int = 16
+    ) -> None:
+        super().__init__(max_workers=max_workers, max_pending=max_pending)
         self.on_shutdown = on_shutdown
 
     def shutdown(self, cancel_running: bool = True) -> None:
@@ -76,7 +88,9 @@ class TrainingController:
         self.settings = settings
         self.launcher = launcher
         workers = settings.max_concurrent_runs or (64 if launcher.name == "kubernetes" else 1)
-        self.operations = operations or RunOperations(workers)
+        # runs waiting for a worker are bounded: the server's settings say how many (the CLI's have none)
+        pending = getattr(settings, "max_pending_operations", 16)
+        self.operations = operations or RunOperations(workers, max_pending=pending)
         self.operations.on_shutdown = self._on_shutdown
         self._lock = threading.Lock()
         self._submit_lock = threading.Lock()  # one submission at a time: run ids and request ids stay unique
@@ -106,16 +120,17 @@ class TrainingController:
             self.launcher.check(spec, resources)
             check_dataset(spec.dataset, self.settings)
             check_output(spec.output, self.settings)
-            with self._lock:
-                current = self._runs.get(spec.run_id)
-            if current is not None and not self._finished(current):
-                raise errors.FailedPrecondition(
-                    f"run {spec.run_id} is already running (operation {current.operation_id}); "
-                    "cancel it first, or submit under another run_id"
-                )
             store = open_store(spec.output, self.settings)
-            key = f"{run_prefix(spec.run_id)}/spec.json"
-            store.put_bytes(key, spec_json(spec))
+            key = spec_key(spec.run_id)
+            stored = refuse_other_spec(store, spec)
+            try:
+                self._refuse_active(spec.run_id)
+            except errors.FailedPrecondition:
+                if stored is None:  # another controller may have created it since: its spec decides
+                    refuse_other_spec(store, spec)
+                raise
+            if stored is None:
+                create_spec(store, spec)
             path = local_path_of(spec.output)
             # the job reads plain paths for local stores (a file:// URI would need quoting rules)
             spec_uri = str(path / key) if path is not None else store.uri_for(key)
@@ -127,16 +142,62 @@ class TrainingController:
                 request_id=request_id,
                 store=store,
             )
-            operation = self.operations.start(SUBMIT_KIND, lambda r: self._follow(run, r), request_id)
+            try:
+                operation = self.operations.start(SUBMIT_KIND, lambda r: self._follow(run, r), request_id)
+            except errors.ReviewStackError:  # e.g. too many runs waiting: refused, so nothing is kept
+                if stored is None:
+                    _forget_spec(store, key)
+                raise
             with self._lock:
                 run.operation_id = operation.id
                 self._runs[spec.run_id] = run
                 if request_id:
                     self._by_request[request_id] = spec.run_id
+            self._forget_finished()
             log.info(
                 "run accepted", run_id=spec.run_id, launcher=self.launcher.name, gpus=resources.gpus_per_node
             )
             return self._to_pb(run)
+
+    def _refuse_active(self, run_id: str) -> None:
+        """FAILED_PRECONDITION when the run is active: queued or followed here, or found by the launcher
+        (a Job on the cluster, a process on this machine), whoever started it."""
+        with self._lock:
+            current = self._runs.get(run_id)
+        if current is not None and not self._finished(current):
+            raise errors.FailedPrecondition(
+                f"run {run_id} is already running (operation {current.operation_id}); "
+                "cancel it first, or submit under another run_id"
+            )
+        try:
+            state = self.launcher.poll(run_id)
+        except errors.Unavailable as exc:
+            # Nothing can start while the launcher is unreachable, and its launch refuses an active run
+            # by itself (a Job's name is unique); the store check above keeps every written spec safe.
+            log.warning("cannot ask the launcher whether the run is active", run_id=run_id, error=str(exc))
+            return
+        if state is not None and not state.terminal:
+            where = self.launcher.log_location(run_id)
+            raise errors.FailedPrecondition(
+                f"run {run_id} is already {state.phase} under the {self.launcher.name} launcher "
+                f"({state.message or 'no detail'}; log: {where}), started by this or another controller; "
+                "cancel it first, or submit under another run_id"
+            )
+
+    def _forget_finished(self) -> None:
+        """Bound the memory of a long-lived server: the oldest finished runs beyond _KEEP_FINISHED (and
+        their request ids) are dropped; GetRun and ListRuns read them from the store from then on."""
+        with self._lock:
+            if len(self._runs) <= _KEEP_FINISHED:
+                return
+            oldest_first = sorted(self._runs.values(), key=lambda r: r.created)
+        finished = [r for r in oldest_first if self._finished(r)]
+        with self._lock:
+            for run in finished[: max(0, len(finished) - _KEEP_FINISHED)]:
+                if self._runs.get(run.spec.run_id) is run:
+                    del self._runs[run.spec.run_id]
+                if run.request_id and self._by_request.get(run.request_id) == run.spec.run_id:
+                    del self._by_request[run.request_id]
 
     # ---- following a run (operation worker thread) ----------------------------------------------------
     def _follow(self, run: _Run, reporter: ProgressReporter) -> training_pb2.Run:
@@ -321,3 +382,76 @@ class TrainingController:
             launch = None
         log_location = self.launcher.log_location(run_id) if launch is not None else ""
         return stored_run(store, run_id, launch, log_location)
+
+
+# ---- one spec per run id (also for `reviewstack train render-job --upload`) --------------------------------
+def refuse_other_spec(store: ArtifactStore, spec: TrainSpec) -> TrainSpec | None:
+    """The run's stored spec (None for a new run id); ALREADY_EXISTS when it is not `spec`, whatever
+    the run's state: cancelling it would not make the run id name another spec."""
+    stored = stored_spec(store, spec.run_id)
+    if stored is not None and stored != spec:
+        raise _different_spec(store, spec.run_id, stored, spec)
+    return stored
+
+
+def stored_spec(store: ArtifactStore, run_id: str) -> TrainSpec | None:
+    """The spec an existing run was submitted with; None for a new run id; ALREADY_EXISTS when what is
+    there cannot be read as a spec (it is never replaced either)."""
+    try:
+        data = store.get_bytes(spec_key(run_id))
+    except errors.NotFound:
+        return None
+    except errors.FailedPrecondition as exc:  # corrupt: it does not match its recorded hash
+        raise _unreadable_spec(store, run_id, str(exc)) from None
+    try:
+        return validate_spec(json.loads(data))
+    except (ValueError, errors.InvalidArgument) as exc:
+        raise _unreadable_spec(store, run_id, str(exc)) from None
+
+
+def create_spec(store: ArtifactStore, spec: TrainSpec) -> None:
+    """Write a new run's spec.json, atomically and only if none exists: of two writers of the same new
+    run id, one wins; the other gets ALREADY_EXISTS (another spec) or FAILED_PRECONDITION (this one)."""
+    try:
+        store.put_bytes(spec_key(spec.run_id), spec_json(spec), exclusive=True)
+        return
+    except errors.AlreadyExists:
+        pass  # another controller created it since we looked
+    refuse_other_spec(store, spec)
+    raise errors.FailedPrecondition(
+        f"run {spec.run_id} was submitted by another controller at the same moment, with this same "
+        "spec; follow it with GetRun/WatchRun instead of submitting it again"
+    )
+
+
+def _different_spec(
+    store: ArtifactStore, run_id: str, stored: TrainSpec, submitted: TrainSpec
+) -> errors.AlreadyExists:
+    """ALREADY_EXISTS for a run id that names another spec, listing what differs."""
+    old, new = stored.model_dump(mode="json"), submitted.model_dump(mode="json")
+    changed = [
+        f"{k}: {old.get(k)!r} stored, {new.get(k)!r} submitted" for k in sorted(old) if old[k] != new.get(k)
+    ]
+    more = f" (and {len(changed) - 5} more)" if len(changed) > 5 else ""
+    return errors.AlreadyExists(
+        f"run {run_id} already exists ({store.uri_for(spec_key(run_id))}) with another spec — "
+        f"{'; '.join(changed[:5])}{more}. A run id names one spec: submit this one under another run_id, "
+        "or submit the stored spec unchanged to resume the run"
+    )
+
+
+def _unreadable_spec(store: ArtifactStore, run_id: str, why: str) -> errors.AlreadyExists:
+    """ALREADY_EXISTS for a run id whose stored spec cannot be compared (so never replaced)."""
+    return errors.AlreadyExists(
+        f"run {run_id} already exists, but its {store.uri_for(spec_key(run_id))} cannot be read as a spec "
+        f"({why}); it is left as it is: submit under another run_id"
+    )
+
+
+def _forget_spec(store: ArtifactStore, key: str) -> None:
+    """Delete the spec of a submission refused after it was written; the refusal is what the caller
+    must see, so a failure here is only logged."""
+    try:
+        store.delete(key)
+    except errors.ReviewStackError as exc:
+        log.warning("cannot delete the spec of a refused submission", key=key, error=str(exc))

@@ -14,12 +14,16 @@ runs are stopped (they checkpoint first), Kubernetes Jobs keep running.
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from reviewstack.common.grpc import GrpcServer, ServiceRegistration, run_server
 from reviewstack.common.logging import get_logger
 from reviewstack.common.settings import ServerSettings, entry_point_config
+from reviewstack.common.store import open_store
+from reviewstack.common.store.scope import StoreScope
 from reviewstack.training.controller import TrainingController
 from reviewstack.training.launchers import make_launcher
-from reviewstack.training.service import TrainingServicer
+from reviewstack.training.service import RequestPolicy, TrainingServicer
 from reviewstack.training.settings import LauncherSettings
 from reviewstack.v1 import training_pb2, training_pb2_grpc
 
@@ -32,12 +36,19 @@ class TrainingSettings(ServerSettings, LauncherSettings):
 
     model_config = entry_point_config("reviewstack-training")
 
+    base_model_roots: list[str] = Field(
+        default_factory=list,
+        description="directories a run's base_model may lie under (in the job's container for the "
+        "kubernetes launcher); a run naming another is PERMISSION_DENIED",
+    )
+
 
 def main() -> None:
     settings = TrainingSettings()
     controller = TrainingController(settings, make_launcher(settings))
+    policy = RequestPolicy(StoreScope(open_store(settings.store, settings)), settings.base_model_roots)
     registration = ServiceRegistration(
-        SERVICE, training_pb2_grpc.add_TrainingServicer_to_server, TrainingServicer(controller)
+        SERVICE, training_pb2_grpc.add_TrainingServicer_to_server, TrainingServicer(controller, policy)
     )
 
     def ready(server: GrpcServer) -> None:

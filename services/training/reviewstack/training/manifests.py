@@ -31,6 +31,7 @@ from reviewstack.training.specs import Resources
 CONTAINER = "trainer"
 APP_LABELS = {"app.kubernetes.io/name": "review-stack", "app.kubernetes.io/component": "training-job"}
 RUN_LABEL = "review-stack/run-id"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # set on every Job pod by Kubernetes ≥ 1.27
 SPEC_ANNOTATION = "review-stack/spec-uri"
 SCRATCH = "/scratch"
@@ -149,8 +150,17 @@ def service_name(job: str) -> str:
     return f"rdzv-{job}"
 
 
+def literal(value: str) -> str:
+    """`value` escaped for a container's `command`, `args` or env `value`, where Kubernetes expands
+    `$(VAR)` from the container's environment (secrets included) and reads `$$` as `$`. Doubling every
+    `$` makes the expansion give back exactly `value`: a user's S3 prefix holding
+    `$(REVIEWSTACK_S3_SECRET_KEY)` must stay that text, not become the secret in the pod's log."""
+    return value.replace("$", "$$")
+
+
 def _env(name: str, value: str) -> k8s.V1EnvVar:
-    return k8s.V1EnvVar(name=name, value=value)
+    """A plain env var; its value is meant literally (see `literal`)."""
+    return k8s.V1EnvVar(name=name, value=literal(value))
 
 
 def _container_env(
@@ -298,10 +308,15 @@ def _job_spec(
 
 
 def _labels(template: JobTemplate, run_id: str | None) -> dict[str, str]:
-    labels = {**APP_LABELS, "app.kubernetes.io/managed-by": template.managed_by}
+    labels = {**APP_LABELS, MANAGED_BY_LABEL: template.managed_by}
     if run_id:
         labels[RUN_LABEL] = run_id
     return labels
+
+
+def run_labels(template: JobTemplate, run_id: str) -> dict[str, str]:
+    """The labels of a run's Job and Service: what marks them as this controller's, of this run."""
+    return _labels(template, run_id)
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
@@ -315,6 +330,8 @@ def render_run(
     """The objects the controller creates for a run: its Job, plus a headless Service when multi-node.
 
     The Job's only argument is the spec URI: the controller wrote the spec there before creating it.
+    The URI holds the user's output prefix, so it is escaped for Kubernetes' `$(VAR)` expansion; the
+    annotation is not expanded and keeps it as it is.
     """
     name = job_name(run_id)
     labels = _labels(template, run_id)
@@ -327,7 +344,12 @@ def render_run(
             name=name, namespace=template.namespace, labels=labels, annotations={SPEC_ANNOTATION: spec_uri}
         ),
         spec=_job_spec(
-            template, resources, labels, [spec_uri], _container_env(template, resources, master, []), svc
+            template,
+            resources,
+            labels,
+            [literal(spec_uri)],
+            _container_env(template, resources, master, []),
+            svc,
         ),
     )
     docs = [to_dict(job)]
@@ -366,7 +388,7 @@ def _kubectl_pod(template: JobTemplate, gpus: int, runs_uri: str) -> tuple[k8s.V
     extra = [run_id, _env("RUNS_URI", runs_uri)]
     resources = Resources(gpus_per_node=gpus, nodes=1)
     env = _container_env(template, resources, "127.0.0.1", extra)
-    # $(VAR) is expanded by Kubernetes from the container's env
+    # $(VAR) is expanded by Kubernetes from the container's env, on purpose here (RUNS_URI is escaped)
     spec = _job_spec(template, resources, labels, ["$(RUNS_URI)/$(RUN_ID)/spec.json"], env, None)
     return spec, labels
 

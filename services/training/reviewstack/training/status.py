@@ -22,6 +22,11 @@ def run_prefix(run_id: str) -> str:
     return f"runs/{run_id}"
 
 
+def spec_key(run_id: str) -> str:
+    """Where a run's spec lives: written once, when the run id is first submitted."""
+    return f"{run_prefix(run_id)}/spec.json"
+
+
 @dataclass(frozen=True)
 class JobStatus:
     """The parsed status.json; `state` is "" when the job has not written one yet."""

@@ -5,6 +5,11 @@ The Job does its own retries (backoffLimit, podFailurePolicy), so this launcher 
 and deletes it. The controller's service account needs get/create/delete on jobs (batch) and services
 in its namespace. Re-submitting a finished run replaces its old Job; the run itself resumes from its
 checkpoints in the store.
+
+It deletes only what it made: a Job or Service is read first and deleted only when its labels name
+this controller (managed-by), review-stack's training job (name, component) and this run (run-id),
+with uid and resourceVersion preconditions so an object replaced in between is left alone. Anything
+else under the name a run needs is refused (FAILED_PRECONDITION) with what to do.
 """
 
 from __future__ import annotations
@@ -13,11 +18,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kubernetes import client as k8s
+
 from reviewstack.common import errors
 from reviewstack.common.logging import get_logger
 from reviewstack.common.runspec import TrainSpec
 from reviewstack.training.launchers import LaunchState
-from reviewstack.training.manifests import JOB_NAME_LABEL, JobTemplate, job_name, render_run
+from reviewstack.training.manifests import (
+    APP_LABELS,
+    JOB_NAME_LABEL,
+    RUN_LABEL,
+    JobTemplate,
+    job_name,
+    render_run,
+    run_labels,
+)
 from reviewstack.training.preflight import check_cluster_run
 from reviewstack.training.settings import LauncherSettings
 from reviewstack.training.specs import Resources
@@ -26,6 +41,7 @@ log = get_logger(__name__)
 _NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 _DELETE_WAIT_S = 60.0
 _RETRY_S = 1.0  # between reads while Kubernetes deletes an old Job or Service
+_TRIES = 5  # reads and deletes of a Job that changes under us (status updates, another controller)
 
 
 def job_state(job: Any) -> LaunchState:
@@ -106,34 +122,74 @@ class KubernetesLauncher:
         )
 
     def launch(self, spec: TrainSpec, spec_uri: str, resources: Resources) -> None:
-        batch, _ = self._apis()
         docs = render_run(spec.run_id, spec_uri, self.template, resources)
         job, service = docs[0], (docs[1] if len(docs) > 1 else None)
-        name = job["metadata"]["name"]
-        try:
-            created = batch.create_namespaced_job(self.namespace, job)
-        except Exception as exc:
-            if _status(exc) != 409:
-                raise _api_error(exc, f"create Job {name}") from None
-            self._replace_finished(name)
-            created = _call(lambda: batch.create_namespaced_job(self.namespace, job), f"create Job {name}")
+        created = self._create_job(spec.run_id, job)
         if service is not None:
             # owned by the Job: deleting the Job (cancel, TTL) deletes its Service too
             service["metadata"]["ownerReferences"] = [
                 {
                     "apiVersion": "batch/v1",
                     "kind": "Job",
-                    "name": name,
+                    "name": created.metadata.name,
                     "uid": created.metadata.uid,
                     "controller": True,
                 }
             ]
-            self._create_service(service)
-        log.info("job created", run_id=spec.run_id, job=name, namespace=self.namespace, nodes=resources.nodes)
+            try:
+                self._create_service(spec.run_id, service)
+            except errors.ReviewStackError:
+                self._take_back(created)
+                raise
+        log.info(
+            "job created",
+            run_id=spec.run_id,
+            job=job_name(spec.run_id),
+            namespace=self.namespace,
+            nodes=resources.nodes,
+        )
 
-    def _create_service(self, service: dict[str, Any]) -> None:
+    def _create_job(self, run_id: str, body: dict[str, Any]) -> Any:
+        """Create the run's Job; a finished Job of the same run (a resubmission) is replaced, an active
+        one refused. Kubernetes' unique names make this the arbiter between two controllers: only one
+        create wins, and the delete preconditions never remove a Job another controller just made."""
+        batch, _ = self._apis()
+        name = body["metadata"]["name"]
+        for _attempt in range(_TRIES):
+            try:
+                return batch.create_namespaced_job(self.namespace, body)
+            except Exception as exc:
+                if _status(exc) != 409:
+                    raise _api_error(exc, f"create Job {name}") from None
+            existing = self._read("Job", name, batch.read_namespaced_job)
+            if existing is None:
+                continue  # deleted since our create: try again
+            self._check_deletable("Job", existing, run_id)
+            if not job_state(existing).terminal:
+                raise errors.FailedPrecondition(
+                    f"Job {name} of this run is still active in namespace {self.namespace} (started by "
+                    "this or another controller); cancel it first, or follow it with GetRun/WatchRun"
+                )
+            if self._delete_exactly("Job", existing, batch.delete_namespaced_job):
+                self._wait_gone("Job", existing, batch.read_namespaced_job)
+        raise errors.Unavailable(
+            f"Job {name} in namespace {self.namespace} kept being replaced while this run was submitted "
+            f"(another controller?); see `kubectl get job -n {self.namespace} {name}` and submit again"
+        )
+
+    def _take_back(self, job: Any) -> None:
+        """Delete the Job just created (by uid: its status may have moved on) when its Service could not
+        be made: a multi-node Job without one never rendezvouses. The error that led here is the one
+        the caller sees, so a failure of this delete is only logged."""
+        batch, _ = self._apis()
+        try:
+            self._delete_exactly("Job", job, batch.delete_namespaced_job, uid_only=True)
+        except errors.ReviewStackError as exc:
+            log.warning("cannot delete the Job whose Service failed", job=job.metadata.name, error=str(exc))
+
+    def _create_service(self, run_id: str, service: dict[str, Any]) -> None:
         """Create the rendezvous Service, replacing one left by an earlier Job of the same run (its
-        garbage collection may be racing us, hence the retries)."""
+        garbage collection may be racing us, hence the retries); one that is not ours is refused."""
         _, core = self._apis()
         name = service["metadata"]["name"]
         for _attempt in range(10):
@@ -143,57 +199,119 @@ class KubernetesLauncher:
             except Exception as exc:
                 if _status(exc) != 409:
                     raise _api_error(exc, f"create Service {name}") from None
-            try:
-                core.delete_namespaced_service(name, self.namespace)
-            except Exception as exc:
-                if _status(exc) != 404:
-                    raise _api_error(exc, f"replace Service {name}") from None
+            existing = self._read("Service", name, core.read_namespaced_service)
+            if existing is not None:
+                self._check_deletable("Service", existing, run_id)
+                self._delete_exactly("Service", existing, core.delete_namespaced_service)
             time.sleep(_RETRY_S)
         raise errors.Unavailable(f"Service {name} of an earlier run is still being deleted; submit again")
 
-    def _replace_finished(self, name: str) -> None:
-        """A Job of this name exists: delete it if it has finished (a resubmitted run), else refuse."""
-        batch, _ = self._apis()
-        existing = _call(lambda: batch.read_namespaced_job(name, self.namespace), f"read Job {name}")
-        if not job_state(existing).terminal:
-            raise errors.FailedPrecondition(
-                f"Job {name} of this run is still active in namespace {self.namespace}; cancel it first"
-            )
-        _call(
-            lambda: batch.delete_namespaced_job(name, self.namespace, propagation_policy="Background"),
-            f"delete the finished Job {name}",
-        )
-        deadline = time.monotonic() + _DELETE_WAIT_S
-        while time.monotonic() < deadline:
-            try:
-                batch.read_namespaced_job(name, self.namespace)
-            except Exception as exc:
-                if _status(exc) == 404:
-                    return
-                raise _api_error(exc, f"read Job {name}") from None
-            time.sleep(_RETRY_S)
-        raise errors.Unavailable(f"the finished Job {name} is still being deleted; submit again in a minute")
-
     def poll(self, run_id: str) -> LaunchState | None:
+        """The state of the run's Job; None when there is none. A Job by that name that is not a
+        review-stack training Job of this run is an error, not a state: reporting it would let another
+        workload's success or failure pass for this run's, and None would let a submission go on to a
+        name it cannot use."""
         batch, _ = self._apis()
-        name = job_name(run_id)
-        try:
-            job = batch.read_namespaced_job(name, self.namespace)
-        except Exception as exc:
-            if _status(exc) == 404:
-                return None
-            raise _api_error(exc, f"read Job {name}") from None
+        job = self._read("Job", job_name(run_id), batch.read_namespaced_job)
+        if job is None:
+            return None
+        if not is_run_job(job, run_id):
+            raise errors.FailedPrecondition(
+                f"{self._describe('Job', job)} is not a review-stack training Job of run {run_id} "
+                f"(labels {_shown(job.metadata.labels)}) but has the name this run's Job needs; "
+                f"delete it if it is a leftover ({self._delete_hint('Job', job)}), or use another run_id"
+            )
         return job_state(job)
 
     def cancel(self, run_id: str) -> None:
-        """Delete the Job: its pods get SIGTERM and the termination grace to save a checkpoint."""
+        """Delete the Job: its pods get SIGTERM and the termination grace to save a checkpoint. Only a
+        Job this controller made for this run is deleted, and only the one just read."""
         batch, _ = self._apis()
         name = job_name(run_id)
+        for _attempt in range(_TRIES):
+            job = self._read("Job", name, batch.read_namespaced_job)
+            if job is None:
+                return
+            self._check_deletable("Job", job, run_id)
+            if self._delete_exactly("Job", job, batch.delete_namespaced_job):
+                return
+        raise errors.Unavailable(f"Job {name} kept changing while being cancelled; cancel it again")
+
+    # ---- object helpers ---------------------------------------------------------------------------------
+    def _read(self, kind: str, name: str, read: Any) -> Any:
+        """The object, or None when there is none."""
         try:
-            batch.delete_namespaced_job(name, self.namespace, propagation_policy="Background")
+            return read(name, self.namespace)
         except Exception as exc:
-            if _status(exc) != 404:
-                raise _api_error(exc, f"delete Job {name}") from None
+            if _status(exc) == 404:
+                return None
+            raise _api_error(exc, f"read {kind} {name}") from None
+
+    def _check_deletable(self, kind: str, obj: Any, run_id: str) -> None:
+        """Refuse to touch an object unless its labels say this controller made it for this run."""
+        labels = obj.metadata.labels or {}
+        wrong = [
+            f"{key}={labels.get(key, '<unset>')} (expected {value})"
+            for key, value in run_labels(self.template, run_id).items()
+            if labels.get(key) != value
+        ]
+        if wrong:
+            raise errors.FailedPrecondition(
+                f"{self._describe(kind, obj)} was not made by this controller for run {run_id}: "
+                f"{', '.join(wrong)}. The controller deletes only its own objects; delete it yourself if "
+                f"it is a leftover ({self._delete_hint(kind, obj)}), or submit under another run_id"
+            )
+
+    def _delete_exactly(self, kind: str, obj: Any, delete: Any, *, uid_only: bool = False) -> bool:
+        """Delete this very object: preconditions on its uid and resourceVersion make the API refuse
+        (409) if it was replaced or changed since it was read. False when it changed or is gone."""
+        meta = obj.metadata
+        version = None if uid_only else meta.resource_version
+        options = k8s.V1DeleteOptions(
+            propagation_policy="Background",
+            preconditions=k8s.V1Preconditions(uid=meta.uid, resource_version=version),
+        )
+        try:
+            delete(meta.name, self.namespace, body=options)
+            return True
+        except Exception as exc:
+            if _status(exc) in (404, 409):
+                return False
+            raise _api_error(exc, f"delete {kind} {meta.name}") from None
+
+    def _wait_gone(self, kind: str, obj: Any, read: Any) -> None:
+        """Wait until the deleted object is gone (or replaced: the next create then sorts it out)."""
+        name, uid = obj.metadata.name, obj.metadata.uid
+        deadline = time.monotonic() + _DELETE_WAIT_S
+        while time.monotonic() < deadline:
+            current = self._read(kind, name, read)
+            if current is None or current.metadata.uid != uid:
+                return
+            time.sleep(_RETRY_S)
+        raise errors.Unavailable(
+            f"the finished {kind} {name} is still being deleted; submit again in a minute"
+        )
+
+    def _describe(self, kind: str, obj: Any) -> str:
+        return f"{kind} {obj.metadata.name} in namespace {self.namespace}"
+
+    def _delete_hint(self, kind: str, obj: Any) -> str:
+        return f"kubectl delete {kind.lower()} -n {self.namespace} {obj.metadata.name}"
+
+
+def is_run_job(job: Any, run_id: str) -> bool:
+    """Whether a Job is a review-stack training Job of `run_id`: one the controller made (its run-id
+    label), or one made from charts/training-job-kubectl (no run-id label: its name is the run id)."""
+    labels = job.metadata.labels or {}
+    if any(labels.get(key) != value for key, value in APP_LABELS.items()):
+        return False
+    if RUN_LABEL in labels:
+        return labels[RUN_LABEL] == run_id
+    return job.metadata.name == run_id
+
+
+def _shown(labels: dict[str, str] | None) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted((labels or {}).items())) or "none"
 
 
 def _own_namespace() -> str:
@@ -205,13 +323,6 @@ def _own_namespace() -> str:
 
 def _status(exc: Exception) -> int | None:
     return getattr(exc, "status", None)
-
-
-def _call(fn: Any, what: str) -> Any:
-    try:
-        return fn()
-    except Exception as exc:
-        raise _api_error(exc, what) from None
 
 
 def _api_error(exc: Exception, what: str) -> errors.ReviewStackError:

@@ -10,11 +10,17 @@ A crash (any exit status but 0 and 2) restarts the process up to `local_max_rest
 resumes from its latest complete checkpoint. Supported: one machine, any number of its GPUs.
 Not supported: several nodes (use the kubernetes launcher), runs surviving a restart of this process
 (the process keeps running, but this launcher no longer follows it).
+
+One process per run on this machine, whoever started it: a run holds an exclusive lock
+(`<log dir>/<run-id>.lock`, flock) from launch to its end, and its processes inherit it, so it stays
+held while they live even if the controller that started them is gone. Another controller sharing the
+log folder sees the run as running (poll) and refuses to start it again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -35,6 +41,8 @@ from reviewstack.training.settings import LauncherSettings
 from reviewstack.training.specs import Resources
 
 log = get_logger(__name__)
+_KEEP_FINISHED = 1000
+_LOCK_WAIT_S = 5.0  # for the processes of a run that just ended to die and drop the run's lock
 
 
 @dataclass
@@ -46,6 +54,7 @@ class _Process:
     spec_uri: str
     log_path: Path
     marker: Path
+    lock_fd: int = -1  # the run's lock, held by this launcher until the run ends (and by the job)
     proc: subprocess.Popen[bytes] | None = None
     attempts: int = 0
     exit_code: int | None = None
@@ -114,12 +123,62 @@ class LocalLauncher:
                     f"cannot create the log folder {log_path.parent}: {exc.strerror}; "
                     "set REVIEWSTACK_LOCAL_LOG_DIR to a writable folder"
                 ) from exc
+            # the processes of our own ended run may take a moment to die and drop the lock
+            lock_fd = self._take_lock(run_id, wait_s=_LOCK_WAIT_S if current is not None else 0.0)
             marker = log_path.with_suffix(".exit-2")
             command, env = self._command_for(spec_uri, resources, marker)
-            run = _Process(command=command, env=env, spec_uri=spec_uri, log_path=log_path, marker=marker)
+            run = _Process(
+                command=command, env=env, spec_uri=spec_uri, log_path=log_path, marker=marker, lock_fd=lock_fd
+            )
             self._runs[run_id] = run
+            self._forget_finished()
         with run.lock:
             self._start(run_id, run)
+
+    def _forget_finished(self) -> None:
+        """Keep at most _KEEP_FINISHED ended runs (each holds its command and environment); a forgotten
+        one polls as unknown, which is what the controller reads for a run it no longer follows.
+        Called with self._lock held."""
+        ended = [run_id for run_id, run in self._runs.items() if run.final is not None]
+        for run_id in ended[: max(0, len(ended) - _KEEP_FINISHED)]:
+            del self._runs[run_id]
+
+    def _lock_path(self, run_id: str) -> Path:
+        return self._log_path(run_id).with_suffix(".lock")
+
+    def _take_lock(self, run_id: str, wait_s: float = 0.0) -> int:
+        """The run's lock, waiting at most `wait_s`; FailedPrecondition while another process holds it."""
+        path = self._lock_path(run_id)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise FailedPrecondition(
+                f"cannot open the run's lock {path}: {exc.strerror}; set REVIEWSTACK_LOCAL_LOG_DIR to a "
+                "writable folder"
+            ) from exc
+        deadline = time.monotonic() + wait_s
+        while not _try_flock(fd):
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise FailedPrecondition(
+                    f"run {run_id} is already running on this machine, started by another controller "
+                    f"(its processes hold {path}; `fuser -v {path}` lists them); stop it there, or submit "
+                    "under another run_id"
+                )
+            time.sleep(0.05)
+        return fd
+
+    def _held_elsewhere(self, run_id: str) -> bool:
+        """Whether a process this launcher does not follow holds the run's lock (a run of another
+        controller on this machine, or one that outlived the controller that started it)."""
+        try:
+            fd = os.open(self._lock_path(run_id), os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            return not _try_flock(fd)
+        finally:
+            os.close(fd)  # closing drops the lock if we took it
 
     def _command_for(
         self, spec_uri: str, resources: Resources, marker: Path
@@ -153,9 +212,10 @@ class LocalLauncher:
                     stdin=subprocess.DEVNULL,
                     env=run.env,
                     start_new_session=True,  # its own process group: signalled as one, spared our Ctrl-C
+                    pass_fds=(run.lock_fd,),  # the job holds the run's lock while it lives
                 )
             except OSError as exc:
-                run.final = LaunchState("failed", f"cannot start {run.command[0]}: {exc}", run.attempts)
+                self._end(run, LaunchState("failed", f"cannot start {run.command[0]}: {exc}", run.attempts))
                 raise FailedPrecondition(f"cannot start the training job ({run.command[0]}): {exc}") from exc
         log.info(
             "local run started", run_id=run_id, pid=run.proc.pid, attempt=run.attempts, log=str(run.log_path)
@@ -164,6 +224,9 @@ class LocalLauncher:
     def poll(self, run_id: str) -> LaunchState | None:
         run = self._runs.get(run_id)
         if run is None:
+            if self._held_elsewhere(run_id):
+                lock = self._lock_path(run_id)
+                return LaunchState("running", f"running in processes this controller did not start ({lock})")
             return None
         with run.lock:
             if run.final is not None:
@@ -175,15 +238,17 @@ class LocalLauncher:
             run.exit_code = code
             _signal_group(run.proc, signal.SIGKILL)  # what the attempt left behind must free its GPUs
             if run.cancelled:
-                run.final = LaunchState("cancelled", "cancelled; checkpoints are kept", run.attempts, code)
+                self._end(
+                    run, LaunchState("cancelled", "cancelled; checkpoints are kept", run.attempts, code)
+                )
             elif code == 0:
-                run.final = LaunchState("succeeded", "", run.attempts, 0)
+                self._end(run, LaunchState("succeeded", "", run.attempts, 0))
             elif code == BAD_INPUT_EXIT:
                 reason = _last_line(run.log_path)
                 message = "the training job refused its spec or input (exit status 2)" + (
                     f": {reason}" if reason else ""
                 )
-                run.final = LaunchState("failed", message, run.attempts, code, True)
+                self._end(run, LaunchState("failed", message, run.attempts, code, True))
             elif run.attempts <= self.settings.local_max_restarts:
                 log.warning(
                     "local run crashed; restarting", run_id=run_id, exit_code=code, attempt=run.attempts
@@ -193,21 +258,34 @@ class LocalLauncher:
                 return LaunchState("running", f"restarted after exit status {code}", run.attempts, code)
             else:
                 reason = _last_line(run.log_path)
-                run.final = LaunchState(
-                    "failed",
-                    f"crashed {run.attempts} times (last exit status {code}"
-                    + (f": {reason}" if reason else "")
-                    + ")",
-                    run.attempts,
-                    code,
+                message = f"crashed {run.attempts} times (last exit status {code}"
+                self._end(
+                    run,
+                    LaunchState(
+                        "failed", message + (f": {reason}" if reason else "") + ")", run.attempts, code
+                    ),
                 )
             return run.final
+
+    @staticmethod
+    def _end(run: _Process, state: LaunchState) -> None:
+        """Record how the run ended and let go of its lock (what is left of its processes drops theirs
+        as they die). Called with run.lock held."""
+        run.final = state
+        if run.lock_fd >= 0:
+            os.close(run.lock_fd)
+            run.lock_fd = -1
 
     def cancel(self, run_id: str, grace_s: float | None = None) -> None:
         """SIGTERM to the run's process group, SIGKILL after the grace period (default cancel_grace_s);
         returns once it is gone. A second call with grace_s=0 kills a run still saving its checkpoint."""
         run = self._runs.get(run_id)
         if run is None:
+            if self._held_elsewhere(run_id):
+                raise FailedPrecondition(
+                    f"run {run_id} runs in processes this controller did not start; stop it from the "
+                    f"controller that did (`fuser -v {self._lock_path(run_id)}` lists them)"
+                )
             return
         with run.lock:
             if run.final is not None or run.proc is None:
@@ -226,6 +304,15 @@ class LocalLauncher:
     def _append(self, run: _Process, line: str) -> None:
         with open(run.log_path, "ab") as out:
             out.write(line.encode())
+
+
+def _try_flock(fd: int) -> bool:
+    """Take an exclusive flock on `fd` without waiting; False while another open file holds one."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
