@@ -105,7 +105,9 @@ def start_stack(stack: Stack, token: str, tmp_path: Path) -> tuple[ArtifactStore
         ports=(8080,),
     )
     stack.run("dataprep", IMAGES["dataprep"], env=inside, ports=(GRPC,))
-    stack.run("training", IMAGES["training"], env=inside, ports=(GRPC,))
+    # runs may train only base models under the roots the operator lists: here the image's embedded one
+    model_roots = {"REVIEWSTACK_BASE_MODEL_ROOTS": json.dumps([str(Path(EMBEDDED_MODEL).parent)])}
+    stack.run("training", IMAGES["training"], env={**inside, **model_roots}, ports=(GRPC,))
     stack.run("evaluation", IMAGES["evaluation"], env=inside, ports=(GRPC,))
     engine_port = generation.ports[8080]
     wait_for("the generation engine", lambda: _http_status(engine_port, "/health") == 200, generation, 300)

@@ -19,19 +19,38 @@ from reviewstack.v1 import dataprep_pb2, dataprep_pb2_grpc, operations_pb2
 
 from ..conftest import service_process
 from .conftest import SAMPLE, copy_papers, sample_ids
+from .test_distill_llm import GOOD, _Endpoint
 
 TOKEN = "test-token-123"
 BIN = Path(sys.executable).parent
 
 
+LLM_KEY = "sk-distiller-key-from-a-secret"
+
+
 @pytest.fixture(scope="module")
-def server(s3_server, tmp_path_factory):
+def llm_endpoint():
+    """An OpenAI-compatible endpoint the operator configured under the name "stub", key in a file."""
+    endpoint = _Endpoint([GOOD])
+    yield endpoint
+    endpoint.close()
+
+
+@pytest.fixture(scope="module")
+def server(s3_server, tmp_path_factory, llm_endpoint):
     store = "s3://dataprep-test/store"
     log = tmp_path_factory.mktemp("dataprep") / "server.log"
+    # raw inputs may come from the bundled sample and from the tests' own temp folders, nowhere else
+    roots = [str(SAMPLE.parent), str(tmp_path_factory.getbasetemp())]
+    key_file = tmp_path_factory.mktemp("secrets") / "api-key"
+    key_file.write_text(LLM_KEY + "\n")
+    endpoints = {"stub": {"url": llm_endpoint.url, "model": "distiller-7b", "api_key_file": str(key_file)}}
     env = {
         **os.environ,
+        "REVIEWSTACK_LLM_ENDPOINTS": json.dumps(endpoints),
         **s3_server.env(),
         "REVIEWSTACK_STORE": store,
+        "REVIEWSTACK_READ_ONLY_ROOTS": json.dumps(roots),
         "REVIEWSTACK_AUTH_TOKEN": TOKEN,
         "REVIEWSTACK_LOG_FORMAT": "json",
     }
@@ -109,7 +128,11 @@ def test_bad_inputs_are_reported_in_the_operation_result(server, tmp_path):
 @pytest.mark.parametrize(
     "request_fields, code, message",
     [
-        ({"sources": ["/nonexistent/folder"], "name": "x"}, grpc.StatusCode.NOT_FOUND, "does not exist"),
+        (
+            {"sources": [str(SAMPLE.parent / "nonexistent")], "name": "x"},
+            grpc.StatusCode.NOT_FOUND,
+            "does not exist",
+        ),
         ({"sources": [str(SAMPLE)], "name": "Bad Name"}, grpc.StatusCode.INVALID_ARGUMENT, "name"),
         (
             {"sources": [str(SAMPLE)], "name": "x", "paper_version": 0},
@@ -117,9 +140,9 @@ def test_bad_inputs_are_reported_in_the_operation_result(server, tmp_path):
             "paper_version is required",
         ),
         (
-            {"sources": [str(SAMPLE)], "name": "x", "output": "/dev/null/store"},
-            grpc.StatusCode.FAILED_PRECONDITION,
-            "/dev/null",
+            {"sources": [str(SAMPLE)], "name": "x", "split": dataprep_pb2.SplitSpec(train=float("nan"))},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "finite",
         ),
     ],
 )
@@ -148,7 +171,7 @@ def test_cli_server_mode_builds_and_prints_the_summary(server, tmp_path):
             "--paper-version",
             "late",
             "--out",
-            "s3://dataprep-test/cli",
+            "s3://dataprep-test/store/cli",
             "--name",
             "cli",
             "--json",
@@ -161,4 +184,102 @@ def test_cli_server_mode_builds_and_prints_the_summary(server, tmp_path):
     assert run.returncode == 0, run.stderr
     summary = json.loads(run.stdout)
     assert summary["counts"]["records"] == 3
-    assert summary["manifest"].startswith("s3://dataprep-test/cli/datasets/cli/")
+    assert summary["manifest"].startswith("s3://dataprep-test/store/cli/datasets/cli/")
+
+
+# -- what a request may point the server at ----------------------------------------------------------
+@pytest.mark.parametrize(
+    "fields, words",
+    [
+        ({"sources": ["/etc"]}, "sources[0] '/etc' is outside"),
+        ({"sources": ["s3://another-bucket/raw"]}, "outside"),
+        ({"sources": ["file:///usr/share"]}, "outside"),
+        ({"sources": [str(SAMPLE), "../../etc"]}, "sources[1]"),
+        ({"output": "s3://another-bucket/store"}, "output"),
+        ({"output": "s3://dataprep-test/store2"}, "outside"),  # a sibling prefix is not inside
+        ({"output": "/tmp/elsewhere"}, "outside"),
+    ],
+)
+def test_a_request_cannot_name_a_place_outside_the_store(server, fields, words):
+    _, stub = _stub(server["target"])
+    request = _request([SAMPLE], name="escape", **{k: v for k, v in fields.items() if k != "sources"})
+    if "sources" in fields:
+        del request.sources[:]
+        request.sources.extend(fields["sources"])
+    with pytest.raises(grpc.RpcError) as info:
+        stub.BuildDataset(request, timeout=60)
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED, info.value.details()
+    assert words in info.value.details()
+
+
+def test_a_symlink_out_of_a_read_only_root_is_refused(server, tmp_path):
+    escape = tmp_path / "escape"
+    escape.symlink_to("/usr/share", target_is_directory=True)
+    _, stub = _stub(server["target"])
+    with pytest.raises(grpc.RpcError) as info:
+        stub.BuildDataset(_request([escape], name="escape"), timeout=60)
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_listing_and_reading_stay_in_the_store(server, tmp_path):
+    """GetDataset(store=...) once read a manifest from anywhere and wrote hash records there."""
+    elsewhere = tmp_path / "other-store"
+    other = open_store(str(elsewhere))
+    with other.publish("datasets/x/v1") as pub:
+        pub.put_bytes("train.jsonl", b"{}\n")
+        pub.manifest.update({"kind": "dataset", "name": "x", "version": "v1"})
+    before = sorted(p.relative_to(elsewhere) for p in elsewhere.rglob("*"))
+    _, stub = _stub(server["target"])
+    for call in (
+        lambda: stub.GetDataset(
+            dataprep_pb2.GetDatasetRequest(store=str(elsewhere), name="x", version="v1"), timeout=30
+        ),
+        lambda: stub.ListDatasets(dataprep_pb2.ListDatasetsRequest(store=str(elsewhere)), timeout=30),
+        lambda: stub.ListDatasets(dataprep_pb2.ListDatasetsRequest(store="s3://another-bucket"), timeout=30),
+    ):
+        with pytest.raises(grpc.RpcError) as info:
+            call()
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert sorted(p.relative_to(elsewhere) for p in elsewhere.rglob("*")) == before  # nothing written
+    with pytest.raises(grpc.RpcError) as info:
+        stub.GetDataset(dataprep_pb2.GetDatasetRequest(name="x/../..", version="v1"), timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize(
+    "distiller, tokenizer, code, words",
+    [
+        ("http://10.0.0.1:8000/v1", "", grpc.StatusCode.INVALID_ARGUMENT, "looks like a URL"),
+        ("gpt-of-my-choosing", "", grpc.StatusCode.NOT_FOUND, "configured: stub"),
+        (None, "/etc", grpc.StatusCode.INVALID_ARGUMENT, "looks like a path"),
+        (None, "unknown", grpc.StatusCode.NOT_FOUND, "no tokenizer named"),
+    ],
+)
+def test_endpoints_and_tokenizers_are_picked_by_name_only(server, distiller, tokenizer, code, words):
+    _, stub = _stub(server["target"])
+    request = _request([SAMPLE], name="named", tokenizer=tokenizer)
+    if distiller is not None:
+        request.distiller.kind = dataprep_pb2.DistillerSpec.KIND_LLM
+        request.distiller.endpoint = distiller
+    with pytest.raises(grpc.RpcError) as info:
+        stub.BuildDataset(request, timeout=60)
+    assert info.value.code() == code
+    assert words in info.value.details()
+
+
+def test_the_llm_distiller_calls_the_named_endpoint_with_its_own_key(server, llm_endpoint, tmp_path):
+    source = copy_papers(tmp_path / "src", sample_ids()[:2])
+    channel, stub = _stub(server["target"])
+    request = _request([source], name="by-name")
+    request.distiller.kind = dataprep_pb2.DistillerSpec.KIND_LLM
+    request.distiller.endpoint = "stub"
+    operation = stub.BuildDataset(request, timeout=60)
+    final = wait_operation(channel, operation.id, timeout=600)
+    assert final.state == operations_pb2.OPERATION_STATE_SUCCEEDED, final.error.message
+    calls = [r for r in llm_endpoint.requests if r["body"]["model"] == "distiller-7b"]
+    assert len(calls) == 2 and {c["auth"] for c in calls} == {f"Bearer {LLM_KEY}"}
+    result = dataprep_pb2.BuildDatasetResult()
+    final.result.Unpack(result)
+    manifest = server["store"].read_manifest(f"datasets/by-name/{result.version}")
+    assert LLM_KEY not in json.dumps(manifest)  # the key is never recorded
+    assert manifest["distiller"]["model"] == "distiller-7b"

@@ -75,7 +75,15 @@ def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(store_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    env = {**os.environ, "REVIEWSTACK_STORE": str(store_dir), "REVIEWSTACK_AUTH_TOKEN": TOKEN}
+    judges = {"judge": {"url": "http://127.0.0.1:9/v1", "model": "judge-70b"}}
+    env = {
+        **os.environ,
+        "REVIEWSTACK_STORE": str(store_dir),
+        "REVIEWSTACK_AUTH_TOKEN": TOKEN,
+        "REVIEWSTACK_LLM_ENDPOINTS": json.dumps(judges),
+        "REVIEWSTACK_MAX_BOOTSTRAP": "5000",
+        "REVIEWSTACK_MAX_SYSTEMS": "4",
+    }
     log = tmp_path_factory.mktemp("evaluation-log") / "server.log"
     with service_process("reviewstack-evaluation", SERVICE, env, log) as target:
         yield target
@@ -144,7 +152,7 @@ def test_compare_reports_the_pairwise_comparison(server: str, store_dir: Path) -
     [
         ([("nope", "reviews/nope")], "datasets/gt/v1", "", grpc.StatusCode.NOT_FOUND, "nope"),
         ([("ours", "reviews/ours")], "datasets/none/v9", "", grpc.StatusCode.NOT_FOUND, "datasets/none/v9"),
-        ([("ours", "reviews/ours")], "datasets/gt/v1", "llm", grpc.StatusCode.INVALID_ARGUMENT, "judge"),
+        ([("ours", "reviews/ours")], "datasets/gt/v1", "llm", grpc.StatusCode.INVALID_ARGUMENT, "the judge"),
         ([("a", "reviews/ours")] * 2, "datasets/gt/v1", "", grpc.StatusCode.INVALID_ARGUMENT, "distinct"),
         ([], "datasets/gt/v1", "", grpc.StatusCode.INVALID_ARGUMENT, "systems"),
     ],
@@ -204,3 +212,46 @@ def test_cli_match_pairs_two_lists(tmp_path: Path) -> None:
     bad.write_text('{"not": "a list"}')
     refused = _cli("match", "--generated", str(bad), "--reference", str(reference))
     assert refused.returncode == 2 and "list of strings" in refused.stderr
+
+
+# -- what a request may point the server at, and how much work it may ask for -----------------------
+@pytest.mark.parametrize(
+    ("field", "value", "code", "words"),
+    [
+        ("system", "/etc", grpc.StatusCode.PERMISSION_DENIED, "system 'ours' '/etc' is outside"),
+        ("system", "s3://another-bucket/reviews/ours", grpc.StatusCode.PERMISSION_DENIED, "outside"),
+        ("system", "../../../etc", grpc.StatusCode.PERMISSION_DENIED, "outside"),
+        ("system", "reviews/../../etc", grpc.StatusCode.INVALID_ARGUMENT, "'..' segment"),
+        ("human", "/usr/share", grpc.StatusCode.PERMISSION_DENIED, "human"),
+        ("output", "/tmp/elsewhere", grpc.StatusCode.PERMISSION_DENIED, "output"),
+        ("output", "s3://another-bucket/x", grpc.StatusCode.PERMISSION_DENIED, "output"),
+        ("bootstrap", 5001, grpc.StatusCode.INVALID_ARGUMENT, "bootstrap must be within [0, 5000]"),
+        ("bootstrap", -1, grpc.StatusCode.INVALID_ARGUMENT, "bootstrap"),
+        ("systems", 5, grpc.StatusCode.INVALID_ARGUMENT, "at most 4"),
+        ("judge", "http://169.254.169.254/v1", grpc.StatusCode.INVALID_ARGUMENT, "looks like a URL"),
+        ("judge", "mine", grpc.StatusCode.NOT_FOUND, "configured: judge"),
+    ],
+)  # fmt: skip
+def test_a_request_stays_inside_the_store_and_its_limits(server, store_dir, field, value, code, words):
+    request = evaluation_pb2.EvaluateRequest(
+        systems=[evaluation_pb2.SystemRef(name="ours", uri="reviews/ours")], human="datasets/gt/v1"
+    )
+    if field == "system":
+        request.systems[0].uri = value
+    elif field == "systems":
+        del request.systems[:]
+        request.systems.extend(
+            evaluation_pb2.SystemRef(name=f"s{i}", uri="reviews/ours") for i in range(value)
+        )
+    elif field == "judge":
+        request.matcher = "llm"
+        request.judge.endpoint = value
+    else:
+        setattr(request, field, value)
+    before = sorted(p.relative_to(store_dir) for p in store_dir.rglob("*"))
+    with make_channel(server, TOKEN) as channel, pytest.raises(grpc.RpcError) as caught:
+        evaluation_pb2_grpc.EvaluationStub(channel).Evaluate(request, timeout=60)
+    assert caught.value.code() == code, caught.value.details()
+    assert words in caught.value.details()
+    assert not Path("/tmp/elsewhere").exists()
+    assert sorted(p.relative_to(store_dir) for p in store_dir.rglob("*")) == before

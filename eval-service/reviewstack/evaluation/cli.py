@@ -28,12 +28,21 @@ SystemsOpt = Annotated[
 HumanOpt = Annotated[
     str, typer.Option(help="data-prep dataset folder (ground_truth.jsonl): store URI or path")
 ]
-OutOpt = Annotated[str, typer.Option("--out", help="store URI or directory for evaluations/<eval-id>/")]
+OutOpt = Annotated[
+    str,
+    typer.Option(
+        "--out", help="store URI or directory for evaluations/<eval-id>/ (with --server: default its store)"
+    ),
+]
 MatcherOpt = Annotated[str, typer.Option(help="embedded (no LLM, no network) or llm")]
 JudgeEndpointOpt = Annotated[
-    str, typer.Option(help="OpenAI-compatible base URL of the judge (--matcher llm)")
+    str,
+    typer.Option(
+        help="--matcher llm: the judge's OpenAI-compatible base URL; with --server, the name of an endpoint "
+        "its operator configured (default: the server's judge)"
+    ),
 ]
-JudgeModelOpt = Annotated[str, typer.Option(help="the judge's model name (--matcher llm)")]
+JudgeModelOpt = Annotated[str, typer.Option(help="the judge's model name (--matcher llm, not with --server)")]
 ServerOpt = Annotated[str | None, typer.Option(help="run on an Evaluation server at HOST:PORT")]
 TokenOpt = Annotated[str | None, typer.Option(envvar="REVIEWSTACK_TOKEN", help="bearer token")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
@@ -43,7 +52,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as JSON"
 def run(
     system: SystemsOpt,
     human: HumanOpt,
-    out_uri: OutOpt,
+    out_uri: OutOpt = "",
     matcher: MatcherOpt = "embedded",
     judge_endpoint: JudgeEndpointOpt = "",
     judge_model: JudgeModelOpt = "",
@@ -55,19 +64,41 @@ def run(
 ) -> None:
     """Score each system's reviews against the human points (human leave-one-out included); write
     report.json, report.html and plots/ under evaluations/<eval-id>/."""
+    from reviewstack.common.errors import InvalidArgument
+    from reviewstack.common.store.scope import for_server
     from reviewstack.evaluation.job import SystemSpec
 
-    config = _config(
-        systems=[SystemSpec.parse(s) for s in system],
-        human=human,
-        output=out_uri,
+    systems = [SystemSpec.parse(s) for s in system]
+    if server is None:
+        if not out_uri:
+            raise InvalidArgument("--out is required: the store URI or directory for evaluations/<eval-id>/")
+        config = _config(
+            systems=systems,
+            human=human,
+            output=out_uri,
+            matcher=matcher,
+            judge_endpoint=judge_endpoint,
+            judge_model=judge_model,
+            bootstrap=bootstrap,
+            seed=seed,
+        )
+        _show(_run_local(config), as_json)
+        return
+    if judge_model:
+        raise InvalidArgument("--judge-model is the server operator's choice: name its --judge-endpoint")
+    from reviewstack.v1 import evaluation_pb2
+
+    # the server resolves every location inside what it may read and write; the judge goes by name
+    request = evaluation_pb2.EvaluateRequest(
+        systems=[evaluation_pb2.SystemRef(name=s.name, uri=for_server(s.uri)) for s in systems],
+        human=for_server(human),
+        output=for_server(out_uri),
         matcher=matcher,
-        judge_endpoint=judge_endpoint,
-        judge_model=judge_model,
+        judge=evaluation_pb2.JudgeSpec(endpoint=judge_endpoint),
         bootstrap=bootstrap,
         seed=seed,
     )
-    _show(_run_remote(config, server, token) if server else _run_local(config), as_json)
+    _show(_run_remote(request, server, token), as_json)
 
 
 @app.command()
@@ -75,7 +106,7 @@ def compare(
     a: Annotated[str, typer.Option("--a", help="first system, NAME=URI")],
     b: Annotated[str, typer.Option("--b", help="second system, NAME=URI")],
     human: HumanOpt,
-    out_uri: OutOpt,
+    out_uri: OutOpt = "",
     matcher: MatcherOpt = "embedded",
     judge_endpoint: JudgeEndpointOpt = "",
     judge_model: JudgeModelOpt = "",
@@ -225,18 +256,15 @@ def _run_local(config: Any) -> dict[str, Any]:
     }
 
 
-def _run_remote(config: Any, server: str, token: str | None) -> dict[str, Any]:
+def _run_remote(request: Any, server: str, token: str | None) -> dict[str, Any]:
     """Send the evaluation to a server and follow its operation with the same progress display."""
     from google.protobuf import json_format
 
     from reviewstack.common.grpc import follow_operation, make_channel
-    from reviewstack.evaluation.service import config_to_request
     from reviewstack.v1 import evaluation_pb2, evaluation_pb2_grpc
 
     with make_channel(server, token) as channel:
-        operation = evaluation_pb2_grpc.EvaluationStub(channel).Evaluate(
-            config_to_request(config), timeout=60
-        )
+        operation = evaluation_pb2_grpc.EvaluationStub(channel).Evaluate(request, timeout=60)
         result = follow_operation(
             channel, operation.id, evaluation_pb2.EvaluationResult(), f"evaluation on {server}"
         )

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator
 
 from reviewstack.common.errors import InvalidArgument
+from reviewstack.common.llm_endpoints import LLMEndpoint
 from reviewstack.common.settings import StoreSettings
 from reviewstack.common.store import open_store
 from reviewstack.evaluation.model import Exclusion, Matcher, System
@@ -69,15 +70,19 @@ class EvalOutcome:
     report: dict[str, Any]
 
 
-def make_matcher(config: EvalConfig) -> Matcher:
+def make_matcher(config: EvalConfig, judge: LLMEndpoint | None = None) -> Matcher:
+    """The matcher `config` names; `judge` is the endpoint (with its key) a server resolved, else the
+    judge is `config.judge_endpoint` with the key in OPENAI_API_KEY (the CLI)."""
     if config.matcher == "llm":
+        from reviewstack.evaluation.matching_llm import LLMMatcher
+
+        if judge is not None:
+            return LLMMatcher(judge.url, judge.model, api_key=judge.api_key)
         if not config.judge_endpoint or not config.judge_model:
             raise InvalidArgument(
                 "matcher 'llm' needs a judge: an OpenAI-compatible endpoint and a model name "
                 "(--judge-endpoint http://host:8080/v1 --judge-model NAME)"
             )
-        from reviewstack.evaluation.matching_llm import LLMMatcher
-
         return LLMMatcher(config.judge_endpoint, config.judge_model)
     from reviewstack.evaluation.matching import default_matcher
 

@@ -3,7 +3,8 @@
 Run book:
     reviewstack-evaluation                        # port 50051, store ./reviewstack-store, no auth
     REVIEWSTACK_STORE=s3://reviewstack REVIEWSTACK_S3_ENDPOINT=minio:9000 \\
-    REVIEWSTACK_JUDGE_ENDPOINT=http://tgi:8080/v1 REVIEWSTACK_JUDGE_MODEL=judge reviewstack-evaluation
+    REVIEWSTACK_LLM_ENDPOINTS='{"judge": {"url": "http://tgi:8080/v1", "model": "judge"}}' \\
+    REVIEWSTACK_JUDGE=judge reviewstack-evaluation
 
 Every setting is a `REVIEWSTACK_*` variable or the same-named flag (`--help` lists them). The service
 reports SERVING on grpc.health.v1 once the default matcher's model is loaded, so a readiness probe never
@@ -18,23 +19,45 @@ from pydantic import Field
 
 from reviewstack.common.grpc import GrpcServer, OperationRegistry, ServiceRegistration, run_server
 from reviewstack.common.logging import get_logger
-from reviewstack.common.settings import ServerSettings, entry_point_config
-from reviewstack.evaluation.service import EvaluationServicer
+from reviewstack.common.settings import (
+    LLMEndpointSettings,
+    ReadOnlyRootsSettings,
+    ServerSettings,
+    entry_point_config,
+)
+from reviewstack.common.store import open_store
+from reviewstack.common.store.scope import StoreScope
+from reviewstack.evaluation.service import EvaluationServicer, RequestPolicy
 from reviewstack.v1 import evaluation_pb2, evaluation_pb2_grpc
 
 SERVICE = evaluation_pb2.DESCRIPTOR.services_by_name["Evaluation"].full_name
 log = get_logger(__name__)
 
 
-class EvaluationSettings(ServerSettings):
+class EvaluationSettings(ServerSettings, ReadOnlyRootsSettings, LLMEndpointSettings):
     """The Evaluation server's settings (env `REVIEWSTACK_*` or flags)."""
 
     model_config = entry_point_config("reviewstack-evaluation")
 
-    judge_endpoint: str = Field("", description="OpenAI-compatible base URL of the LLM judge (matcher llm)")
-    judge_model: str = Field("", description="the judge's model name")
+    judge: str = Field("", description="the LLM judge (a name in llm_endpoints) when a request names none")
+    max_bootstrap: int = Field(10_000, ge=1, description="bootstrap resamples a request may ask for")
+    max_systems: int = Field(32, ge=1, description="systems one evaluation may compare")
     max_concurrent_evaluations: int = Field(1, ge=1, description="run at once; more wait as PENDING")
     preload: bool = Field(True, description="load the default matcher's model before reporting SERVING")
+
+
+def request_policy(settings: EvaluationSettings) -> RequestPolicy:
+    """What requests may name: the store, the read-only roots, the configured judges, bounded work."""
+    scope = StoreScope(
+        open_store(settings.store, settings), [open_store(r, settings) for r in settings.read_only_roots]
+    )
+    return RequestPolicy(
+        scope=scope,
+        llm_endpoints=settings.llm_endpoints,
+        default_judge=settings.judge,
+        max_bootstrap=settings.max_bootstrap,
+        max_systems=settings.max_systems,
+    )
 
 
 def _preload() -> None:
@@ -45,8 +68,10 @@ def _preload() -> None:
 
 def main() -> None:
     settings = EvaluationSettings()
-    operations = OperationRegistry(max_workers=settings.max_concurrent_evaluations)
-    servicer = EvaluationServicer(settings, operations, (settings.judge_endpoint, settings.judge_model))
+    operations = OperationRegistry(
+        max_workers=settings.max_concurrent_evaluations, max_pending=settings.max_pending_operations
+    )
+    servicer = EvaluationServicer(settings, operations, request_policy(settings))
     registration = ServiceRegistration(
         SERVICE, evaluation_pb2_grpc.add_EvaluationServicer_to_server, servicer
     )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -212,6 +212,7 @@ class LLMMatcher:
         model: str,
         *,
         api_key_env: str = DEFAULT_API_KEY_ENV,
+        api_key: Callable[[], str | None] | None = None,
         concurrency: int = 4,
         threshold: float = MATCH_THRESHOLD,
         max_tokens: int = 2048,
@@ -222,7 +223,7 @@ class LLMMatcher:
     ) -> None:
         if concurrency < 1 or max_tokens < 1 or not 1 <= threshold <= 10:
             raise InvalidArgument("concurrency and max_tokens must be >= 1 and the threshold within 1-10")
-        self.endpoint = Endpoint(base_url, model, api_key_env, retries, timeout_s)
+        self.endpoint = Endpoint(base_url, model, api_key_env, retries, timeout_s, api_key=api_key)
         self.concurrency, self.threshold = concurrency, threshold
         self.max_tokens, self.temperature, self.seed = max_tokens, temperature, seed
         # the threshold changes decisions as much as the prompt does: a non-default one is in the version

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -44,6 +44,9 @@ class Endpoint:
     retries: int = 4
     timeout_s: float = 600.0
     headers: Mapping[str, str] = field(default_factory=dict)
+    # where a server's configured endpoint keeps its key (reviewstack.common.llm_endpoints); read at each
+    # client, so a rotated Secret takes effect. Without it the key is the `api_key_env` variable (the CLI)
+    api_key: Callable[[], str | None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.base_url)
@@ -73,7 +76,7 @@ class Endpoint:
     def client(self) -> openai.AsyncOpenAI:
         # a local engine or TGI takes no key; the client insists on one, so an unset variable sends a
         # placeholder and a 401 then names the variable to set
-        key = os.environ.get(self.api_key_env) or "unset"
+        key = (self.api_key() if self.api_key is not None else os.environ.get(self.api_key_env)) or "unset"
         return openai.AsyncOpenAI(
             base_url=self.base_url,
             api_key=key,
@@ -86,7 +89,12 @@ class Endpoint:
         """The client's error, after its retries, worded for the person running the evaluation."""
         where = f"{self.host} ({self.model})"
         if isinstance(exc, openai.AuthenticationError):
-            return PermissionDenied(f"{where} refused the API key: set {self.api_key_env} to a valid key")
+            fix = (
+                "check the key its operator configured for this endpoint (llm_endpoints)"
+                if self.api_key is not None
+                else f"set {self.api_key_env} to a valid key"
+            )
+            return PermissionDenied(f"{where} refused the API key: {fix}")
         if isinstance(exc, openai.PermissionDeniedError):
             return PermissionDenied(f"{where} denied access: {_message(exc)}")
         if isinstance(exc, openai.NotFoundError):

@@ -228,7 +228,9 @@ def demo(
         cleanup.callback(stack.stop)
 
         with stages.stage("dataset: papers + human reviews → 7-aspect targets and ground truth"):
-            dataprep = stack.wait_grpc("reviewstack-dataprep", stack.start("reviewstack-dataprep", {}))
+            # the server reads raw inputs only from the store and the folders its operator lists
+            roots = {"REVIEWSTACK_READ_ONLY_ROOTS": json.dumps([str(sample.resolve())])}
+            dataprep = stack.wait_grpc("reviewstack-dataprep", stack.start("reviewstack-dataprep", roots))
             _cli(
                 "data", "build", "--server", dataprep, "--source", str(sample.resolve()),
                 "--paper-version", "decision", "--out", str(store), "--name", DATASET_NAME,
@@ -242,7 +244,10 @@ def demo(
                 console.print(f"run {RUN_ID} already succeeded in {run}: reused (--fresh starts over)")
             else:
                 base = materialise_embedded_model()
-                local_runs = {"REVIEWSTACK_LOCAL_LOG_DIR": str(stack.logs / "runs")}
+                local_runs = {
+                    "REVIEWSTACK_LOCAL_LOG_DIR": str(stack.logs / "runs"),
+                    "REVIEWSTACK_BASE_MODEL_ROOTS": json.dumps([str(base)]),
+                }
                 training = stack.wait_grpc(
                     "reviewstack-training", stack.start("reviewstack-training", local_runs)
                 )
@@ -274,6 +279,7 @@ def demo(
                     "reviewstack-review",
                     {
                         "REVIEWSTACK_BACKEND_URL": backend,
+                        "REVIEWSTACK_BACKEND_AUTH_TOKEN": stack.token,  # the engine checks it too
                         "REVIEWSTACK_TOKENIZER": str(merged),
                         # the lineage names the run in the store, not a directory of this machine
                         "REVIEWSTACK_SERVED_MODEL": f"runs/{RUN_ID}/merged",

@@ -20,10 +20,17 @@ _RUN_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # a DNS label: it
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+def check_run_id(value: str) -> str:
+    """`value` if it can name a run (a DNS label: it names its Job and its runs/<id>/ folder)."""
+    if not _RUN_ID.match(value):
+        raise ValueError("use lower-case letters, digits and '-' (at most 63, start and end alphanumeric)")
+    return value
+
+
 class LoraSpec(BaseModel):
     """LoRA adapter shape (used by `lora` and `qlora`)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN passes every bound
 
     r: int = Field(16, ge=1, description="adapter rank")
     alpha: int = Field(32, ge=1, description="scaling numerator (scale = alpha / r)")
@@ -34,7 +41,7 @@ class LoraSpec(BaseModel):
 class TrainSpec(BaseModel):
     """Everything a training run needs; unknown keys are refused so a misspelt knob never goes unseen."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN passes every bound
 
     run_id: str = Field(description="run id (a DNS label); reusing one resumes that run")
     dataset: str = Field(description="dataset folder URI: <store>/datasets/<name>/<version>")
@@ -78,11 +85,7 @@ class TrainSpec(BaseModel):
     @field_validator("run_id")
     @classmethod
     def _run_id(cls, value: str) -> str:
-        if not _RUN_ID.match(value):
-            raise ValueError(
-                "use lower-case letters, digits and '-' (at most 63, start and end alphanumeric)"
-            )
-        return value
+        return check_run_id(value)
 
     @field_validator("pi_factor")
     @classmethod

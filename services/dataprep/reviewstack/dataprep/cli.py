@@ -25,7 +25,6 @@ SourceOpt = Annotated[
 @app.command()
 def build(
     source: SourceOpt,
-    out_uri: Annotated[str, typer.Option("--out", help="store URI or directory to publish the dataset in")],
     name: Annotated[str, typer.Option(help="dataset name: datasets/<name>/<version>/")],
     paper_version: Annotated[
         PaperVersionMode,
@@ -34,15 +33,28 @@ def build(
             "'decision' = late for accepted papers, early for the rest"
         ),
     ],
+    out_uri: Annotated[
+        str,
+        typer.Option("--out", help="store URI or directory to publish in (with --server: default its store)"),
+    ] = "",
     aspects: Annotated[str, typer.Option(help="aspect schema: 7 or 4")] = "7",
     distiller: Annotated[str, typer.Option(help="embedded (rules + embeddings) or llm")] = "embedded",
-    llm_endpoint: Annotated[str, typer.Option(help="OpenAI-compatible base URL for --distiller llm")] = "",
-    llm_model: Annotated[str, typer.Option(help="model name for --distiller llm")] = "",
+    llm_endpoint: Annotated[
+        str,
+        typer.Option(
+            help="--distiller llm: an OpenAI-compatible base URL; with --server, the name of an endpoint its "
+            "operator configured (default: the server's)"
+        ),
+    ] = "",
+    llm_model: Annotated[str, typer.Option(help="model name for --distiller llm (not with --server)")] = "",
     max_prompt_length: Annotated[int, typer.Option(help="prompt token limit")] = 11_138,
     max_response_length: Annotated[int, typer.Option(help="response token limit")] = 1_150,
     split: Annotated[str, typer.Option(help="train,val,test shares")] = "0.8,0.1,0.1",
     seed: Annotated[int, typer.Option(help="seed of the split")] = 0,
-    tokenizer: Annotated[str | None, typer.Option(help="tokenizer directory (default: Llama-3)")] = None,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(help="tokenizer directory (default: Llama-3); with --server, a name the server knows"),
+    ] = None,
     version: Annotated[str | None, typer.Option(help="version label (default: content hash)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing version")] = False,
     drop_appendix: Annotated[bool, typer.Option(help="drop appendices from the papers")] = False,
@@ -53,22 +65,31 @@ def build(
     """Build one dataset version: clean papers, distil reviews into aspects, tokenize, split, publish."""
     from reviewstack.common.aspects import AspectSchema
     from reviewstack.common.errors import InvalidArgument
+    from reviewstack.common.store.scope import for_server
     from reviewstack.dataprep.config import BuildConfig
 
     try:
         shares = tuple(float(x) for x in split.split(","))
     except ValueError:
         raise InvalidArgument(f"--split {split!r}: expected three numbers like 0.8,0.1,0.1") from None
+    if server is None and not out_uri:
+        raise InvalidArgument("--out is required: the store URI or directory to publish the dataset in")
+    if server is not None and distiller == "llm" and llm_model:
+        raise InvalidArgument(
+            "--llm-model is the server operator's choice: name one of its endpoints with --llm-endpoint"
+        )
+    # on a server the llm distiller is the server's: its endpoint goes by name ("" = the server's default)
+    remote_llm = llm_endpoint if server is not None and distiller == "llm" else None
     config = _validated(
         BuildConfig,
-        sources=source,
-        output=out_uri,
+        sources=[for_server(s) for s in source] if server else source,
+        output=for_server(out_uri) if server else out_uri,
         name=name,
         paper_version=paper_version,
         aspect_schema=AspectSchema.parse(aspects),
-        distiller=distiller,
-        llm_endpoint=llm_endpoint,
-        llm_model=llm_model,
+        distiller="embedded" if remote_llm is not None else distiller,
+        llm_endpoint="" if remote_llm is not None else llm_endpoint,
+        llm_model="" if remote_llm is not None else llm_model,
         max_prompt_length=max_prompt_length,
         max_response_length=max_response_length,
         split=shares,
@@ -78,7 +99,7 @@ def build(
         overwrite=overwrite,
         drop_appendix=drop_appendix,
     )
-    summary = _build_remote(config, server, token) if server else _build_local(config)
+    summary = _build_remote(config, server, token, remote_llm) if server else _build_local(config)
     if as_json:
         out.print_json(json.dumps(summary))
     else:
@@ -154,7 +175,7 @@ def _build_local(config) -> dict:
     }
 
 
-def _build_remote(config, server: str, token: str | None) -> dict:
+def _build_remote(config, server: str, token: str | None, llm_endpoint: str | None) -> dict:
     """Send the build to a DataPrep server and follow its operation with the same progress display."""
     from reviewstack.common.grpc import follow_operation, make_channel
     from reviewstack.dataprep.service import config_to_request
@@ -162,7 +183,10 @@ def _build_remote(config, server: str, token: str | None) -> dict:
 
     with make_channel(server, token) as channel:
         stub = dataprep_pb2_grpc.DataPrepStub(channel)
-        operation = stub.BuildDataset(config_to_request(config), timeout=60)
+        request = config_to_request(config, llm_endpoint or "")
+        if llm_endpoint is not None:  # the llm distiller, at the server's default endpoint if none named
+            request.distiller.kind = dataprep_pb2.DistillerSpec.KIND_LLM
+        operation = stub.BuildDataset(request, timeout=60)
         result = follow_operation(
             channel, operation.id, dataprep_pb2.BuildDatasetResult(), f"build on {server}"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from enum import StrEnum
 from typing import Literal
@@ -25,7 +26,7 @@ class PaperVersionMode(StrEnum):
 class BuildConfig(BaseModel):
     """A dataset build; every field is recorded in the manifest."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     sources: list[str] = Field(min_length=1, description="source folders or store URIs")
     name: str = Field(description="dataset name: datasets/<name>/<version>/")
@@ -35,8 +36,8 @@ class BuildConfig(BaseModel):
     distiller: Literal["embedded", "llm"] = "embedded"
     llm_endpoint: str = ""
     llm_model: str = ""
-    max_prompt_length: int = Field(MAX_PROMPT_LENGTH, ge=256)
-    max_response_length: int = Field(MAX_RESPONSE_LENGTH, ge=64)
+    max_prompt_length: int = Field(MAX_PROMPT_LENGTH, ge=256, le=1_048_576)
+    max_response_length: int = Field(MAX_RESPONSE_LENGTH, ge=64, le=65_536)
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
     tokenizer: str | None = Field(None, description="tokenizer directory; None = the Llama-3 default")
@@ -61,6 +62,8 @@ class BuildConfig(BaseModel):
     @field_validator("split")
     @classmethod
     def _split(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not all(math.isfinite(v) for v in value):  # NaN passes every comparison below
+            raise ValueError("train/val/test shares must be finite numbers")
         if any(v < 0 for v in value) or abs(sum(value) - 1.0) > 1e-6 or value[0] <= 0:
             raise ValueError("train/val/test shares must be non-negative, sum to 1, with train > 0")
         return value

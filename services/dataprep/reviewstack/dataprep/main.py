@@ -18,22 +18,49 @@ from pydantic import Field
 
 from reviewstack.common.grpc import GrpcServer, OperationRegistry, ServiceRegistration, run_server
 from reviewstack.common.logging import get_logger
-from reviewstack.common.settings import ServerSettings, entry_point_config
-from reviewstack.dataprep.service import DataPrepServicer
+from reviewstack.common.settings import (
+    LLMEndpointSettings,
+    ReadOnlyRootsSettings,
+    ServerSettings,
+    entry_point_config,
+)
+from reviewstack.common.store import open_store
+from reviewstack.common.store.scope import StoreScope
+from reviewstack.dataprep.service import DataPrepServicer, RequestPolicy
 from reviewstack.v1 import dataprep_pb2, dataprep_pb2_grpc
 
 SERVICE = dataprep_pb2.DESCRIPTOR.services_by_name["DataPrep"].full_name
 log = get_logger(__name__)
 
 
-class DataPrepSettings(ServerSettings):
+class DataPrepSettings(ServerSettings, ReadOnlyRootsSettings, LLMEndpointSettings):
     """The DataPrep server's settings (env `REVIEWSTACK_*` or flags)."""
 
     model_config = entry_point_config("reviewstack-dataprep")
 
     tokenizer: str | None = Field(None, description="default tokenizer directory (default: the Llama-3 one)")
+    tokenizers: dict[str, str] = Field(
+        default_factory=dict, description="JSON: tokenizer name → directory, that requests may pick by name"
+    )
+    distiller_endpoint: str = Field(
+        "", description="the llm distiller's endpoint (a name in llm_endpoints) when a request names none"
+    )
     max_concurrent_builds: int = Field(1, ge=1, description="builds run at once; more wait as PENDING")
     preload: bool = Field(True, description="load tokenizer and embedding model before reporting SERVING")
+
+
+def request_policy(settings: DataPrepSettings) -> RequestPolicy:
+    """What requests may name: the store, the read-only roots, the endpoints and tokenizers configured."""
+    scope = StoreScope(
+        open_store(settings.store, settings), [open_store(r, settings) for r in settings.read_only_roots]
+    )
+    return RequestPolicy(
+        scope=scope,
+        llm_endpoints=settings.llm_endpoints,
+        default_llm=settings.distiller_endpoint,
+        tokenizers=settings.tokenizers,
+        default_tokenizer=settings.tokenizer,
+    )
 
 
 def _preload(tokenizer: str | None) -> None:
@@ -46,8 +73,10 @@ def _preload(tokenizer: str | None) -> None:
 
 def main() -> None:
     settings = DataPrepSettings()
-    operations = OperationRegistry(max_workers=settings.max_concurrent_builds)
-    servicer = DataPrepServicer(settings, operations, tokenizer=settings.tokenizer)
+    operations = OperationRegistry(
+        max_workers=settings.max_concurrent_builds, max_pending=settings.max_pending_operations
+    )
+    servicer = DataPrepServicer(settings, operations, request_policy(settings))
     registration = ServiceRegistration(SERVICE, dataprep_pb2_grpc.add_DataPrepServicer_to_server, servicer)
 
     async def ready(server: GrpcServer) -> None:

@@ -12,6 +12,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlsplit
 
 from reviewstack.common.errors import InvalidArgument, NotFound
 from reviewstack.common.papers import pdf_supported
@@ -57,7 +58,10 @@ class InputFile:
 
 def open_source(uri: str, settings: StoreSettings | None) -> ArtifactStore:
     """Open a source folder, failing before any work when it is missing or is not a source."""
-    if "://" not in uri and not Path(uri).is_dir():
+    local = Path(unquote(urlsplit(uri).path)) if uri.startswith("file://") else None
+    if "://" not in uri:
+        local = Path(uri)
+    if local is not None and not local.is_dir():
         raise NotFound(f"source folder {uri} does not exist (expected a folder with papers/ and reviews/)")
     store = open_store(uri, settings)
     dirs = set(store.list_dirs(""))

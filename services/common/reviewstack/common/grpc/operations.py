@@ -152,11 +152,16 @@ class OperationRegistry:
     """In-memory operations of one server: start, get, list, watch, cancel.
 
     `max_workers` bounds how many operations run at once (the rest wait PENDING): builds are heavy, and
-    queueing them beats thrashing one machine. `keep_finished` bounds memory: older finished operations
-    are forgotten (get() then answers NotFound).
+    queueing them beats thrashing one machine. `max_pending` bounds that queue: a client that starts work
+    faster than the server finishes it gets RESOURCE_EXHAUSTED instead of growing the server's memory
+    and everyone's wait without limit. `keep_finished` bounds memory: older finished operations are
+    forgotten (get() then answers NotFound).
     """
 
-    def __init__(self, max_workers: int = 4, keep_finished: int = 1000) -> None:
+    def __init__(self, max_workers: int = 4, keep_finished: int = 1000, max_pending: int = 16) -> None:
+        if max_pending < 1:
+            raise ValueError("max_pending must be at least 1")
+        self._max_pending = max_pending
         self._lock = threading.Lock()
         self._records: dict[str, _Record] = {}
         self._by_key: dict[tuple[str, str], str] = {}
@@ -171,6 +176,13 @@ class OperationRegistry:
         with self._lock:
             if request_id and (existing := self._by_key.get((kind, request_id))) is not None:
                 return self._records[existing].to_pb()
+            pending = sum(1 for r in self._records.values() if r.state == PENDING)
+            if pending >= self._max_pending:
+                raise errors.ResourceExhausted(
+                    f"{pending} operations are already waiting to run on this server (the limit is "
+                    f"{self._max_pending}); retry when some have finished, or raise "
+                    "REVIEWSTACK_MAX_PENDING_OPERATIONS"
+                )
             rec = _Record(id=uuid.uuid4().hex, kind=kind, request_id=request_id, create_ns=time.time_ns())
             self._records[rec.id] = rec
             if request_id:
@@ -191,6 +203,15 @@ class OperationRegistry:
     def get(self, operation_id: str) -> operations_pb2.Operation:
         with self._lock:
             return self._record(operation_id).to_pb()
+
+    def find(self, kind: str, request_id: str) -> operations_pb2.Operation | None:
+        """The operation a client's idempotency key already started, if the registry still holds it: a
+        retried starting RPC returns it before checking (or starting) anything again."""
+        if not request_id:
+            return None
+        with self._lock:
+            existing = self._by_key.get((kind, request_id))
+            return self._records[existing].to_pb() if existing is not None else None
 
     def list(self, kind: str = "") -> list[operations_pb2.Operation]:
         """Operations, newest first; only those of `kind` when given."""
