@@ -75,14 +75,18 @@ def test_every_variable_is_a_setting_and_parses(render, monkeypatch, profile):
             "generation.enabled=true",
             "generation.flavor=cuda",
             "generation.gpus=1",
-            "evaluation.judge.endpoint=http://judge:8000/v1",
-            "evaluation.judge.model=j",
+            "llmEndpoints.judge.url=http://judge:8000/v1",
+            "llmEndpoints.judge.model=j",
+            "llmEndpoints.judge.apiKeySecret.name=judge",
+            "llmEndpoints.distil.url=https://api.example.org/v1",
+            "llmEndpoints.distil.model=d",
+            "evaluation.judge=judge",
+            "dataprep.distillerEndpoint=distil",
+            "dataprep.readOnlyRoots[0]=/data/raw",
             "evaluation.matcherModelDir=/tmp/matcher",
             "review.maxNewTokens=900",
             "review.repetitionPenalty=1.1",
             "training.maxConcurrentRuns=4",
-            "dataprep.llmApiKeySecret.name=llm",
-            "evaluation.judge.apiKeySecret.name=judge",
         )
     else:
         rendered = render(profile)
@@ -100,6 +104,17 @@ def test_every_variable_is_a_setting_and_parses(render, monkeypatch, profile):
         if profile == "cuda-engine" and container["name"] == "review":
             assert settings.repetition_penalty == 1.1 and settings.max_new_tokens == 900
             assert settings.served_model == "s3://reviewstack/runs/reviewer-v1/merged"
+        if profile == "cuda-engine" and container["name"] in ("evaluation", "dataprep"):
+            judge = settings.llm_endpoints["judge"]
+            assert (judge.url, judge.model) == ("http://judge:8000/v1", "j")
+            assert str(judge.api_key_file) == "/var/run/secrets/reviewstack/llm/judge/api-key"
+            assert settings.llm_endpoints["distil"].api_key_file is None
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            assert mounts["/var/run/secrets/reviewstack/llm/judge"] == "llm-key-judge"
+            if container["name"] == "dataprep":
+                assert settings.distiller_endpoint == "distil" and settings.read_only_roots == ["/data/raw"]
+            else:
+                assert settings.judge == "judge" and settings.max_bootstrap == 10_000
         seen.add((component, container["name"]))
         if container["name"] == component and component != "generation":
             assert settings.port == 50051 and settings.metrics_port == 9090
@@ -150,3 +165,29 @@ def test_the_controller_launches_what_the_values_say(render, monkeypatch):
     ]
     assert (settings.k8s_s3_secret, settings.k8s_s3_access_key_field) == ("review-stack-s3", "access-key")
     assert settings.k8s_service_account == "review-stack-training-job"
+
+
+@pytest.mark.parametrize(("sets", "sends"), [((), True), (("auth.enabled=false",), False)])
+def test_the_engine_checks_the_release_token_and_the_review_service_sends_it(
+    render, monkeypatch, sets, sends
+):
+    """The embedded engine is no open door inside the cluster: it reads the release's token from the same
+    Secret as the gRPC services, and the Review service (its only caller) sends it."""
+    rendered = render("cpu-demo", *sets)
+    engine = rendered.get("Deployment", "review-stack-generation")["spec"]["template"]["spec"]
+    review = rendered.get("Deployment", "review-stack-review")["spec"]["template"]["spec"]
+    engine_settings = parse(
+        settings_class("generation", "generation"), env_of(engine["containers"][0]), monkeypatch
+    )
+    review_settings = parse(settings_class("review", "review"), env_of(review["containers"][0]), monkeypatch)
+    assert engine_settings.host == "0.0.0.0" and engine_settings.payload_limit == 2_000_000
+    token = "/var/run/secrets/reviewstack/auth/token"
+    assert str(engine_settings.auth_token_file or "") == (token if sends else "")
+    assert str(review_settings.backend_auth_token_file or "") == (token if sends else "")
+    for pod in (engine, review):
+        mounted = {m["mountPath"] for m in pod["containers"][0].get("volumeMounts", [])}
+        assert ("/var/run/secrets/reviewstack/auth" in mounted) == sends
+    # TGI checks no token: the Review service sends none to it
+    tgi = render("single-gpu").get("Deployment", "review-stack-review")["spec"]["template"]["spec"]
+    tgi_review = parse(settings_class("review", "review"), env_of(tgi["containers"][0]), monkeypatch)
+    assert tgi_review.backend_auth_token_file is None

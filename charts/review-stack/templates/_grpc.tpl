@@ -109,9 +109,7 @@ spec:
             - name: tmp
               mountPath: /tmp
             {{- if $root.Values.auth.enabled }}
-            - name: auth-token
-              mountPath: /var/run/secrets/reviewstack/auth
-              readOnly: true
+            {{- include "review-stack.auth.volumeMount" $root | nindent 12 }}
             {{- end }}
             {{- with .volumeMounts }}
             {{- . | nindent 12 }}
@@ -121,13 +119,7 @@ spec:
           emptyDir:
             sizeLimit: {{ $v.tmpSize }}
         {{- if $root.Values.auth.enabled }}
-        # a Secret volume (not an env var): the server re-reads the file, so a rotated token needs no restart
-        - name: auth-token
-          secret:
-            secretName: {{ include "review-stack.auth.secretName" $root }}
-            items:
-              - key: {{ $root.Values.auth.tokenKey }}
-                path: {{ $root.Values.auth.tokenKey }}
+        {{- include "review-stack.auth.volume" $root | nindent 8 }}
         {{- end }}
         {{- with .volumes }}
         {{- . | nindent 8 }}

@@ -175,6 +175,30 @@ The store: MinIO in the release, or an external S3 endpoint.
 {{- .Values.auth.existingSecret | default (printf "%s-auth" (include "review-stack.fullname" .)) -}}
 {{- end -}}
 
+{{/* The token file as the services read it (a mounted Secret, re-read when it changes): usage (include
+"review-stack.auth.tokenFile" .). */}}
+{{- define "review-stack.auth.tokenFile" -}}
+/var/run/secrets/reviewstack/auth/{{ .Values.auth.tokenKey }}
+{{- end -}}
+
+{{/* The token Secret as a volume (a file, not an env var: a rotated token needs no restart): usage
+(include "review-stack.auth.volume" .), with auth.enabled. */}}
+{{- define "review-stack.auth.volume" -}}
+- name: auth-token
+  secret:
+    secretName: {{ include "review-stack.auth.secretName" . }}
+    items:
+      - key: {{ .Values.auth.tokenKey }}
+        path: {{ .Values.auth.tokenKey }}
+{{- end -}}
+
+{{/* Its mount: usage (include "review-stack.auth.volumeMount" .), with auth.enabled. */}}
+{{- define "review-stack.auth.volumeMount" -}}
+- name: auth-token
+  mountPath: {{ dir (include "review-stack.auth.tokenFile" .) }}
+  readOnly: true
+{{- end -}}
+
 {{/*
 The store settings every service and the model fetcher read (REVIEWSTACK_STORE, REVIEWSTACK_S3_*):
 the credentials come from the Secret, never as literals. Usage: include "review-stack.s3.env" .
@@ -227,10 +251,15 @@ Settings every review-stack process shares.
 ------------------------------------------------------------------------------------------------ */}}
 
 {{/*
-Logging, HOME on the writable /tmp, and (for gRPC servers) auth and metrics.
+The token (for the servers that check it: the gRPC services, and the embedded engine with "token" true),
+logging, HOME on the writable /tmp, and (for gRPC servers) metrics.
 Usage: include "review-stack.commonEnv" (dict "root" $ "grpc" true)
 */}}
 {{- define "review-stack.commonEnv" -}}
+{{- if and .root.Values.auth.enabled (or .grpc .token) }}
+- name: REVIEWSTACK_AUTH_TOKEN_FILE
+  value: {{ include "review-stack.auth.tokenFile" .root }}
+{{- end }}
 - name: REVIEWSTACK_LOG_FORMAT
   value: {{ .root.Values.logFormat | quote }}
 - name: REVIEWSTACK_LOG_LEVEL
@@ -241,10 +270,6 @@ Usage: include "review-stack.commonEnv" (dict "root" $ "grpc" true)
 - name: PYTHONUNBUFFERED
   value: "1"
 {{- if .grpc }}
-{{- if .root.Values.auth.enabled }}
-- name: REVIEWSTACK_AUTH_TOKEN_FILE
-  value: /var/run/secrets/reviewstack/auth/{{ .root.Values.auth.tokenKey }}
-{{- end }}
 {{- if .root.Values.metrics.enabled }}
 - name: REVIEWSTACK_METRICS_PORT
   value: {{ .root.Values.metrics.port | quote }}

@@ -16,6 +16,15 @@
   value: {{ $v.refusalPenaltyMax | quote }}
 - name: REVIEWSTACK_MAX_IN_FLIGHT
   value: {{ $v.maxInFlight | quote }}
+- name: REVIEWSTACK_MAX_PAPER_BYTES
+  value: {{ $v.maxPaperBytes | int64 | quote }}
+- name: REVIEWSTACK_MAX_PAPER_CHARS
+  value: {{ $v.maxPaperChars | int64 | quote }}
+{{- if and .Values.auth.enabled .Values.generation.enabled (not .Values.tgi.enabled) (not $v.backendUrl) }}
+# the release's embedded engine checks the release's token (TGI checks none)
+- name: REVIEWSTACK_BACKEND_AUTH_TOKEN_FILE
+  value: {{ include "review-stack.auth.tokenFile" . }}
+{{- end }}
 {{- with $v.maxPromptLength }}
 - name: REVIEWSTACK_MAX_PROMPT_LENGTH
   value: {{ . | quote }}

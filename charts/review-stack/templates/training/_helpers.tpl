@@ -85,6 +85,8 @@ below; the chart's CronJob (cronjob.yaml) renders the same pod for `kubectl crea
 - name: REVIEWSTACK_MAX_CONCURRENT_RUNS
   value: {{ .Values.training.maxConcurrentRuns | quote }}
 {{- end }}
+- name: REVIEWSTACK_BASE_MODEL_ROOTS
+  value: {{ include "review-stack.jsonList" .Values.training.baseModelRoots | quote }}
 {{- end -}}
 
 {{/* Egress of the controller to the Kubernetes API (networkPolicy.kubeAPI). */}}
