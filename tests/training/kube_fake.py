@@ -211,3 +211,12 @@ def as_run(
     env = container_env(container, SECRETS, fields or {})
     argv = [expand(a, env) for a in [*container["command"], *container.get("args", [])]]
     return argv, env
+
+
+def launcher_on(cluster: FakeCluster) -> Any:
+    """A kubernetes launcher (namespace "ml") whose API clients are `cluster`."""
+    from reviewstack.training.launchers.kubernetes import KubernetesLauncher
+    from reviewstack.training.settings import LauncherSettings
+
+    settings = LauncherSettings(launcher="kubernetes", k8s_namespace="ml", s3_endpoint="minio:9000")
+    return KubernetesLauncher(settings, batch=cluster, core=cluster)

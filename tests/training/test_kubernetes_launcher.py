@@ -12,13 +12,11 @@ from kubernetes import client as k8s
 
 from reviewstack.common.errors import FailedPrecondition, PermissionDenied
 from reviewstack.training.launchers import kubernetes as launcher_module
-from reviewstack.training.launchers.kubernetes import KubernetesLauncher
 from reviewstack.training.manifests import render_run
-from reviewstack.training.settings import LauncherSettings
 from reviewstack.training.specs import Resources, validate_spec
 
 from .conftest import spec_data
-from .kube_fake import FakeCluster
+from .kube_fake import FakeCluster, launcher_on
 
 SPEC_URI = "s3://b/runs/big/spec.json"
 
@@ -29,13 +27,8 @@ def cluster(monkeypatch) -> FakeCluster:
     return FakeCluster()
 
 
-def _launcher(cluster: FakeCluster) -> KubernetesLauncher:
-    settings = LauncherSettings(launcher="kubernetes", k8s_namespace="ml", s3_endpoint="minio:9000")
-    return KubernetesLauncher(settings, batch=cluster, core=cluster)
-
-
 def test_a_run_is_created_followed_resubmitted_and_cancelled(cluster):
-    launcher = _launcher(cluster)
+    launcher = launcher_on(cluster)
     spec = validate_spec(spec_data("s3://b/datasets/x/v1", "s3://b", run_id="big"))
     launcher.launch(spec, SPEC_URI, Resources(4, 2))
     job, service = render_run("big", SPEC_URI, launcher.template, Resources(4, 2))
@@ -67,7 +60,7 @@ def test_a_run_is_created_followed_resubmitted_and_cancelled(cluster):
 
 
 def test_api_failures_say_what_to_fix(cluster):
-    launcher = _launcher(cluster)
+    launcher = launcher_on(cluster)
     cluster.fail_with = 403
     spec = validate_spec(spec_data("s3://b/datasets/x/v1", "s3://b", run_id="denied"))
     with pytest.raises(PermissionDenied, match="service account needs get/create/delete on jobs"):

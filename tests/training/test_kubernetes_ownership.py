@@ -15,13 +15,11 @@ from kubernetes import client as k8s
 
 from reviewstack.common.errors import FailedPrecondition
 from reviewstack.training.launchers import kubernetes as launcher_module
-from reviewstack.training.launchers.kubernetes import KubernetesLauncher
 from reviewstack.training.manifests import APP_LABELS, RUN_LABEL, JobTemplate, render_kubectl_job
-from reviewstack.training.settings import LauncherSettings
 from reviewstack.training.specs import Resources, validate_spec
 
 from .conftest import spec_data
-from .kube_fake import FakeCluster
+from .kube_fake import FakeCluster, launcher_on
 
 SPEC_URI = "s3://b/runs/r/spec.json"
 OURS = {**APP_LABELS, "app.kubernetes.io/managed-by": "reviewstack-training"}
@@ -49,11 +47,6 @@ def cluster(monkeypatch) -> RacyCluster:
     return RacyCluster()
 
 
-def _launcher(cluster: FakeCluster) -> KubernetesLauncher:
-    settings = LauncherSettings(launcher="kubernetes", k8s_namespace="ml", s3_endpoint="minio:9000")
-    return KubernetesLauncher(settings, batch=cluster, core=cluster)
-
-
 def _spec(run_id: str = "r"):
     return validate_spec(spec_data("s3://b/datasets/x/v1", "s3://b", run_id=run_id))
 
@@ -71,7 +64,7 @@ def _deletes(cluster: FakeCluster) -> list[str]:
     ],
 )
 def test_a_job_that_is_not_ours_is_never_deleted(cluster, labels, wrong):
-    launcher = _launcher(cluster)
+    launcher = launcher_on(cluster)
     planted = cluster.plant("job", "r", labels)
     cluster.set_job_status("r", COMPLETE)
     with pytest.raises(FailedPrecondition) as resubmit:
@@ -89,7 +82,7 @@ def test_a_job_that_is_not_ours_is_never_deleted(cluster, labels, wrong):
 def test_poll_does_not_report_another_workloads_job_as_the_run(cluster):
     """A Job under the run's name that is not a review-stack training Job of the run is an error naming
     it: its success must not pass for the run's, and None would send a submission into its name."""
-    launcher = _launcher(cluster)
+    launcher = launcher_on(cluster)
     cluster.plant("job", "r", {"app": "postgres"})
     cluster.set_job_status("r", COMPLETE)
     with pytest.raises(FailedPrecondition, match=r"Job r in namespace ml is not a review-stack training Job"):
@@ -102,7 +95,7 @@ def test_poll_does_not_report_another_workloads_job_as_the_run(cluster):
 def test_a_kubectl_made_job_of_the_run_is_followed_but_not_deleted(cluster):
     """charts/training-job-kubectl Jobs are named by their run id and carry no run-id label: the
     controller reports their state, and leaves deleting them to whoever made them."""
-    launcher = _launcher(cluster)
+    launcher = launcher_on(cluster)
     body = render_kubectl_job(JobTemplate(namespace="ml", managed_by="kubectl"), 1, "s3://b/runs")
     body["metadata"]["name"] = "by-hand"
     cluster.create_namespaced_job("ml", body)
@@ -119,7 +112,7 @@ def test_a_job_replaced_between_read_and_delete_survives(cluster):
     """The launcher reads our finished Job; before its delete, someone deletes it and creates another
     workload's Job under the name. The uid precondition makes the API refuse that delete (409), the
     launcher reads again and refuses the stranger."""
-    launcher = _launcher(cluster)
+    launcher = launcher_on(cluster)
     launcher.launch(_spec(), SPEC_URI, Resources(1))
     cluster.set_job_status("r", COMPLETE)
 
@@ -139,7 +132,7 @@ def test_a_job_replaced_between_read_and_delete_survives(cluster):
 def test_two_controllers_resubmitting_a_finished_run_make_one_job(cluster):
     """Replica B has read the finished Job when replica A replaces it with the resumed run's new Job:
     B's delete is refused by the uid precondition, and B's create then finds A's Job active."""
-    a, b = _launcher(cluster), _launcher(cluster)
+    a, b = launcher_on(cluster), launcher_on(cluster)
     a.launch(_spec(), SPEC_URI, Resources(1))
     cluster.set_job_status("r", COMPLETE)
     made_by_a: list[str] = []
@@ -160,7 +153,7 @@ def test_two_controllers_resubmitting_a_finished_run_make_one_job(cluster):
 def test_cancel_retries_when_the_job_changed_and_deletes_the_one_it_read(cluster):
     """An active Job's status (and so its resourceVersion) moves all the time: a delete refused for
     that is retried on a fresh read."""
-    launcher = _launcher(cluster)
+    launcher = launcher_on(cluster)
     launcher.launch(_spec(), SPEC_URI, Resources(1))
     cluster.after_read = lambda: cluster.set_job_status("r", k8s.V1JobStatus(active=1, ready=1))
     launcher.cancel("r")
@@ -169,7 +162,7 @@ def test_cancel_retries_when_the_job_changed_and_deletes_the_one_it_read(cluster
 
 
 def test_a_service_that_is_not_ours_is_refused_and_the_new_job_taken_back(cluster):
-    launcher = _launcher(cluster)
+    launcher = launcher_on(cluster)
     cluster.plant("service", "rdzv-r", {"app": "something-else"})
     with pytest.raises(FailedPrecondition, match="Service rdzv-r in namespace ml was not made by this"):
         launcher.launch(_spec(), SPEC_URI, Resources(2, 2))
@@ -178,7 +171,7 @@ def test_a_service_that_is_not_ours_is_refused_and_the_new_job_taken_back(cluste
 
 
 def test_a_leftover_service_of_the_run_is_replaced(cluster):
-    launcher = _launcher(cluster)
+    launcher = launcher_on(cluster)
     launcher.launch(_spec(), SPEC_URI, Resources(2, 2))
     cluster.set_job_status("r", COMPLETE)
     old = cluster.service("rdzv-r").metadata.uid

@@ -25,7 +25,6 @@ from reviewstack.common.settings import (
     ServerSettings,
     entry_point_config,
 )
-from reviewstack.common.store import open_store
 from reviewstack.common.store.scope import StoreScope
 from reviewstack.evaluation.service import EvaluationServicer, RequestPolicy
 from reviewstack.v1 import evaluation_pb2, evaluation_pb2_grpc
@@ -48,11 +47,8 @@ class EvaluationSettings(ServerSettings, ReadOnlyRootsSettings, LLMEndpointSetti
 
 def request_policy(settings: EvaluationSettings) -> RequestPolicy:
     """What requests may name: the store, the read-only roots, the configured judges, bounded work."""
-    scope = StoreScope(
-        open_store(settings.store, settings), [open_store(r, settings) for r in settings.read_only_roots]
-    )
     return RequestPolicy(
-        scope=scope,
+        scope=StoreScope.configured(settings, settings.read_only_roots),
         llm_endpoints=settings.llm_endpoints,
         default_judge=settings.judge,
         max_bootstrap=settings.max_bootstrap,

@@ -24,7 +24,6 @@ from reviewstack.common.settings import (
     ServerSettings,
     entry_point_config,
 )
-from reviewstack.common.store import open_store
 from reviewstack.common.store.scope import StoreScope
 from reviewstack.dataprep.service import DataPrepServicer, RequestPolicy
 from reviewstack.v1 import dataprep_pb2, dataprep_pb2_grpc
@@ -51,11 +50,8 @@ class DataPrepSettings(ServerSettings, ReadOnlyRootsSettings, LLMEndpointSetting
 
 def request_policy(settings: DataPrepSettings) -> RequestPolicy:
     """What requests may name: the store, the read-only roots, the endpoints and tokenizers configured."""
-    scope = StoreScope(
-        open_store(settings.store, settings), [open_store(r, settings) for r in settings.read_only_roots]
-    )
     return RequestPolicy(
-        scope=scope,
+        scope=StoreScope.configured(settings, settings.read_only_roots),
         llm_endpoints=settings.llm_endpoints,
         default_llm=settings.distiller_endpoint,
         tokenizers=settings.tokenizers,

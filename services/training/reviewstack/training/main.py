@@ -19,7 +19,6 @@ from pydantic import Field
 from reviewstack.common.grpc import GrpcServer, ServiceRegistration, run_server
 from reviewstack.common.logging import get_logger
 from reviewstack.common.settings import ServerSettings, entry_point_config
-from reviewstack.common.store import open_store
 from reviewstack.common.store.scope import StoreScope
 from reviewstack.training.controller import TrainingController
 from reviewstack.training.launchers import make_launcher
@@ -46,7 +45,7 @@ class TrainingSettings(ServerSettings, LauncherSettings):
 def main() -> None:
     settings = TrainingSettings()
     controller = TrainingController(settings, make_launcher(settings))
-    policy = RequestPolicy(StoreScope(open_store(settings.store, settings)), settings.base_model_roots)
+    policy = RequestPolicy(StoreScope.configured(settings), settings.base_model_roots)
     registration = ServiceRegistration(
         SERVICE, training_pb2_grpc.add_TrainingServicer_to_server, TrainingServicer(controller, policy)
     )

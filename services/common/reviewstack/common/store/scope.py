@@ -24,6 +24,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from reviewstack.common.errors import InvalidArgument, PermissionDenied
+from reviewstack.common.settings import StoreSettings
+from reviewstack.common.store import open_store
 from reviewstack.common.store.base import ArtifactStore, check_prefix
 from reviewstack.common.store.local import LocalStore
 
@@ -40,6 +42,12 @@ class StoreScope:
     def __init__(self, store: ArtifactStore, readable: Sequence[ArtifactStore] = ()) -> None:
         self.store = store
         self.readable = list(readable)
+
+    @classmethod
+    def configured(cls, settings: StoreSettings, read_only_roots: Sequence[str] = ()) -> StoreScope:
+        """A server's scope: its store, and the read-only roots its operator listed (reached, for
+        s3:// ones, with the store's credentials)."""
+        return cls(open_store(settings.store, settings), [open_store(r, settings) for r in read_only_roots])
 
     @property
     def uris(self) -> list[str]:
