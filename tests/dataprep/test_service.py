@@ -144,6 +144,11 @@ def test_bad_inputs_are_reported_in_the_operation_result(server, tmp_path):
             grpc.StatusCode.INVALID_ARGUMENT,
             "finite",
         ),
+        (
+            {"sources": [str(SAMPLE)] * 65, "name": "x"},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "at most 64 (REVIEWSTACK_MAX_SOURCES)",
+        ),
     ],
 )
 def test_bad_requests_fail_in_the_rpc_before_any_work(server, request_fields, code, message):

@@ -47,6 +47,10 @@ def test_missing_run_id_and_output_are_filled_in(tmp_path):
         (["method=sft"], "method: Input should be 'lora', 'qlora' or 'full'"),
         (["run_id=Bad_Name"], "run_id: Value error, use lower-case letters"),
         (["max_prompt_length=12000"], "exceed target_context 12288"),
+        (["effective_batch_size=16000"], "effective_batch_size: Input should be less than or equal to 4096"),
+        (["micro_batch_size=1024"], "micro_batch_size: Input should be less than or equal to 256"),
+        (["learning_rate=.inf"], "learning_rate: Input should be a finite number"),
+        (["warmup_ratio=.nan"], "warmup_ratio: Input should be a finite number"),
     ],
 )
 def test_bad_values_are_one_line_naming_the_field(tmp_path, overrides, expected):

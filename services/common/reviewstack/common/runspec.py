@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from reviewstack.common.prompt import MAX_PROMPT_LENGTH, MAX_RESPONSE_LENGTH
 
 _RUN_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # a DNS label: it names Kubernetes objects
+MAX_EFFECTIVE_BATCH = 4096
+MAX_MICRO_BATCH = 256
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -60,8 +62,11 @@ class TrainSpec(BaseModel):
     epochs: float = Field(3.0, gt=0)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
     learning_rate: float = Field(1e-4, gt=0)
-    effective_batch_size: int = Field(16, ge=1, description="sequences per optimizer step, all ranks")
-    micro_batch_size: int = Field(1, ge=1, description="sequences per forward pass")
+    # bounded so that a typo (16000 for 16) is refused here, not found as an out-of-memory pod later
+    effective_batch_size: int = Field(
+        16, ge=1, le=MAX_EFFECTIVE_BATCH, description="sequences per optimizer step, all ranks"
+    )
+    micro_batch_size: int = Field(1, ge=1, le=MAX_MICRO_BATCH, description="sequences per forward pass")
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     weight_decay: float = Field(0.0, ge=0)

@@ -45,6 +45,7 @@ class DataPrepSettings(ServerSettings, ReadOnlyRootsSettings, LLMEndpointSetting
         "", description="the llm distiller's endpoint (a name in llm_endpoints) when a request names none"
     )
     max_concurrent_builds: int = Field(1, ge=1, description="builds run at once; more wait as PENDING")
+    max_sources: int = Field(64, ge=1, description="source folders one build may read")
     preload: bool = Field(True, description="load tokenizer and embedding model before reporting SERVING")
 
 
@@ -56,6 +57,7 @@ def request_policy(settings: DataPrepSettings) -> RequestPolicy:
         default_llm=settings.distiller_endpoint,
         tokenizers=settings.tokenizers,
         default_tokenizer=settings.tokenizer,
+        max_sources=settings.max_sources,
     )
 
 

@@ -39,9 +39,6 @@ _MODES = {
 _SCHEMAS = {common_pb2.ASPECT_SCHEMA_FOUR: AspectSchema.FOUR}
 
 
-MAX_SOURCES = 64  # source folders of one build: each is listed and read in full
-
-
 @dataclass(frozen=True)
 class RequestPolicy:
     """What a request may name on this server: places inside its store (and read-only roots), the LLM
@@ -52,6 +49,7 @@ class RequestPolicy:
     default_llm: str = ""
     tokenizers: Mapping[str, str] = field(default_factory=dict)
     default_tokenizer: str | None = None
+    max_sources: int = 64  # source folders of one build: each is listed and read in full
 
     def tokenizer(self, name: str) -> str | None:
         if not name:
@@ -80,8 +78,11 @@ def request_to_config(
             "paper_version is required: EARLY, LATE or DECISION (whether the paper texts "
             "are the reviewed or the camera-ready versions changes what the model learns)"
         )
-    if len(request.sources) > MAX_SOURCES:
-        raise InvalidArgument(f"{len(request.sources)} sources: one build reads at most {MAX_SOURCES}")
+    if len(request.sources) > policy.max_sources:
+        raise InvalidArgument(
+            f"{len(request.sources)} sources: one build reads at most {policy.max_sources} "
+            "(REVIEWSTACK_MAX_SOURCES); merge folders or build in parts"
+        )
     split = request.split
     shares = (
         (split.train, split.val, split.test) if (split.train or split.val or split.test) else (0.8, 0.1, 0.1)
