@@ -55,7 +55,10 @@ def plain(tiny_model, small_dataset, tmp_path_factory):
 def zero3(tiny_model, small_dataset, tmp_path_factory):
     """Two ranks: SIGTERM once step 2 is checkpointed, then a restart that runs to the end and merges."""
     tmp = tmp_path_factory.mktemp("zero3")
-    spec = _spec(tmp, tiny_model, small_dataset, run_id="zero3", deepspeed="zero3", **COMMON)
+    # merge from the start: a restart must run the spec it was stopped with (a run id names one spec)
+    spec = _spec(
+        tmp, tiny_model, small_dataset, run_id="zero3", deepspeed="zero3", **{**COMMON, "merge": True}
+    )
     store = open_store(str(tmp / "runs-store"))
     first = subprocess.Popen(
         [*TORCHRUN, "-m", "reviewstack.trainjob", str(spec)],
@@ -78,7 +81,7 @@ def zero3(tiny_model, small_dataset, tmp_path_factory):
             first.wait()
     stopped = json.loads(store.get_bytes("runs/zero3/status.json"))
     again = subprocess.run(
-        [*TORCHRUN, "-m", "reviewstack.trainjob", str(spec), "merge=true"],
+        [*TORCHRUN, "-m", "reviewstack.trainjob", str(spec)],
         capture_output=True,
         text=True,
         timeout=900,
@@ -154,6 +157,9 @@ def test_best_is_a_peft_adapter_equal_to_the_plain_runs(plain, zero3, tiny_model
 def test_a_checkpoint_is_refused_by_another_layout(zero3, tmp_path, layout):
     output = tmp_path / "runs-store"
     shutil.copytree(zero3["tmp"] / "runs-store", output)  # this run records its failure in status.json
+    # the copy's spec.json names the other store and STEPS: without it the job records the spec it is
+    # given, so what refuses it here is the checkpoint's layout, not the run id's spec
+    open_store(str(output)).delete("runs/zero3/spec.json")
     run = _train(zero3["spec"], f"output={output}", f"max_steps={STEPS + 2}", layout)
     assert run.returncode == 2, run.stderr[-2000:]
     assert "written by deepspeed=zero3 with 2 processes" in run.stderr and "Traceback" not in run.stderr
