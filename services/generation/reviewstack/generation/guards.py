@@ -13,14 +13,13 @@ services leave health and their metrics port open for the same reasons).
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 
-from reviewstack.common.grpc.auth import TokenSource
+from reviewstack.common.grpc.auth import TokenSource, check_bearer
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -41,19 +40,6 @@ def error_response(path: str, status: int, message: str, kind: str) -> JSONRespo
     return JSONResponse(body, status_code=status)
 
 
-def bearer_problem(header: str | None, expected: bytes) -> str | None:
-    """None when the Authorization header carries the expected token, else what the caller should do."""
-    if not header:
-        return f"this engine requires a bearer token: {_HOW}"
-    scheme, _, presented = header.strip().partition(" ")
-    if scheme.lower() != "bearer" or not presented.strip():
-        return f"malformed Authorization header: {_HOW}"
-    # constant-time compare so the token cannot be guessed byte by byte from response times
-    if not hmac.compare_digest(presented.strip().encode(), expected):
-        return f"invalid bearer token: {_HOW}"
-    return None
-
-
 class BearerAuth:
     """401 unless the request carries the token; OPEN_PATHS and a TokenSource with auth off pass."""
 
@@ -66,7 +52,15 @@ class BearerAuth:
             return
         expected = self.tokens.current()
         problem = (
-            None if expected is None else bearer_problem(Headers(scope=scope).get("authorization"), expected)
+            None
+            if expected is None
+            else check_bearer(
+                Headers(scope=scope).get("authorization"),
+                expected,
+                how=_HOW,
+                carrier="Authorization header",
+                missing="this engine requires a bearer token",
+            )
         )
         if problem is None:
             await self.app(scope, receive, send)

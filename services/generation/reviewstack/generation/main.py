@@ -75,10 +75,7 @@ class EngineSettings(LoggingSettings):
 def token_source(settings: EngineSettings) -> TokenSource:
     """The engine's token, as the gRPC services read theirs (a file is read now: a missing Secret stops
     the process before it listens)."""
-    token = settings.auth_token.get_secret_value().strip() if settings.auth_token is not None else None
-    if token is not None and not token:
-        raise errors.InvalidArgument("auth_token is empty; unset REVIEWSTACK_AUTH_TOKEN to turn auth off")
-    return TokenSource(token=token, path=settings.auth_token_file)
+    return TokenSource.of(settings.auth_token, settings.auth_token_file)
 
 
 def build_engine(settings: EngineSettings) -> tuple[Engine, ServerLimits]:

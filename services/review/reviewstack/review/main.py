@@ -97,16 +97,7 @@ class ReviewSettings(ServerSettings):
 def backend_tokens(settings: ReviewSettings) -> TokenSource:
     """The backend's token, read as the services read their own (a file is read now: a missing Secret
     stops the service before it serves)."""
-    secret = settings.backend_auth_token
-    token = secret.get_secret_value().strip() if secret is not None else None
-    if token is not None and not token:
-        raise errors.InvalidArgument("backend_auth_token is empty; unset REVIEWSTACK_BACKEND_AUTH_TOKEN")
-    if token is not None and settings.backend_auth_token_file is not None:
-        raise errors.InvalidArgument(
-            "both backend_auth_token and backend_auth_token_file are set; set one "
-            "(REVIEWSTACK_BACKEND_AUTH_TOKEN or REVIEWSTACK_BACKEND_AUTH_TOKEN_FILE)"
-        )
-    return TokenSource(token=token, path=settings.backend_auth_token_file)
+    return TokenSource.of(settings.backend_auth_token, settings.backend_auth_token_file, "backend_auth_token")
 
 
 def build_servicer(settings: ReviewSettings) -> ReviewServicer:

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
+from pydantic import SecretStr
 
 from reviewstack.common import errors
 from reviewstack.common.grpc.interceptors import Call, LayerInterceptor
@@ -53,10 +54,23 @@ class TokenSource:
 
     @classmethod
     def from_settings(cls, settings: ServerSettings) -> TokenSource:
-        token = settings.auth_token.get_secret_value() if settings.auth_token is not None else None
-        if token is not None and not token.strip():
-            raise errors.InvalidArgument("auth_token is empty; unset it to turn auth off, or set a token")
-        return cls(token=token.strip() if token else None, path=settings.auth_token_file)
+        return cls.of(settings.auth_token, settings.auth_token_file)
+
+    @classmethod
+    def of(cls, secret: SecretStr | None, path: Path | None, setting: str = "auth_token") -> TokenSource:
+        """The token a pair of settings names (`<setting>` or `<setting>_file`, one of them at most): the
+        gRPC services', the engine's, and the one the Review service sends its backend."""
+        token = secret.get_secret_value().strip() if secret is not None else None
+        variable = f"REVIEWSTACK_{setting.upper()}"
+        if token is not None and not token:
+            raise errors.InvalidArgument(
+                f"{setting} is empty; unset {variable} to turn auth off, or set a token"
+            )
+        if token is not None and path is not None:
+            raise errors.InvalidArgument(
+                f"both {setting} and {setting}_file are set; set one ({variable} or {variable}_FILE)"
+            )
+        return cls(token=token, path=path)
 
     @property
     def enabled(self) -> bool:
@@ -100,16 +114,23 @@ class TokenSource:
         return (st.st_mtime_ns, st.st_ino, st.st_size), token.encode()
 
 
-def check_bearer(header: str | None, expected: bytes) -> str | None:
-    """None when `header` carries the expected token, else why not (for the client)."""
+def check_bearer(
+    header: str | None,
+    expected: bytes,
+    how: str = _HOW,
+    carrier: str = f"'{AUTH_METADATA_KEY}' metadata",
+    missing: str = "missing credentials",
+) -> str | None:
+    """None when `header` carries the expected token, else why not, with `how` to send it (gRPC
+    metadata here, an HTTP header for the engine)."""
     if not header:
-        return f"missing credentials: {_HOW}"
+        return f"{missing}: {how}"
     scheme, _, presented = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not presented.strip():
-        return f"malformed '{AUTH_METADATA_KEY}' metadata: {_HOW}"
+        return f"malformed {carrier}: {how}"
     # constant-time compare so the token cannot be guessed byte by byte from response times
     if not hmac.compare_digest(presented.strip().encode(), expected):
-        return f"invalid bearer token: {_HOW}"
+        return f"invalid bearer token: {how}"
     return None
 
 
