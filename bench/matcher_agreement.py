@@ -1,28 +1,36 @@
-"""Benchmark: how often the default point matcher's hit decisions agree with GPT-4's, and how fast it is.
+"""Benchmark: how often a point matcher's hit decisions agree with GPT-4's on generators it was not fitted
+on, and how fast the default matcher is.
 
-    .venv/bin/python bench/matcher_agreement.py [--archive ../shared/data/marg-alignments-dev.tar.gz]
-                                               [--write-calibration] [--repeats 5]
+    .venv/bin/python bench/matcher_agreement.py [--scores DIR] [--write-calibration]
+        [--archive ../shared/data/marg-alignments-dev.tar.gz]
 
-Data: MARG's alignment evaluation (30 ICLR papers; generated comments of three GPT-4 reviewers, lizca /
-marg_s / sarg_b; comments extracted from the human reviews; GPT-4's alignments, each proposed in at least
-2 of 5 list-alignment runs and confirmed pairwise with relatedness medium or high, `same_meaning`).
-A human comment is *hit* when some generated comment of that method is aligned to it; the matcher hits it
-when its one-to-one matching keeps a pair with it. Precision / recall / F1 are over the hit decisions of
-all (method, human comment) pairs, GPT-4's decisions being the truth.
+Data: MARG's alignment evaluation (30 ICLR papers; the comments of three GPT-4 reviewer pipelines, lizca /
+marg_s / sarg_b; comments extracted from the human reviews; GPT-4's `same_meaning` alignments). A human
+comment is *hit* when some generated comment of that method is aligned to it; a matcher hits it when its
+one-to-one matching of the method's comments against all the paper's human comments (the evaluation's
+frame) keeps a pair with it. Precision / recall / F1 are over the hit decisions, GPT-4's being the truth.
 
-Two frames: `paper` matches a generated review against all the human comments of the paper at once, as
-the evaluation does (headline, and what the shipped constants are fitted on); `review` matches it against
-each human review separately, as MARG's alignments were made (`reference_id` counts within one review).
+Protocols, each fitting everything it tunes (thresholds, combiners, the pair model's weights) on its
+fitting part alone:
+- **leave-one-method-out** (headline): fit on two methods, measure on the third; three rotations, their
+  mean and spread. It asks what an evaluation of a new generator needs: agreement on a generator whose
+  style the matcher never saw. A rotation tunes the pair model's threshold on the scores each fitting
+  method got from the model fine-tuned on the other fitting method, never on scores of data a model
+  was trained on.
+- cross-validation by paper (5 folds of papers, every method in every fold), beside it;
+- in-sample (fit and measure on everything), beside it.
 
-Honest fitting: the combiner and threshold are fitted with cross-validation by paper (5 folds of papers,
-`--repeats` shuffles) and the held-out numbers are the headline; in-sample numbers (fitted and measured on
-all 30 papers) are reported beside them, and `--write-calibration` ships that all-paper fit. The baseline
-is plain cosine of all-MiniLM-L6-v2 embeddings (hit when the best generated comment reaches a threshold),
-at its best threshold in-sample and with the threshold chosen on the training folds.
+Systems: plain all-MiniLM-L6-v2 cosine (a human comment is hit when its best generated comment reaches a
+threshold; the baseline), the distilled static cosine (the candidate stage alone), the pair model before
+any review data (ArgKP only), and the default matcher (static candidates → fine-tuned pair model →
+one-to-one assignment → threshold). The pair models' scores of every MARG pair come from
+bench/train_pair_model.py (`--scores`, its output folder; GPU); those of the shipped model's training run
+are kept in bench/results/pair_model_training, so the rest runs here, on a CPU.
 
-Throughput: the matcher on a workload of the size the evaluation promises (200 papers, ~11,000 human
-points, 30 generated points per paper, the matcher pairs evaluate.py makes), on this machine's cores.
-Writes bench/results/matcher_agreement.json and prints a table.
+`--write-calibration` ships the threshold tuned on every method's leave-one-method-out scores (each
+scored by the model that never saw it), with the measured agreement, as the matcher's calibration.
+Its speed on an evaluation's workload is bench/eval_throughput.py's. Writes
+bench/results/matcher_agreement.json and prints tables.
 """
 
 from __future__ import annotations
@@ -31,94 +39,69 @@ import argparse
 import json
 import os
 import sys
-import tarfile
 import tempfile
-import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from benchlib import ROOT, commit
+from marg import METHODS, Unit, load_units, paper_folds, unpack
 from rich.console import Console
 from rich.table import Table
-from sklearn.linear_model import LogisticRegression
 
 from reviewstack.common.embeddings import load_embedding_model
-from reviewstack.common.errors import InvalidArgument
 from reviewstack.evaluation import matching
 from reviewstack.evaluation.matching import (
-    FEATURES,
-    Calibration,
+    CandidatePolicy,
     EmbeddedMatcher,
-    Logistic,
-    assigned_pairs,
-    pair_features,
+    MatcherCalibration,
+    assign,
+    candidates,
 )
-from reviewstack.evaluation.static_model import load_static_model
 
-if TYPE_CHECKING:
-    from model2vec import StaticModel
-
-METHODS = ("lizca", "marg_s", "sarg_b")
-FRAMES = ("paper", "review")
 FOLDS = 5
+FOLD_SEED = 0  # the folds bench/train_pair_model.py trained its cross-validation models on
 CALIBRATION_FILE = ROOT / "eval-service" / "reviewstack" / "evaluation" / matching.CALIBRATION
 
 
-@dataclass
-class Unit:
-    """One matcher call: a method's generated comments against some human comments of one paper."""
+# -- protocols -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Split:
+    """One fit / measure split. `model` names the pair model that scores the measured units; `tuning`
+    names, per fitted unit, the pair model whose scores of it may be used to tune (one that never
+    trained on it, where the protocol allows)."""
 
-    method: str
-    paper: str
-    generated: list[str]
-    reference: list[str]
-    aligned: set[tuple[int, int]] = field(default_factory=set)  # GPT-4's (generated, reference) pairs
-
-    @property
-    def hits(self) -> np.ndarray:
-        truth = np.zeros(len(self.reference), dtype=bool)
-        for _, r in self.aligned:
-            truth[r] = True
-        return truth
+    name: str
+    fit: list[int]
+    test: list[int]
+    model: str
+    tuning: dict[int, str]
 
 
-def load_units(folder: Path, frame: str) -> list[Unit]:
-    """The units of one frame. MARG's `reference_id` counts within one human review (its README's
-    "flattened" is not what the files hold): each alignment is placed by its review and its text."""
-    units = []
-    for method in METHODS:
-        path = folder / method / "output" / "all_results.json"
-        if not path.is_file():
-            raise InvalidArgument(f"{path} is missing: is {folder} an unpacked marg-alignments-dev?")
-        for paper in json.loads(path.read_text()):
-            reviews = paper["reference_comments"]
-            generated = paper["generated_comments"]["all"]
-            aligned: dict[int, set[tuple[int, int]]] = {i: set() for i in range(len(reviews))}
-            for a in paper["alignments"]["all"]:
-                if not a["pairwise_result"].get("same_meaning"):
-                    continue
-                owners = [
-                    i
-                    for i, comments in enumerate(reviews)
-                    if a["reference_id"] < len(comments)
-                    and comments[a["reference_id"]] == a["reference_comment"]
-                ]
-                if not owners:
-                    raise InvalidArgument(f"{path}: alignment {a['reference_id']} matches no human comment")
-                aligned[owners[0]].add((a["predicted_id"], a["reference_id"]))
-            if frame == "review":
-                for i, comments in enumerate(reviews):
-                    if comments:  # one review in the set had no comment extracted: nothing to decide
-                        units.append(Unit(method, paper["doc_id"], generated, list(comments), aligned[i]))
-            else:
-                offsets = np.cumsum([0] + [len(c) for c in reviews])
-                flat = [c for comments in reviews for c in comments]
-                pairs = {(g, int(offsets[i]) + r) for i in aligned for g, r in aligned[i]}
-                units.append(Unit(method, paper["doc_id"], generated, flat, pairs))
-    return units
+def protocols(units: list[Unit]) -> dict[str, list[Split]]:
+    rows = range(len(units))
+    lomo = []
+    for held in METHODS:
+        a, b = (m for m in METHODS if m != held)
+        fit = [i for i in rows if units[i].method != held]
+        tuning = {i: b if units[i].method == a else a for i in fit}
+        lomo.append(Split(held, fit, [i for i in rows if units[i].method == held], f"{a}+{b}", tuning))
+    fold = paper_folds(units, FOLDS, FOLD_SEED)
+    cv = [
+        Split(
+            f"fold{k}",
+            [i for i in rows if fold[i] != k],
+            [i for i in rows if fold[i] == k],
+            f"fold{k}",
+            {i: f"fold{fold[i]}" for i in rows if fold[i] != k},
+        )
+        for k in range(FOLDS)
+    ]
+    everything = list(rows)
+    insample = [Split("all", everything, everything, "all", dict.fromkeys(everything, "all"))]
+    return {"leave-one-method-out": lomo, "cross-validation by paper": cv, "in-sample": insample}
 
 
 def prf(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
@@ -129,223 +112,128 @@ def prf(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     return {"precision": round(precision, 3), "recall": round(recall, 3), "f1": round(f1, 3)}
 
 
-def agreement(units: list[Unit], decisions: list[np.ndarray]) -> dict[str, dict[str, float]]:
-    """P / R / F1 of hit decisions overall and per generation method."""
-    out = {"all": prf(np.concatenate([u.hits for u in units]), np.concatenate(decisions))}
-    for method in METHODS:
-        keep = [i for i, u in enumerate(units) if u.method == method]
-        out[method] = prf(
-            np.concatenate([units[i].hits for i in keep]), np.concatenate([decisions[i] for i in keep])
-        )
-    return out
-
-
-def folds(units: list[Unit], seed: int) -> list[int]:
-    papers = sorted({u.paper for u in units})
-    order = np.random.RandomState(seed).permutation(len(papers))
-    fold_of = {papers[j]: k % FOLDS for k, j in enumerate(order)}
-    return [fold_of[u.paper] for u in units]
-
-
-# -- the baseline: plain MiniLM cosine ------------------------------------------------------------------
-def minilm_best_cosines(frames: dict[str, list[Unit]]) -> tuple[dict[str, list[np.ndarray]], float]:
-    """Per unit, each human comment's best cosine over the generated comments (MiniLM, 256 tokens)."""
-    model = load_embedding_model(max_seq_length=256)
-    texts = sorted({t for units in frames.values() for u in units for t in (*u.generated, *u.reference)})
-    start = time.perf_counter()
-    vectors = dict(zip(texts, model.encode(texts, batch_size=64, normalize_embeddings=True), strict=True))
-    rate = len(texts) / (time.perf_counter() - start)
-    best = {
-        frame: [
-            (np.stack([vectors[t] for t in u.reference]) @ np.stack([vectors[t] for t in u.generated]).T).max(
-                1
-            )
-            for u in units
-        ]
-        for frame, units in frames.items()
-    }
-    return best, rate
-
-
 def best_threshold(truth: np.ndarray, scores: np.ndarray) -> float:
-    grid = np.unique(np.quantile(scores, np.linspace(0.5, 0.999, 200)))
+    """The threshold maximising F1 of `scores >= threshold` (scores of -inf: never a hit)."""
+    finite = scores[np.isfinite(scores)]
+    grid = np.unique(np.quantile(finite, np.linspace(0.0, 0.999, 400)))
     return float(max(grid, key=lambda t: prf(truth, scores >= t)["f1"]))
 
 
-def baseline(units: list[Unit], best: list[np.ndarray], repeats: int) -> dict[str, object]:
-    truth = [u.hits for u in units]
-    threshold = best_threshold(np.concatenate(truth), np.concatenate(best))
-    insample = agreement(units, [b >= threshold for b in best])
-    heldout = []
-    for seed in range(repeats):
-        fold = folds(units, seed)
-        decisions: list[np.ndarray] = [np.zeros(0, dtype=bool)] * len(units)
-        for k in range(FOLDS):
-            train = [i for i in range(len(units)) if fold[i] != k]
-            t = best_threshold(
-                np.concatenate([truth[i] for i in train]), np.concatenate([best[i] for i in train])
-            )
-            for i in range(len(units)):
-                if fold[i] == k:
-                    decisions[i] = best[i] >= t
-        heldout.append(agreement(units, decisions))
-    return {"threshold": round(threshold, 3), "insample": insample, "heldout": mean_agreement(heldout)}
+# -- systems: each turns (unit, score table) into one score per human comment, thresholded ---------------
+CommentScores = Callable[[int, str], np.ndarray]  # (unit row, pair model name) → a score per human comment
 
 
-# -- the default matcher: fitted combiner + assignment --------------------------------------------------
-def unit_features(units: list[Unit], matcher: EmbeddedMatcher) -> list[np.ndarray]:
-    index = {t: i for i, t in enumerate(sorted({t for u in units for t in (*u.generated, *u.reference)}))}
-    encoded = matcher.encoder.encode(list(index))
+def run_protocol(units: list[Unit], splits: list[Split], score: CommentScores) -> dict[str, object]:
+    """Tune the threshold on each split's fitting units, decide its measured units; P / R / F1 per split
+    and pooled over splits."""
+    per_split, truth_all, decided_all, thresholds = {}, [], [], {}
+    for split in splits:
+        fit_truth = np.concatenate([units[i].hits for i in split.fit])
+        fit_scores = np.concatenate([score(i, split.tuning[i]) for i in split.fit])
+        threshold = best_threshold(fit_truth, fit_scores)
+        truth = np.concatenate([units[i].hits for i in split.test])
+        decided = np.concatenate([score(i, split.model) for i in split.test]) >= threshold
+        per_split[split.name] = prf(truth, decided)
+        thresholds[split.name] = round(threshold, 4)
+        truth_all.append(truth)
+        decided_all.append(decided)
+    f1s = [r["f1"] for r in per_split.values()]
+    return {
+        "splits": per_split,
+        "pooled": prf(np.concatenate(truth_all), np.concatenate(decided_all)),
+        "mean_f1": round(float(np.mean(f1s)), 3),
+        "f1_spread": [round(min(f1s), 3), round(max(f1s), 3)],
+        "thresholds": thresholds,
+    }
+
+
+class PairScores:
+    """The pair models' logits of every (generated, human) pair of every unit, from train_pair_model.py."""
+
+    def __init__(self, folder: Path, units: list[Unit]) -> None:
+        data = np.load(folder / "pair_scores.npz")
+        shapes = [(len(u.generated), len(u.reference)) for u in units]
+        if [tuple(s) for s in data["shapes"]] != shapes:
+            raise SystemExit(f"{folder}/pair_scores.npz was made from other MARG units than these")
+        offsets = np.cumsum([0] + [g * r for g, r in shapes])
+        self.models = {
+            name: [data[name][offsets[i] : offsets[i + 1]].reshape(shapes[i]) for i in range(len(units))]
+            for name in data.files
+            if name != "shapes"
+        }
+        self.card = json.loads((folder / "train_pair_model.json").read_text())
+
+
+def matcher_scores(
+    cosines: list[np.ndarray],
+    pair_scores: PairScores,
+    policy: CandidatePolicy,
+    fixed_model: str | None = None,
+) -> CommentScores:
+    """The default matcher's decision path: candidates from the static cosine, the pair model's
+    probabilities on them, the one-to-one assignment; a human comment's score is its assigned pair's
+    probability (-inf when unassigned)."""
+    cache: dict[tuple[int, str], np.ndarray] = {}
+
+    def score(row: int, model: str) -> np.ndarray:
+        model = fixed_model or model
+        if (row, model) not in cache:
+            allowed = candidates(cosines[row], policy)
+            probability = 1.0 / (1.0 + np.exp(-pair_scores.models[model][row].astype(np.float64)))
+            _, cols, values = assign(probability, allowed)
+            out = np.full(cosines[row].shape[1], -np.inf)
+            out[cols] = values
+            cache[(row, model)] = out
+        return cache[(row, model)]
+
+    return score
+
+
+def best_cosine_scores(cosines: list[np.ndarray]) -> CommentScores:
+    """A human comment's best cosine over the method's comments (not one-to-one: the plain baseline)."""
+    return lambda row, _model: cosines[row].max(axis=0)
+
+
+def cosine_matrices(units: list[Unit], encode: Callable[[list[str]], np.ndarray]) -> list[np.ndarray]:
+    texts = sorted({t for u in units for t in (*u.generated, *u.reference)})
+    index = {t: i for i, t in enumerate(texts)}
+    vectors = encode(texts)
     return [
-        pair_features(
-            encoded.take([index[t] for t in u.generated]), encoded.take([index[t] for t in u.reference])
-        )
-        for u in units
+        vectors[[index[t] for t in u.generated]] @ vectors[[index[t] for t in u.reference]].T for u in units
     ]
 
 
-def logistic(x: np.ndarray, y: np.ndarray, balanced: bool) -> Logistic:
-    mean, scale = x.mean(0), x.std(0) + 1e-9
-    weight = "balanced" if balanced else None
-    model = LogisticRegression(C=1.0, class_weight=weight, max_iter=5000).fit((x - mean) / scale, y)
-    return Logistic(mean, scale, model.coef_[0], float(model.intercept_[0]))
-
-
-def fit(units: list[Unit], features: list[np.ndarray], rows: list[int]) -> Calibration:
-    """Pair stage on GPT-4's aligned pairs (balanced classes: ~1 % are aligned); hit stage on the pairs
-    that stage's assignment makes, labelled by whether GPT-4 hit their human comment; then the threshold
-    that maximises hit-decision F1 over all human comments of `rows`."""
-    x = np.concatenate([features[i].reshape(-1, len(FEATURES)) for i in rows])
-    y = np.concatenate([label_matrix(units[i]).ravel() for i in rows])
-    pair = logistic(x, y, balanced=True)
-    chosen, hit_of_chosen = [], []
-    for i in rows:
-        _, cols, z = assigned_pairs(features[i], pair)
-        chosen.append(z)
-        hit_of_chosen.append(units[i].hits[cols])
-    cal = Calibration(pair, logistic(np.concatenate(chosen), np.concatenate(hit_of_chosen), False), 1.0)
-    kept = np.concatenate([assigned(cal, features[i]) for i in rows])
-    truth = np.concatenate([units[i].hits for i in rows])
-    grid = np.unique(np.quantile(kept[kept >= 0], np.linspace(0.0, 0.995, 300)))
-    threshold = max(grid, key=lambda t: prf(truth, kept >= t)["f1"])
-    return Calibration(cal.pair, cal.hit, float(threshold))
-
-
-def label_matrix(unit: Unit) -> np.ndarray:
-    labels = np.zeros((len(unit.generated), len(unit.reference)), dtype=bool)
-    for g, r in unit.aligned:
-        labels[g, r] = True
-    return labels
-
-
-def assigned(cal: Calibration, features: np.ndarray) -> np.ndarray:
-    """Per human comment, the hit probability of the pair the assignment gives it (-1: none). The
-    assignment does not depend on the threshold, which only drops pairs, so thresholds can be tried on
-    this."""
-    _, cols, probability = cal.hit_probabilities(features)
-    out = np.full(features.shape[1], -1.0)
-    out[cols] = probability
-    return out
-
-
-def decide(cal: Calibration, features: np.ndarray) -> np.ndarray:
-    return assigned(cal, features) >= cal.threshold
-
-
-def matcher_cv(units: list[Unit], features: list[np.ndarray], repeats: int) -> dict[str, object]:
-    heldout = []
-    for seed in range(repeats):
-        fold = folds(units, seed)
-        decisions: list[np.ndarray] = [np.zeros(0, dtype=bool)] * len(units)
-        for k in range(FOLDS):
-            cal = fit(units, features, [i for i in range(len(units)) if fold[i] != k])
-            for i in range(len(units)):
-                if fold[i] == k:
-                    decisions[i] = decide(cal, features[i])
-        heldout.append(agreement(units, decisions))
-    cal = fit(units, features, list(range(len(units))))
-    insample = agreement(units, [decide(cal, f) for f in features])
-    return {"heldout": mean_agreement(heldout), "insample": insample, "calibration": cal}
-
-
-def mean_agreement(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
-    """Mean over repeats; `f1_sd` is the spread over fold shuffles (not a confidence interval)."""
-    out = {}
-    for key in runs[0]:
-        out[key] = {m: round(float(np.mean([r[key][m] for r in runs])), 3) for m in runs[0][key]}
-        out[key]["f1_sd"] = round(float(np.std([r[key]["f1"] for r in runs])), 3)
-    return out
-
-
-def shipped(units: list[Unit], model: StaticModel) -> dict[str, dict[str, float]]:
-    """The production path end to end: a fresh matcher reading the calibration file, `match_many`."""
-    results = EmbeddedMatcher(model, Calibration.load()).match_many(
-        [(u.generated, u.reference) for u in units]
-    )
-    decisions = []
-    for unit, matches in zip(units, results, strict=True):
-        hit = np.zeros(len(unit.reference), dtype=bool)
-        hit[[m.reference for m in matches]] = True
-        decisions.append(hit)
-    return agreement(units, decisions)
-
-
-def write_calibration(cal: Calibration, record: dict[str, object]) -> None:
-    data = {
-        "fitted_by": "bench/matcher_agreement.py --write-calibration: logistic pair stage on GPT-4's aligned "
-        "pairs (balanced classes), logistic hit stage on the assigned pairs, threshold maximising "
-        "hit-decision F1; all 30 papers, paper frame",
-        "data": "marg-alignments-dev (github.com/allenai/marg-reviewer, review_worker/data/paper_align_eval)",
-        "commit": record["commit"],
-        "date": record["date"],
-        "heldout_f1": record["paper"]["matcher"]["heldout"]["all"]["f1"],
-        "features": list(FEATURES),
-        "pair": cal.pair.to_dict(),
-        "hit": cal.hit.to_dict(),  # over the features and the pair logit of an assigned pair
-        "threshold": round(cal.threshold, 6),
-    }
-    CALIBRATION_FILE.write_text(json.dumps(data, indent=2) + "\n")
-
-
-# -- throughput ---------------------------------------------------------------------------------------
-def throughput(units: list[Unit], matcher: EmbeddedMatcher) -> dict[str, float]:
-    """200 papers × 4 human reviews × 14 points and 30 generated points each, texts made distinct per
-    paper; the matcher pairs of evaluate.py: the review against all human points, against each
-    leave-one-out union, and each human review against the others."""
-    human = sorted({t for u in units for t in u.reference})
-    machine = sorted({t for u in units for t in u.generated})
-    pairs = []
-    for p in range(200):
-        reviews = [
-            [f"{human[(p * 56 + r * 14 + i) % len(human)]} (p{p})" for i in range(14)] for r in range(4)
-        ]
-        generated = [f"{machine[(p * 30 + i) % len(machine)]} (p{p})" for i in range(30)]
-        union = [t for r in reviews for t in r]
-        pairs.append((generated, union))
-        for r in range(4):
-            others = [t for j, rv in enumerate(reviews) if j != r for t in rv]
-            pairs += [(generated, others), (reviews[r], others)]
-    texts = sorted({t for g, r in pairs for t in (*g, *r)})
-    n_pairs = sum(len(g) * len(r) for g, r in pairs)
-    start, cpu = time.perf_counter(), time.process_time()
-    matcher.encoder.encode(texts)
-    encode_s, encode_cpu = time.perf_counter() - start, time.process_time() - cpu
-    start, cpu = time.perf_counter(), time.process_time()
-    matcher.match_many(pairs)
-    total_s, total_cpu = time.perf_counter() - start, time.process_time() - cpu
-    score_s = max(total_s - encode_s, 1e-9)
+def candidate_recall(
+    units: list[Unit], cosines: list[np.ndarray], policy: CandidatePolicy
+) -> dict[str, float]:
+    kept = total = pairs = 0
+    for unit, cos in zip(units, cosines, strict=True):
+        allowed = candidates(cos, policy)
+        kept += int(allowed[unit.labels()].sum())
+        total += len(unit.aligned)
+        pairs += int(allowed.sum())
     return {
-        "texts": len(texts),
-        "matcher_pairs": len(pairs),
-        "scored_pairs": n_pairs,
-        "encode_s": round(encode_s, 2),
-        "texts_per_s": round(len(texts) / encode_s),
-        "match_many_s": round(total_s, 2),
-        "match_many_cpu_s": round(total_cpu, 2),
-        "encode_cpu_s": round(encode_cpu, 2),
-        "pairs_per_s": round(n_pairs / score_s),
-        "load_average_1m": round(os.getloadavg()[0], 2),
+        "gpt4_pairs_kept": round(kept / total, 3),
+        "pairs_scored": round(pairs / sum(c.size for c in cosines), 3),
     }
+
+
+# -- the shipped matcher, end to end ------------------------------------------------------------------
+def shipped(units: list[Unit]) -> dict[str, dict[str, float]]:
+    """The production path: a fresh default matcher (int8 ONNX pair model, shipped calibration)."""
+    results = EmbeddedMatcher().match_many([(u.generated, u.reference) for u in units])
+    out = {}
+    for method in (*METHODS, None):
+        truth, decided = [], []
+        for unit, matches in zip(units, results, strict=True):
+            if method and unit.method != method:
+                continue
+            hit = np.zeros(len(unit.reference), dtype=bool)
+            hit[[m.reference for m in matches]] = True
+            truth.append(unit.hits)
+            decided.append(hit)
+        out[method or "all"] = prf(np.concatenate(truth), np.concatenate(decided))
+    return out
 
 
 def main() -> None:
@@ -353,113 +241,126 @@ def main() -> None:
     parser.add_argument(
         "--archive", default=str(ROOT.parent / "shared" / "data" / "marg-alignments-dev.tar.gz")
     )
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "matcher_agreement.json"))
-    parser.add_argument("--repeats", type=int, default=5, help="shuffles of the 5 folds of papers")
     parser.add_argument(
-        "--write-calibration", action="store_true", help=f"ship the all-paper fit ({CALIBRATION_FILE.name})"
+        "--scores",
+        type=Path,
+        default=ROOT / "bench" / "results" / "pair_model_training",
+        help="bench/train_pair_model.py's --out folder (default: the shipped model's training run)",
     )
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "matcher_agreement.json"))
+    parser.add_argument("--write-calibration", action="store_true", help=f"ship {CALIBRATION_FILE.name}")
     args = parser.parse_args()
-    console = Console() if sys.stdout.isatty() else Console(width=160)  # logs: no squeezed table
+    console = Console() if sys.stdout.isatty() else Console(width=170)
     with tempfile.TemporaryDirectory() as tmp:
-        with tarfile.open(args.archive) as archive:
-            archive.extractall(tmp, filter="data")
-        folder = next(Path(tmp).glob("*/lizca")).parent
-        frames = {frame: load_units(folder, frame) for frame in FRAMES}
-    console.print("[bold]distilled static model[/] (built once per environment)")
-    load_start = time.perf_counter()
-    static = load_static_model()
-    matcher = EmbeddedMatcher(model=static)  # its calibration is read only when scoring
-    load_s = time.perf_counter() - load_start
-    console.print("[bold]baseline[/]: all-MiniLM-L6-v2 embeddings of every comment")
-    best, minilm_rate = minilm_best_cosines(frames)
+        units = load_units(unpack(Path(args.archive), Path(tmp)), "paper")
+    pair_scores = PairScores(args.scores, units)
+    console.print("[bold]encoding[/]: all-MiniLM-L6-v2 (baseline) and the static distillation (candidates)")
+    minilm = load_embedding_model(max_seq_length=256)
+    minilm_cos = cosine_matrices(units, lambda t: minilm.encode(t, batch_size=64, normalize_embeddings=True))
+    encoder = EmbeddedMatcher().encoder
+    static_cos = cosine_matrices(units, encoder.encode)
+    policy = CandidatePolicy()
+    systems: dict[str, CommentScores] = {
+        "MiniLM cosine (baseline)": best_cosine_scores(minilm_cos),
+        "static cosine": best_cosine_scores(static_cos),
+        "pair model, ArgKP only": matcher_scores(static_cos, pair_scores, policy, fixed_model="argkp"),
+        "default: pair model, fine-tuned": matcher_scores(static_cos, pair_scores, policy),
+        "pair model, every pair a candidate": matcher_scores(
+            static_cos, pair_scores, CandidatePolicy(per_point=0)
+        ),
+    }
+    splits = protocols(units)
     record: dict[str, object] = {
         "benchmark": "matcher_agreement",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "commit": commit(),
         "machine": {"cpus": os.cpu_count()},
         "data": {
-            frame: {
-                "units": len(units),
-                "human_comments": sum(len(u.reference) for u in units),
-                "gpt4_hits": int(sum(u.hits.sum() for u in units)),
-                "gpt4_pairs": sum(len(u.aligned) for u in units),
-            }
-            for frame, units in frames.items()
+            "units": len(units),
+            "human_comments": sum(len(u.reference) for u in units),
+            "gpt4_hits": int(sum(u.hits.sum() for u in units)),
+            "gpt4_pairs": sum(len(u.aligned) for u in units),
+        },
+        "pair_model_training": pair_scores.card,
+        "candidates": {"policy": policy.to_dict(), **candidate_recall(units, static_cos, policy)},
+        "systems": {
+            name: {protocol: run_protocol(units, s, score) for protocol, s in splits.items()}
+            for name, score in systems.items()
         },
     }
-    fits = {}
-    for frame, units in frames.items():
-        console.print(f"[bold]{frame} frame[/]: cross-validating the combiner ({args.repeats}×{FOLDS} folds)")
-        features = unit_features(units, matcher)
-        result = matcher_cv(units, features, args.repeats)
-        fits[frame] = result.pop("calibration")
-        static_best = [f[:, :, FEATURES.index("cos")].max(axis=0) for f in features]
-        record[frame] = {
-            "baseline": baseline(units, best[frame], args.repeats),
-            "static_cosine": baseline(units, static_best, args.repeats),  # the encoder alone, same protocol
-            "matcher": result,
-        }
     if args.write_calibration:
-        write_calibration(fits["paper"], record)
+        write_calibration(units, systems["default: pair model, fine-tuned"], splits, record, policy)
         console.print(f"wrote {CALIBRATION_FILE.relative_to(ROOT)}")
-    elif not CALIBRATION_FILE.exists():
-        raise SystemExit(f"{CALIBRATION_FILE} is missing: run again with --write-calibration to create it")
-    for frame, units in frames.items():
-        record[frame]["shipped"] = shipped(units, static)
-    record["throughput"] = {
-        "matcher": throughput(frames["paper"], matcher),
-        "matcher_load_s": round(load_s, 1),
-        "minilm_texts_per_s": round(minilm_rate, 1),
-        "torch_threads": __import__("torch").get_num_threads(),
-    }
+    record["shipped"] = shipped(units)
     Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
-    print_table(console, record)
+    print_tables(console, record)
     console.print(f"wrote {args.out}")
 
 
-def cell(result: dict[str, float], spread: bool = False) -> str:
-    text = f"{result['precision']:.2f} / {result['recall']:.2f} / {result['f1']:.3f}"
-    return f"{text} ±{result['f1_sd']:.3f}" if spread else text
+def write_calibration(
+    units: list[Unit],
+    score: CommentScores,
+    splits: dict[str, list[Split]],
+    record: dict,
+    policy: CandidatePolicy,
+) -> None:
+    """The shipped threshold: tuned on every unit's leave-one-method-out score (from the model that never
+    saw its method), the scale the shipped model's scores have on a generator it has not seen."""
+    lomo = splits["leave-one-method-out"]
+    truth = np.concatenate([units[i].hits for s in lomo for i in s.test])
+    scores = np.concatenate([score(i, s.model) for s in lomo for i in s.test])
+    result = record["systems"]["default: pair model, fine-tuned"]
+    baseline = record["systems"]["MiniLM cosine (baseline)"]["leave-one-method-out"]
+    calibration = MatcherCalibration(
+        candidates=policy,
+        threshold=round(best_threshold(truth, scores), 4),
+        pair_model=EmbeddedMatcher().pair_model.digest,
+        agreement={
+            "judge": "GPT-4 same_meaning alignments, marg-alignments-dev (30 ICLR papers, 3 GPT-4 reviewers)",
+            "protocol": "leave-one-method-out: fitted on two reviewers, measured on the third",
+            "f1": result["leave-one-method-out"]["mean_f1"],
+            "precision": result["leave-one-method-out"]["pooled"]["precision"],
+            "recall": result["leave-one-method-out"]["pooled"]["recall"],
+            "rotations": {k: v["f1"] for k, v in result["leave-one-method-out"]["splits"].items()},
+            "cosine_baseline_f1": baseline["mean_f1"],
+            "in_sample_f1": result["in-sample"]["mean_f1"],
+            "cross_validated_f1": result["cross-validation by paper"]["pooled"]["f1"],
+        },
+        fitted_by=f"bench/matcher_agreement.py --write-calibration ({record['commit']}, "
+        f"{record['date'][:10]})",
+    )
+    calibration.write(CALIBRATION_FILE)
 
 
-def print_table(console: Console, record: dict[str, object]) -> None:
-    columns = [f"{m} F1 held-out (in-sample)" for m in METHODS]
-    title = "agreement with GPT-4's hit decisions (marg-alignments-dev; ± = spread over fold shuffles)"
+def print_tables(console: Console, record: dict) -> None:
     table = Table(
-        "frame", "hit decisions by", "held-out P / R / F1", "in-sample P / R / F1", *columns, title=title
+        "matcher",
+        *(f"held out: {m}\nP / R / F1" for m in METHODS),
+        "leave-one-method-out\nmean F1 [min, max]",
+        "CV by paper\nF1",
+        "in-sample\nF1",
+        title="agreement with GPT-4's hit decisions (marg-alignments-dev, paper frame)",
     )
-    for frame in FRAMES:
-        r = record[frame]
-        for name, key in (
-            ("MiniLM cosine (baseline)", "baseline"),
-            ("static cosine alone", "static_cosine"),
-            ("default matcher", "matcher"),
-        ):
-            held, fit = r[key]["heldout"], r[key]["insample"]
-            per = [f"{held[m]['f1']:.3f} ({fit[m]['f1']:.3f})" for m in METHODS]
-            table.add_row(frame, name, cell(held["all"], spread=True), cell(fit["all"]), *per)
-        per = [f"- ({r['shipped'][m]['f1']:.3f})" for m in METHODS]
-        table.add_row(frame, "shipped constants, match_many", "-", cell(r["shipped"]["all"]), *per)
+    for name, result in record["systems"].items():
+        lomo = result["leave-one-method-out"]
+        cells = [f"{s['precision']:.2f} / {s['recall']:.2f} / {s['f1']:.3f}" for s in lomo["splits"].values()]
+        spread = f"{lomo['mean_f1']:.3f} [{lomo['f1_spread'][0]:.3f}, {lomo['f1_spread'][1]:.3f}]"
+        cv, fit = result["cross-validation by paper"]["pooled"]["f1"], result["in-sample"]["pooled"]["f1"]
+        table.add_row(name, *cells, spread, f"{cv:.3f}", f"{fit:.3f}")
+    s = record["shipped"]
+    table.add_row(
+        "shipped matcher (int8, shipped threshold)",
+        *(f"{s[m]['precision']:.2f} / {s[m]['recall']:.2f} / {s[m]['f1']:.3f}" for m in METHODS),
+        "-",
+        "-",
+        f"{s['all']['f1']:.3f}",
+    )
     console.print(table)
-    t = record["throughput"]
-    m = t["matcher"]
-    speed = Table(
-        "measure",
-        "value",
-        title=f"throughput ({record['machine']['cpus']} CPUs, load {m['load_average_1m']})",
+    c = record["candidates"]
+    console.print(
+        f"candidates: {c['policy']} keep {c['gpt4_pairs_kept']:.0%} of GPT-4's pairs, "
+        f"{c['pairs_scored']:.0%} of all pairs read by the pair model"
     )
-    speed.add_row(
-        "workload",
-        f"{m['texts']:,} texts, {m['matcher_pairs']:,} matcher pairs, {m['scored_pairs']:,} scored pairs",
-    )
-    speed.add_row("encode (static)", f"{m['encode_s']} s = {m['texts_per_s']:,} texts/s")
-    speed.add_row(
-        "match_many (encode + score + assign)", f"{m['match_many_s']} s wall, {m['match_many_cpu_s']} s CPU"
-    )
-    speed.add_row("scoring", f"{m['pairs_per_s']:,} pairs/s")
-    speed.add_row("matcher load", f"{t['matcher_load_s']} s")
-    speed.add_row("MiniLM encode (baseline, 256 tokens)", f"{t['minilm_texts_per_s']} texts/s")
-    console.print(speed)
 
 
 if __name__ == "__main__":

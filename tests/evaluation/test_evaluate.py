@@ -48,7 +48,7 @@ def test_one_batched_matcher_call_and_progress(report: dict[str, Any]) -> None:
 def test_papers_lineage_and_format(report: dict[str, Any]) -> None:
     assert report["format"] == REPORT_FORMAT
     assert report["papers"] == ["p1", "p2", "p3"]
-    assert report["matcher"] == {"name": "exact", "version": "test-1"}
+    assert report["matcher"] == {"name": "exact", "version": "test-1", **ExactMatcher().describe()}
     assert report["settings"]["bootstrap"] == 200 and report["settings"]["seed"] == 1
     inputs = {i["name"]: i for i in report["inputs"]["systems"]}
     assert inputs["ft-0"]["uri"] == "file:///store/reviews/ft-0"

@@ -141,6 +141,8 @@ def test_html_says_what_a_reader_needs(written: tuple[dict[str, Any], dict[str, 
         "not in the ground truth",  # the caller's
         "one human review only: no leave-one-out",
         "matcher exact test-1",
+        "agrees with GPT-4 at F1 1.00",  # the matcher's measured agreement, in the header
+        "Matcher agreement F1 1.000 with the tests' own labels, exact text",
     ):
         assert needed in text, needed
     assert "−" in text  # negative differences carry a real minus sign

@@ -117,6 +117,7 @@ def test_evaluate_writes_the_report_and_returns_the_headline(server: str, store_
     prefix = f"evaluations/{result.eval_id}"
     report = json.loads(store.get_bytes(f"{prefix}/report.json"))
     assert report["matcher"]["name"] == "embedded" and report["request"]["systems"][0]["name"] == "ours"
+    assert report["matcher"]["agreement"]["protocol"].startswith("leave-one-method-out")
     assert b"<html" in store.get_bytes(f"{prefix}/report.html")[:200].lower()
     assert result.report_html.endswith(f"{prefix}/report.html")
     # a retried request (same id) is the same operation, not a second evaluation

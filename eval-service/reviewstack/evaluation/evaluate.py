@@ -293,7 +293,7 @@ def evaluate(
             "interval": "percentile bootstrap over papers",
             "leave_one_out_frame": leave_one_out_frame,
         },
-        "matcher": {"name": matcher.name, "version": matcher.version},
+        "matcher": {"name": matcher.name, "version": matcher.version, **matcher.describe()},
         "papers": chosen,
         "inputs": {
             "systems": [_input(s, chosen) for s in systems],

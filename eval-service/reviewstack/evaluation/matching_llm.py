@@ -232,8 +232,10 @@ class LLMMatcher:
         self.failures: dict[int, str] = {}
 
     def describe(self) -> dict[str, Any]:
-        """What a report records about the judge, besides name and version."""
+        """What a report records about the judge, besides name and version. Its agreement with GPT-4 is
+        not measured here: bench/matcher_agreement.py can score a judge only where one is reachable."""
         return {
+            "agreement": None,
             "model": self.endpoint.model,
             "backend": self.endpoint.url,
             "threshold": self.threshold,

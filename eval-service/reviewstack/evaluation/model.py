@@ -76,3 +76,8 @@ class Matcher(Protocol):
     version: str  # changes whenever its decisions could change: reports record it
 
     def match_many(self, pairs: Sequence[tuple[Sequence[str], Sequence[str]]]) -> list[list[Match]]: ...
+
+    def describe(self) -> dict[str, Any]:
+        """What a report records besides name and version; `agreement` is its measured agreement with
+        GPT-4 (None where it was not measured), so every number in a report says how far it goes."""
+        ...
