@@ -77,7 +77,7 @@ class PairModel:
         self.files = model_files or PairModelFiles.packaged()
         self.card = self.files.card()
         self.max_length = int(self.card["max_length"])
-        self.threads = threads or min(os.cpu_count() or 1, 8)
+        self.threads = threads or min(len(os.sched_getaffinity(0)), 8)  # the cores this process may use
 
     @cached_property
     def digest(self) -> str:
