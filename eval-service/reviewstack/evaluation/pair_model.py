@@ -76,7 +76,13 @@ class PairModel:
     def __init__(self, model_files: PairModelFiles | None = None, threads: int | None = None) -> None:
         self.files = model_files or PairModelFiles.packaged()
         self.card = self.files.card()
-        self.max_length = int(self.card["max_length"])
+        try:
+            self.max_length = int(self.card["max_length"])
+        except (KeyError, TypeError, ValueError):
+            raise FailedPrecondition(
+                f"{self.files.directory / CARD} has no valid max_length: re-export the pair model with "
+                "bench/export_pair_model.py"
+            ) from None
         self.threads = threads or min(len(os.sched_getaffinity(0)), 8)  # the cores this process may use
 
     @cached_property
@@ -89,7 +95,7 @@ class PairModel:
 
         tokenizer = Tokenizer.from_file(str(self.files.directory / TOKENIZER))
         tokenizer.enable_truncation(self.max_length, strategy="longest_first")
-        tokenizer.no_padding()  # each batch is padded to its own longest pair
+        tokenizer.no_padding()  # a pair is read alone: nothing to pad
         return tokenizer
 
     @cached_property
