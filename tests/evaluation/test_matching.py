@@ -1,13 +1,11 @@
 """The default matcher ("embedded"): its contract (one-to-one, empty inputs, the one-call API) on
-hand-written points, its parts (candidates, assignment, the pair model and its calibration) against
-references, and its agreement with GPT-4 on the real MARG alignment data.
+hand-written points, and its agreement with GPT-4 on the real MARG alignment data.
 
 The static model it needs is distilled once per environment (half a minute to three minutes on two
 cores, the first time any test here runs); after that every test is quick."""
 
 from __future__ import annotations
 
-import itertools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,28 +13,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reviewstack.common.errors import FailedPrecondition, InvalidArgument
-from reviewstack.evaluation.matching import (
-    CandidatePolicy,
-    EmbeddedMatcher,
-    MatcherCalibration,
-    assign,
-    candidates,
-    default_matcher,
-)
-from reviewstack.evaluation.model import Match
-from reviewstack.evaluation.pair_model import PairModel, PairModelFiles, canonical
+from reviewstack.common.errors import InvalidArgument
+from reviewstack.evaluation.matching import EmbeddedMatcher, default_matcher
+from reviewstack.evaluation.model import Match, Matcher
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Hit-decision F1 against GPT-4 on marg-alignments-dev, paper frame (bench/matcher_agreement.py):
-# the shipped matcher end to end scores 0.50 on it (in-sample: its pair model was fine-tuned on these
-# papers); leave-one-method-out, from the training run's scores in bench/results, 0.334 against 0.239 for
-# the static cosine alone. The issue's target on unseen generators, 0.35, is not reached:
-# `test_the_issues_target_agreement` records that, and fails loudly (XPASS) once it is.
-SHIPPED_F1_FLOOR = 0.45
-LOMO_F1 = 0.334
-TARGET_LOMO_F1 = 0.35
+# Hit-decision F1 against GPT-4 with the shipped constants on all of marg-alignments-dev, paper frame:
+# bench/matcher_agreement.py measured 0.38 in-sample (the constants were fitted on these papers) and 0.33
+# held out (cross-validated by paper); plain MiniLM cosine reaches 0.27 / 0.25. The floor leaves room
+# for a static model distilled on another machine. The issue's target, 0.5, is not reached by this
+# matcher: `test_the_issues_target_agreement` records that, and fails loudly (XPASS) once it is.
+F1_FLOOR = 0.35
+TARGET_F1 = 0.5
 
 BASELINES = "The paper does not compare the proposed method with strong baselines such as BERT or RoBERTa."
 POINTS = [
@@ -51,8 +40,18 @@ def matcher() -> EmbeddedMatcher:
     return default_matcher()
 
 
-def test_identical_points_match_each_other(matcher):
-    (matches,) = matcher.match_many([(POINTS, POINTS)])
+@pytest.fixture(scope="module", params=["embedded", "pair"])
+def any_matcher(request: pytest.FixtureRequest, matcher: EmbeddedMatcher) -> Matcher:
+    """Both no-LLM matchers: the contract below holds for each."""
+    if request.param == "embedded":
+        return matcher
+    from reviewstack.evaluation.matching_pair import pair_matcher
+
+    return pair_matcher()
+
+
+def test_identical_points_match_each_other(any_matcher):
+    (matches,) = any_matcher.match_many([(POINTS, POINTS)])
     assert sorted((m.generated, m.reference) for m in matches) == [(0, 0), (1, 1), (2, 2)]
     assert all(0 < m.score <= 1 for m in matches)
 
@@ -68,32 +67,33 @@ def test_a_paraphrase_matches():
     assert [(g, r) for g, r, _ in matches] == [(0, 0)]
 
 
-def test_unrelated_points_do_not_match(matcher):
+def test_unrelated_points_do_not_match(any_matcher):
     generated = ["The font in Figure 4 is too small to read."]
     reference = [
         "The regret bound in Theorem 2 depends exponentially on the horizon, which is not discussed."
     ]
-    assert matcher.match_many([(generated, reference)]) == [[]]
+    assert any_matcher.match_many([(generated, reference)]) == [[]]
 
 
-def test_matching_is_one_to_one(matcher):
+def test_matching_is_one_to_one(any_matcher):
     generated = [BASELINES, BASELINES, "Missing comparison with strong baselines such as BERT.", POINTS[1]]
     reference = [BASELINES, "No baselines like BERT are compared.", POINTS[1], POINTS[1]]
-    (matches,) = matcher.match_many([(generated, reference)])
+    (matches,) = any_matcher.match_many([(generated, reference)])
     assert len({m.generated for m in matches}) == len(matches)
     assert len({m.reference for m in matches}) == len(matches)
     assert all(0 <= m.generated < len(generated) and 0 <= m.reference < len(reference) for m in matches)
 
 
-def test_empty_inputs_give_no_matches(matcher):
+def test_empty_inputs_give_no_matches(matcher, any_matcher):
     from reviewstack.evaluation import match_points
 
     assert match_points([], []) == []
     assert match_points([], POINTS) == []
     assert match_points(POINTS, []) == []
-    assert matcher.match_many([]) == []
-    assert matcher.match_many([([], POINTS), (POINTS, [])]) == [[], []]
-    assert matcher.match_many([([""], ["   "])]) == [[]]  # a point with no words matches nothing
+    for each in (matcher, any_matcher):
+        assert each.match_many([]) == []
+        assert each.match_many([([], POINTS), (POINTS, [])]) == [[], []]
+        assert each.match_many([([""], ["   "])]) == [[]]  # a point with no words matches nothing
 
 
 def test_the_one_call_api_returns_index_index_score_tuples():
@@ -108,178 +108,67 @@ def test_the_one_call_api_returns_index_index_score_tuples():
     assert sorted((g, r) for g, r, _ in result) == [(0, 2), (1, 1), (2, 0)]
 
 
-def test_batching_across_papers_does_not_change_the_decisions(matcher):
+def test_batching_across_papers_does_not_change_the_decisions(any_matcher):
     other = (["Hyper-parameters are not reported.", POINTS[2]], ["The hyper-parameter settings are missing."])
-    alone = matcher.match_many([(POINTS, POINTS[:2])]) + matcher.match_many([other])
-    assert matcher.match_many([(POINTS, POINTS[:2]), other]) == alone
+    alone = any_matcher.match_many([(POINTS, POINTS[:2])]) + any_matcher.match_many([other])
+    assert any_matcher.match_many([(POINTS, POINTS[:2]), other]) == alone
 
 
-def test_it_is_a_matcher_that_reports_its_version_and_agreement(matcher):
-    assert matcher.name == "embedded" and matcher.version.startswith("pair-")
-    assert "minilm-l6-v2-static256" in matcher.version
-    described = matcher.describe()
-    assert (
-        described["agreement"]["f1"] == LOMO_F1
-        and "leave-one-method-out" in described["agreement"]["protocol"]
-    )
+def test_it_is_a_matcher_that_reports_its_version(matcher):
+    assert matcher.name == "embedded" and matcher.version.startswith("minilm-l6-v2-static256+cal-")
     assert isinstance(matcher.match_many([(POINTS[:1], POINTS[:1])])[0][0], Match)
     with pytest.raises(InvalidArgument, match="points must be strings"):
         matcher.match_many([([1], POINTS)])  # type: ignore[list-item]
 
 
-def test_candidates_are_each_points_nearest_on_both_sides():
-    cosine = np.array([[0.9, 0.1, 0.5, 0.2], [0.3, 0.8, 0.4, 0.1], [0.2, 0.2, 0.1, 0.7]])
-    one = candidates(cosine, CandidatePolicy(1))
-    # row bests (0,0) (1,1) (2,3) and column bests (0,0) (1,1) (0,2) (2,3)
-    assert sorted((int(g), int(r)) for g, r in zip(*np.nonzero(one), strict=True)) == [
-        (0, 0),
-        (0, 2),
-        (1, 1),
-        (2, 3),
-    ]
-    two = candidates(cosine, CandidatePolicy(2))
-    assert two.sum(axis=1).min() >= 2 and two.sum(axis=0).min() >= 2 and (two | one).sum() == two.sum()
-    assert candidates(cosine, CandidatePolicy(0)).all() and candidates(cosine, CandidatePolicy(5)).all()
-
-
-def test_assignment_is_the_best_one_to_one_choice_of_candidates():
-    """Against brute force over every one-to-one assignment, on random matrices and masks."""
-    rng = np.random.default_rng(0)
-    for _ in range(30):
-        n_g, n_r = (int(n) for n in rng.integers(1, 5, size=2))
-        probability = rng.random((n_g, n_r))
-        allowed = rng.random((n_g, n_r)) < 0.6
-        rows, cols, values = assign(probability, allowed)
-        assert len(set(rows)) == len(rows) and len(set(cols)) == len(cols)
-        assert allowed[rows, cols].all() and np.allclose(values, probability[rows, cols])
-        best = 0.0
-        small, large = sorted((n_g, n_r))
-        for chosen in itertools.permutations(range(large), small):
-            pairs = (
-                zip(range(small), chosen, strict=True)
-                if n_g <= n_r
-                else zip(chosen, range(small), strict=True)
-            )
-            best = max(best, sum(probability[g, r] for g, r in pairs if allowed[g, r]))
-        assert values.sum() == pytest.approx(best)
-
-
-def test_the_pair_model_reads_pairs_as_the_trainer_tokenised_them():
-    """The shipped tokenizer through `tokenizers` gives the ids transformers gave the trainer (the
-    packaged MiniLM's tokenizer), with the same truncation of long pairs."""
-    from transformers import AutoTokenizer
-
-    from reviewstack.common.embeddings import packaged_model_path
-
-    model = PairModel()
-    reference = AutoTokenizer.from_pretrained(packaged_model_path())
-    long_point = " ".join(["The ablation of the attention temperature is missing."] * 30)
-    pairs = [(BASELINES, POINTS[1]), (long_point, POINTS[2]), (POINTS[0], long_point)]
-    expected = reference(
-        [a for a, _ in pairs], [b for _, b in pairs], truncation="longest_first", max_length=model.max_length
-    )
-    got = model.tokenizer.encode_batch(pairs)
-    assert [e.ids for e in got] == expected["input_ids"]
-    assert [e.type_ids for e in got] == expected["token_type_ids"]
-    assert max(len(e.ids) for e in got) == model.max_length
-
-
-def test_the_pair_model_scores_a_paraphrase_above_an_unrelated_point():
-    model = PairModel()
-    paraphrase = "There is no comparison against competitive baseline models like BERT and RoBERTa."
-    logits = model.logits([canonical(BASELINES, paraphrase), canonical(BASELINES, POINTS[2]), ("", "")])
-    assert np.isfinite(logits).all() and logits[0] > logits[1] + 2
-    batched = model.logits(
-        [canonical(BASELINES, paraphrase)] * 3 + [canonical(POINTS[1], long) for long in POINTS]
-    )
-    assert batched[:3] == pytest.approx([logits[0]] * 3, abs=1e-4)  # padding in a batch changes nothing
-
-
-def test_matching_either_way_round_gives_the_same_pairs(matcher):
-    generated = [BASELINES, "Hyper-parameters are not reported.", POINTS[1]]
-    reference = [
-        "No baselines like BERT are compared.",
-        "The hyper-parameter settings are missing.",
-        POINTS[2],
-    ]
-    (forward,) = matcher.match_many([(generated, reference)])
-    (backward,) = matcher.match_many([(reference, generated)])
-    assert sorted((m.generated, m.reference) for m in forward) == sorted(
-        (m.reference, m.generated) for m in backward
-    )
-
-
-def test_a_calibration_fitted_for_another_pair_model_is_refused(matcher, tmp_path: Path):
-    shipped = matcher.calibration
-    other = MatcherCalibration(shipped.candidates, shipped.threshold, "0000beef", shipped.agreement)
-    with pytest.raises(FailedPrecondition, match=r"fitted for pair model 0000beef.*refit it"):
-        other.check_fits(matcher.pair_model)
-    other.write(tmp_path / "calibration.json")
-    assert MatcherCalibration.load(tmp_path / "calibration.json") == other
-    (tmp_path / "broken.json").write_text('{"threshold": 0.5}')
-    with pytest.raises(FailedPrecondition, match="not a calibration this matcher can read"):
-        MatcherCalibration.load(tmp_path / "broken.json")
-
-
-def test_an_incomplete_pair_model_says_how_to_get_one(tmp_path: Path):
-    (tmp_path / "model.onnx").write_bytes(b"")
-    with pytest.raises(FailedPrecondition, match=r"pair model is incomplete.*make install"):
-        PairModel(PairModelFiles(tmp_path))
-
-
-def _bench() -> object:
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import matcher_agreement
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    return matcher_agreement
-
-
 @pytest.fixture(scope="module")
-def marg_units(shared_archive: Callable[[str], Path]) -> list:
+def marg_hits(shared_archive: Callable[[str], Path]) -> tuple[np.ndarray, np.ndarray]:
+    """GPT-4's hit decisions on marg-alignments-dev and the default matcher's (paper frame)."""
     sys.path.insert(0, str(ROOT / "bench"))
     try:
         from marg import load_units
     finally:
         sys.path.remove(str(ROOT / "bench"))
-    return load_units(shared_archive("marg-alignments-dev"), "paper")
-
-
-@pytest.fixture(scope="module")
-def lomo(marg_units, matcher) -> dict[str, dict]:
-    """The benchmark's leave-one-method-out protocol over the shipped model's training-run scores
-    (bench/results/pair_model_training): the default matcher's decision path and the static cosine."""
-    bench = _bench()
-    scores = bench.PairScores(ROOT / "bench" / "results" / "pair_model_training", marg_units)
-    cosines = bench.cosine_matrices(marg_units, matcher.encoder.encode)
-    splits = bench.protocols(marg_units)["leave-one-method-out"]
-    default = bench.matcher_scores(cosines, scores, matcher.calibration.candidates)
-    return {
-        "default": bench.run_protocol(marg_units, splits, default),
-        "static cosine": bench.run_protocol(marg_units, splits, bench.best_cosine_scores(cosines)),
-    }
-
-
-def test_leave_one_method_out_agreement_is_what_the_report_quotes(lomo, matcher):
-    assert lomo["default"]["mean_f1"] == pytest.approx(matcher.calibration.agreement["f1"], abs=0.005)
-    assert lomo["default"]["mean_f1"] >= lomo["static cosine"]["mean_f1"] + 0.07
-
-
-def test_the_shipped_matcher_agrees_with_gpt4_on_marg(marg_units, matcher):
-    results = matcher.match_many([(u.generated, u.reference) for u in marg_units])
+    units = load_units(shared_archive("marg-alignments-dev"), "paper")
+    results = default_matcher().match_many([(u.generated, u.reference) for u in units])
     truth, decided = [], []
-    for unit, matches in zip(marg_units, results, strict=True):
+    for unit, matches in zip(units, results, strict=True):
         hit = np.zeros(len(unit.reference), dtype=bool)
         hit[[m.reference for m in matches]] = True
         truth.append(unit.hits)
         decided.append(hit)
-    truth_all, decided_all = np.concatenate(truth), np.concatenate(decided)
-    assert len(truth_all) == 3 * 483 and int(truth_all.sum()) == 161  # three methods × 483 human comments
-    tp = int((truth_all & decided_all).sum())
-    assert 2 * tp / (int(truth_all.sum()) + int(decided_all.sum())) >= SHIPPED_F1_FLOOR
+    return np.concatenate(truth), np.concatenate(decided)
 
 
-@pytest.mark.xfail(strict=True, reason="the issue's target, F1 ≥ 0.35 on unseen generators, is not reached")
-def test_the_issues_target_agreement(lomo):
-    assert lomo["default"]["mean_f1"] >= TARGET_LOMO_F1
+def hit_f1(truth: np.ndarray, decided: np.ndarray) -> float:
+    tp = int((truth & decided).sum())
+    return 2 * tp / (int(truth.sum()) + int(decided.sum()))
+
+
+def test_agreement_with_gpt4_on_marg_stays_at_the_benchmarked_level(marg_hits):
+    truth, decided = marg_hits
+    assert len(truth) == 3 * 483 and int(truth.sum()) == 161  # three methods × 483 human comments
+    assert hit_f1(truth, decided) >= F1_FLOOR
+
+
+@pytest.mark.xfail(
+    strict=True, reason="the issue's target F1 ≥ 0.5 is not reached (bench/matcher_agreement.py)"
+)
+def test_the_issues_target_agreement(marg_hits):
+    assert hit_f1(*marg_hits) >= TARGET_F1
+
+
+def test_a_generic_review_gets_fewer_hits_than_gpt4_gives_real_comments(shared_archive, matcher):
+    """A canned review that says nothing about any paper, against each MARG paper's human comments: the
+    share of its points the matcher calls hits stays under the share of GPT-4 reviewers' comments GPT-4
+    aligned (0.03 against 0.10 measured)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import matcher_agreement as bench
+        from marg import load_units
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    precision, gpt4 = bench.generic_control(
+        load_units(shared_archive("marg-alignments-dev"), "paper"), matcher
+    )
+    assert precision < gpt4

@@ -34,7 +34,12 @@ OutOpt = Annotated[
         "--out", help="store URI or directory for evaluations/<eval-id>/ (with --server: default its store)"
     ),
 ]
-MatcherOpt = Annotated[str, typer.Option(help="embedded (no LLM, no network) or llm")]
+MatcherOpt = Annotated[
+    str,
+    typer.Option(
+        help="embedded (default; no LLM, no network), pair (a cross-encoder; see its caveat) or llm"
+    ),
+]
 JudgeEndpointOpt = Annotated[
     str,
     typer.Option(

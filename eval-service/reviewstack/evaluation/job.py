@@ -41,7 +41,7 @@ class EvalConfig(BaseModel):
     systems: list[SystemSpec] = Field(min_length=1)
     human: str = Field(min_length=1, description="data-prep dataset folder URI (ground_truth.jsonl)")
     output: str = Field(min_length=1, description="store URI or directory for evaluations/<eval-id>/")
-    matcher: Literal["embedded", "llm"] = "embedded"
+    matcher: Literal["embedded", "pair", "llm"] = "embedded"
     judge_endpoint: str = ""
     judge_model: str = ""
     bootstrap: int = Field(1000, ge=0)
@@ -84,6 +84,10 @@ def make_matcher(config: EvalConfig, judge: LLMEndpoint | None = None) -> Matche
                 "(--judge-endpoint http://host:8080/v1 --judge-model NAME)"
             )
         return LLMMatcher(config.judge_endpoint, config.judge_model)
+    if config.matcher == "pair":
+        from reviewstack.evaluation.matching_pair import pair_matcher
+
+        return pair_matcher()
     from reviewstack.evaluation.matching import default_matcher
 
     return default_matcher()

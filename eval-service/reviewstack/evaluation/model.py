@@ -72,7 +72,7 @@ class Matcher(Protocol):
     LLM judge) also exposes `failures: dict[int, str]` (pair index → why) after the call: those pairs
     are reported and left out, never scored as zero."""
 
-    name: str  # "embedded", "llm"
+    name: str  # "embedded", "pair", "llm"
     version: str  # changes whenever its decisions could change: reports record it
 
     def match_many(self, pairs: Sequence[tuple[Sequence[str], Sequence[str]]]) -> list[list[Match]]: ...

@@ -1,0 +1,226 @@
+"""The pair matcher ("pair"): its parts (candidates, assignment, the pair model and its calibration) against
+references, and its agreement with GPT-4 on the real MARG alignment data. The contract every matcher
+keeps (one-to-one, empty inputs, batching) is tested for both in test_matching.py.
+
+The static model it needs is distilled once per environment (half a minute to three minutes on two
+cores, the first time any test here runs); after that every test is quick."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reviewstack.common.errors import FailedPrecondition, InvalidArgument
+from reviewstack.evaluation.matching_pair import (
+    CandidatePolicy,
+    MatcherCalibration,
+    PairMatcher,
+    assign,
+    candidates,
+    pair_matcher,
+)
+from reviewstack.evaluation.model import Match
+from reviewstack.evaluation.pair_model import PairModel, PairModelFiles, canonical
+
+from .test_matching import BASELINES, POINTS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Hit-decision F1 against GPT-4 on marg-alignments-dev, paper frame (bench/matcher_agreement.py):
+# the shipped matcher end to end scores 0.50 on it (in-sample: its pair model was fine-tuned on these
+# papers); leave-one-method-out, from the training run's scores in bench/results, 0.334 against 0.239 for
+# the static cosine alone. The issue's target on unseen generators, 0.35, is not reached:
+# `test_the_issues_target_agreement` records that, and fails loudly (XPASS) once it is.
+SHIPPED_F1_FLOOR = 0.45
+LOMO_F1 = 0.334
+TARGET_LOMO_F1 = 0.35
+
+
+@pytest.fixture(scope="module")
+def matcher() -> PairMatcher:
+    return pair_matcher()
+
+
+def test_it_is_a_matcher_that_reports_its_version_and_agreement(matcher):
+    assert matcher.name == "pair" and matcher.version.startswith("pair-")
+    assert "minilm-l6-v2-static256" in matcher.version
+    described = matcher.describe()
+    assert (
+        described["agreement"]["f1"] == LOMO_F1
+        and "leave-one-method-out" in described["agreement"]["protocol"]
+    )
+    assert isinstance(matcher.match_many([(POINTS[:1], POINTS[:1])])[0][0], Match)
+    with pytest.raises(InvalidArgument, match="points must be strings"):
+        matcher.match_many([([1], POINTS)])  # type: ignore[list-item]
+
+
+def test_candidates_are_each_points_nearest_on_both_sides():
+    cosine = np.array([[0.9, 0.1, 0.5, 0.2], [0.3, 0.8, 0.4, 0.1], [0.2, 0.2, 0.1, 0.7]])
+    one = candidates(cosine, CandidatePolicy(1))
+    # row bests (0,0) (1,1) (2,3) and column bests (0,0) (1,1) (0,2) (2,3)
+    assert sorted((int(g), int(r)) for g, r in zip(*np.nonzero(one), strict=True)) == [
+        (0, 0),
+        (0, 2),
+        (1, 1),
+        (2, 3),
+    ]
+    two = candidates(cosine, CandidatePolicy(2))
+    assert two.sum(axis=1).min() >= 2 and two.sum(axis=0).min() >= 2 and (two | one).sum() == two.sum()
+    assert candidates(cosine, CandidatePolicy(0)).all() and candidates(cosine, CandidatePolicy(5)).all()
+
+
+def test_assignment_is_the_best_one_to_one_choice_of_candidates():
+    """Against brute force over every one-to-one assignment, on random matrices and masks."""
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        n_g, n_r = (int(n) for n in rng.integers(1, 5, size=2))
+        probability = rng.random((n_g, n_r))
+        allowed = rng.random((n_g, n_r)) < 0.6
+        rows, cols, values = assign(probability, allowed)
+        assert len(set(rows)) == len(rows) and len(set(cols)) == len(cols)
+        assert allowed[rows, cols].all() and np.allclose(values, probability[rows, cols])
+        best = 0.0
+        small, large = sorted((n_g, n_r))
+        for chosen in itertools.permutations(range(large), small):
+            pairs = (
+                zip(range(small), chosen, strict=True)
+                if n_g <= n_r
+                else zip(chosen, range(small), strict=True)
+            )
+            best = max(best, sum(probability[g, r] for g, r in pairs if allowed[g, r]))
+        assert values.sum() == pytest.approx(best)
+
+
+def test_the_pair_model_reads_pairs_as_the_trainer_tokenised_them():
+    """The shipped tokenizer through `tokenizers` gives the ids transformers gave the trainer (the
+    packaged MiniLM's tokenizer), with the same truncation of long pairs."""
+    from transformers import AutoTokenizer
+
+    from reviewstack.common.embeddings import packaged_model_path
+
+    model = PairModel()
+    reference = AutoTokenizer.from_pretrained(packaged_model_path())
+    long_point = " ".join(["The ablation of the attention temperature is missing."] * 30)
+    pairs = [(BASELINES, POINTS[1]), (long_point, POINTS[2]), (POINTS[0], long_point)]
+    expected = reference(
+        [a for a, _ in pairs], [b for _, b in pairs], truncation="longest_first", max_length=model.max_length
+    )
+    got = model.tokenizer.encode_batch(pairs)
+    assert [e.ids for e in got] == expected["input_ids"]
+    assert [e.type_ids for e in got] == expected["token_type_ids"]
+    assert max(len(e.ids) for e in got) == model.max_length
+
+
+def test_the_pair_model_scores_a_paraphrase_above_an_unrelated_point():
+    model = PairModel()
+    paraphrase = "There is no comparison against competitive baseline models like BERT and RoBERTa."
+    logits = model.logits([canonical(BASELINES, paraphrase), canonical(BASELINES, POINTS[2]), ("", "")])
+    assert np.isfinite(logits).all() and logits[0] > logits[1] + 2
+    batched = model.logits(
+        [canonical(BASELINES, paraphrase)] * 3 + [canonical(POINTS[1], long) for long in POINTS]
+    )
+    assert batched[:3] == pytest.approx([logits[0]] * 3, abs=1e-4)  # padding in a batch changes nothing
+
+
+def test_matching_either_way_round_gives_the_same_pairs(matcher):
+    generated = [BASELINES, "Hyper-parameters are not reported.", POINTS[1]]
+    reference = [
+        "No baselines like BERT are compared.",
+        "The hyper-parameter settings are missing.",
+        POINTS[2],
+    ]
+    (forward,) = matcher.match_many([(generated, reference)])
+    (backward,) = matcher.match_many([(reference, generated)])
+    assert sorted((m.generated, m.reference) for m in forward) == sorted(
+        (m.reference, m.generated) for m in backward
+    )
+
+
+def test_a_calibration_fitted_for_another_pair_model_is_refused(matcher, tmp_path: Path):
+    shipped = matcher.calibration
+    other = MatcherCalibration(shipped.candidates, shipped.threshold, "0000beef", shipped.agreement)
+    with pytest.raises(FailedPrecondition, match=r"fitted for pair model 0000beef.*refit it"):
+        other.check_fits(matcher.pair_model)
+    other.write(tmp_path / "calibration.json")
+    assert MatcherCalibration.load(tmp_path / "calibration.json") == other
+    (tmp_path / "broken.json").write_text('{"threshold": 0.5}')
+    with pytest.raises(FailedPrecondition, match="not a calibration this matcher can read"):
+        MatcherCalibration.load(tmp_path / "broken.json")
+
+
+def test_an_incomplete_pair_model_says_how_to_get_one(tmp_path: Path):
+    (tmp_path / "model.onnx").write_bytes(b"")
+    with pytest.raises(FailedPrecondition, match=r"pair model is incomplete.*make install"):
+        PairModel(PairModelFiles(tmp_path))
+
+
+def _bench() -> object:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import matcher_agreement
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    return matcher_agreement
+
+
+@pytest.fixture(scope="module")
+def marg_units(shared_archive: Callable[[str], Path]) -> list:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from marg import load_units
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    return load_units(shared_archive("marg-alignments-dev"), "paper")
+
+
+@pytest.fixture(scope="module")
+def lomo(marg_units, matcher) -> dict[str, dict]:
+    """The benchmark's leave-one-method-out protocol over the shipped model's training-run scores
+    (bench/results/pair_model_training): the default matcher's decision path and the static cosine."""
+    bench = _bench()
+    scores = bench.PairScores(ROOT / "bench" / "results" / "pair_model_training", marg_units)
+    cosines = bench.cosine_matrices(marg_units, lambda texts: matcher.encoder.encode(texts).vectors)
+    splits = bench.protocols(marg_units)["leave-one-method-out"]
+    default = bench.matcher_scores(cosines, scores, matcher.calibration.candidates)
+    return {
+        "default": bench.run_protocol(marg_units, splits, default),
+        "static cosine": bench.run_protocol(marg_units, splits, bench.best_cosine_scores(cosines)),
+    }
+
+
+def test_leave_one_method_out_agreement_is_what_the_report_quotes(lomo, matcher):
+    assert lomo["default"]["mean_f1"] == pytest.approx(matcher.calibration.agreement["f1"], abs=0.005)
+    assert lomo["default"]["mean_f1"] >= lomo["static cosine"]["mean_f1"] + 0.07
+
+
+def test_the_shipped_matcher_agrees_with_gpt4_on_marg(marg_units, matcher):
+    results = matcher.match_many([(u.generated, u.reference) for u in marg_units])
+    truth, decided = [], []
+    for unit, matches in zip(marg_units, results, strict=True):
+        hit = np.zeros(len(unit.reference), dtype=bool)
+        hit[[m.reference for m in matches]] = True
+        truth.append(unit.hits)
+        decided.append(hit)
+    truth_all, decided_all = np.concatenate(truth), np.concatenate(decided)
+    assert len(truth_all) == 3 * 483 and int(truth_all.sum()) == 161  # three methods × 483 human comments
+    tp = int((truth_all & decided_all).sum())
+    assert 2 * tp / (int(truth_all.sum()) + int(decided_all.sum())) >= SHIPPED_F1_FLOOR
+
+
+@pytest.mark.xfail(strict=True, reason="the issue's target, F1 ≥ 0.35 on unseen generators, is not reached")
+def test_the_issues_target_agreement(lomo):
+    assert lomo["default"]["mean_f1"] >= TARGET_LOMO_F1
+
+
+@pytest.mark.xfail(
+    strict=True, reason="the pair matcher credits generic text: precision 0.24 against GPT-4's 0.10"
+)
+def test_a_generic_review_gets_fewer_hits_than_gpt4_gives_real_comments(marg_units, matcher):
+    bench = _bench()
+    precision, gpt4 = bench.generic_control(marg_units, matcher)
+    assert precision < gpt4
