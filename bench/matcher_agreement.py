@@ -237,18 +237,10 @@ GENERIC_REVIEW = (
 def shipped(units: list[Unit], matcher: object) -> dict[str, dict[str, float]]:
     """A matcher as shipped (its constants were fitted on all of MARG: in-sample), through `match_many`;
     and the generic-review control: the canned review against every paper's human comments."""
-    results = matcher.match_many([(u.generated, u.reference) for u in units])
     out = {}
     for method in (*METHODS, None):
-        truth, decided = [], []
-        for unit, matches in zip(units, results, strict=True):
-            if method and unit.method != method:
-                continue
-            hit = np.zeros(len(unit.reference), dtype=bool)
-            hit[[m.reference for m in matches]] = True
-            truth.append(unit.hits)
-            decided.append(hit)
-        out[method or "all"] = prf(np.concatenate(truth), np.concatenate(decided))
+        chosen = [u for u in units if method in (None, u.method)]
+        out[method or "all"] = prf(*hit_decisions(chosen, matcher))
     precision, gpt4 = generic_control(units, matcher)
     out["generic_review"] = {
         "hits_per_paper": round(precision * len(GENERIC_REVIEW), 2),
@@ -256,6 +248,17 @@ def shipped(units: list[Unit], matcher: object) -> dict[str, dict[str, float]]:
         "gpt4_precision_of_gpt4_comments": round(gpt4, 3),
     }
     return out
+
+
+def hit_decisions(units: list[Unit], matcher: object) -> tuple[np.ndarray, np.ndarray]:
+    """GPT-4's hit decisions over the units' human comments, and the matcher's through `match_many`."""
+    results = matcher.match_many([(u.generated, u.reference) for u in units])
+    decided = []
+    for unit, matches in zip(units, results, strict=True):
+        hit = np.zeros(len(unit.reference), dtype=bool)
+        hit[[m.reference for m in matches]] = True
+        decided.append(hit)
+    return np.concatenate([u.hits for u in units]), np.concatenate(decided)
 
 
 def generic_control(units: list[Unit], matcher: object) -> tuple[float, float]:

@@ -127,17 +127,10 @@ def marg_hits(shared_archive: Callable[[str], Path]) -> tuple[np.ndarray, np.nda
     sys.path.insert(0, str(ROOT / "bench"))
     try:
         from marg import load_units
+        from matcher_agreement import hit_decisions
     finally:
         sys.path.remove(str(ROOT / "bench"))
-    units = load_units(shared_archive("marg-alignments-dev"), "paper")
-    results = default_matcher().match_many([(u.generated, u.reference) for u in units])
-    truth, decided = [], []
-    for unit, matches in zip(units, results, strict=True):
-        hit = np.zeros(len(unit.reference), dtype=bool)
-        hit[[m.reference for m in matches]] = True
-        truth.append(unit.hits)
-        decided.append(hit)
-    return np.concatenate(truth), np.concatenate(decided)
+    return hit_decisions(load_units(shared_archive("marg-alignments-dev"), "paper"), default_matcher())
 
 
 def hit_f1(truth: np.ndarray, decided: np.ndarray) -> float:

@@ -27,7 +27,7 @@ from reviewstack.evaluation.matching_pair import (
 from reviewstack.evaluation.model import Match
 from reviewstack.evaluation.pair_model import PairModel, PairModelFiles, canonical
 
-from .test_matching import BASELINES, POINTS
+from .test_matching import BASELINES, POINTS, hit_f1
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -201,18 +201,9 @@ def test_leave_one_method_out_agreement_is_what_the_report_quotes(lomo, matcher)
 def test_the_shipped_matcher_agrees_with_gpt4_on_marg(marg_units, matcher):
     """On lizca's reviews (the fewest pairs to read: 4 comments a paper), end to end through the int8
     model and the shipped threshold: 0.515 measured, in-sample."""
-    units = [u for u in marg_units if u.method == "lizca"]
-    results = matcher.match_many([(u.generated, u.reference) for u in units])
-    truth, decided = [], []
-    for unit, matches in zip(units, results, strict=True):
-        hit = np.zeros(len(unit.reference), dtype=bool)
-        hit[[m.reference for m in matches]] = True
-        truth.append(unit.hits)
-        decided.append(hit)
-    truth_all, decided_all = np.concatenate(truth), np.concatenate(decided)
-    assert len(truth_all) == 483  # the human comments of the 30 papers
-    tp = int((truth_all & decided_all).sum())
-    assert 2 * tp / (int(truth_all.sum()) + int(decided_all.sum())) >= SHIPPED_F1_FLOOR
+    truth, decided = _bench().hit_decisions([u for u in marg_units if u.method == "lizca"], matcher)
+    assert len(truth) == 483  # the human comments of the 30 papers
+    assert hit_f1(truth, decided) >= SHIPPED_F1_FLOOR
 
 
 @pytest.mark.xfail(strict=True, reason="the issue's target, F1 ≥ 0.35 on unseen generators, is not reached")
