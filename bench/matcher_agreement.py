@@ -1,7 +1,7 @@
 """Benchmark: how often a point matcher's hit decisions agree with GPT-4's on generators it was not fitted
 on, and how fast the default matcher is.
 
-    .venv/bin/python bench/matcher_agreement.py [--scores DIR] [--write-calibration]
+    .venv/bin/python bench/matcher_agreement.py [--scores DIR] [--also NAME=DIR ...] [--write-calibration]
         [--archive ../shared/data/marg-alignments-dev.tar.gz]
 
 Data: MARG's alignment evaluation (30 ICLR papers; the comments of three GPT-4 reviewer pipelines, lizca /
@@ -282,6 +282,13 @@ def main() -> None:
         default=ROOT / "bench" / "results" / "pair_model_training",
         help="bench/train_pair_model.py's --out folder (default: the shipped model's training run)",
     )
+    parser.add_argument(
+        "--also",
+        nargs="*",
+        default=[],
+        metavar="NAME=DIR",
+        help="more train_pair_model.py runs to score beside it (another recipe, the teacher)",
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "matcher_agreement.json"))
     parser.add_argument("--write-calibration", action="store_true", help=f"ship {CALIBRATION_FILE.name}")
     args = parser.parse_args()
@@ -298,12 +305,18 @@ def main() -> None:
     systems: dict[str, CommentScores] = {
         "MiniLM cosine (baseline)": best_cosine_scores(minilm_cos),
         "static cosine": best_cosine_scores(static_cos),
-        "pair model, ArgKP only": matcher_scores(static_cos, pair_scores, policy, fixed_model="argkp"),
         "pair matcher: fine-tuned pair model": matcher_scores(static_cos, pair_scores, policy),
         "pair model, every pair a candidate": matcher_scores(
             static_cos, pair_scores, CandidatePolicy(per_point=0)
         ),
     }
+    if "argkp" in pair_scores.models:
+        systems["pair model, ArgKP only"] = matcher_scores(
+            static_cos, pair_scores, policy, fixed_model="argkp"
+        )
+    for also in args.also:
+        name, _, folder = also.partition("=")
+        systems[f"pair matcher: {name}"] = matcher_scores(static_cos, PairScores(Path(folder), units), policy)
     splits = protocols(units)
     record: dict[str, object] = {
         "benchmark": "matcher_agreement",

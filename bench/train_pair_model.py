@@ -3,7 +3,9 @@ and says whether they make the same point. It starts from the packaged all-MiniL
 the question on out-of-domain data, then learns review points from GPT-4's MARG alignments.
 
     python bench/train_pair_model.py --out DIR [--base MODEL_DIR] [--layers 6] [--seed 0]
+        [--cross-paper] [--student-layers 2 [--student-max-length 96]]
         [--argkp ../shared/data/argkp2021.tar.gz] [--marg ../shared/data/marg-alignments-dev.tar.gz]
+        [--llm-reviews ../shared/data/iclr2022-llm-reviews.tar.gz]
 
 1. Pre-training on ArgKP-2021 (27,519 labelled argument / key-point pairs, topic-disjoint splits): the
    train split, both orders of every pair; the epoch with the best average precision on the dev split is
@@ -15,6 +17,20 @@ the question on out-of-domain data, then learns review points from GPT-4's MARG 
    folds of papers (cross-validation by paper), and all the data (the shipped model). Every model scores
    every (generated, human) pair of every paper, so bench/matcher_agreement.py can measure each protocol
    without a GPU.
+   With --cross-paper, each epoch also draws *cross-paper* negatives: a point against its nearest points
+   of other papers. Two comments on different papers never make the same point, however alike they
+   read, and the nearest such pairs are the generic ones ("The paper is well-written" / "The writing is
+   clear"), which GPT-4's comments alone have too few of to teach that generic text is not a match.
+   Half come from MARG (the subset's generated comments against other papers' human comments), half from
+   LLM reviews of other ICLR 2022 papers (AI-Scientist's GPT-4o and Claude reviews: another generator,
+   other papers), against other papers' human comments and LLM points. Measured and not adopted: it
+   lowered leave-one-method-out F1 from 0.334 to 0.267 and did not cure the generic-review control
+   (docs/benchmarks.md).
+3. With --student-layers N, each fine-tuned model (the teacher) is distilled into a shallower student
+   (N of its layers, evenly spread) that the matcher can afford on a CPU: the student learns the
+   teacher's logits on the subset's pairs, cross-paper pairs, ArgKP pairs and unlabelled pairs of two
+   LLM reviews of one paper. The students' scores and the all-data student go to DIR/student/, in the
+   same layout, so every protocol measures them the same way.
 
 Writes DIR/pair_scores.npz (the scores, per model), DIR/train_pair_model.json (settings, seed, losses,
 the ArgKP numbers) and DIR/model/ (the all-data model, fp32, with its tokenizer). A GPU makes it take
@@ -42,7 +58,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from marg import METHODS, Unit, load_units, paper_folds, unpack
-from torch.nn.functional import binary_cross_entropy_with_logits
+from torch.nn.functional import binary_cross_entropy_with_logits, mse_loss
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +68,14 @@ CV_FOLDS = 5
 PRETRAIN = {"epochs": 3, "lr": 3e-5, "batch": 32, "warmup": 0.1}
 FINETUNE = {"epochs": 4, "lr": 2e-5, "batch": 32, "warmup": 0.1, "negatives_per_positive": 10}
 HARD_NEIGHBOURS = 3  # --hard-negatives: a pair is hard when one point is among the other's 3 nearest
+CROSS_PAPER = {"per_positive": 10, "neighbours": 10}  # per epoch; a point's 10 nearest on other papers
+# AI-Scientist's reviews used as generic text: one plain GPT-4o run and one Claude run (other prompts of
+# the same models repeat the same points)
+LLM_REVIEW_FILES = (
+    "gpt-4o-2024-05-13_temp_0_1_pages_all.csv",
+    "claude-3-5-sonnet-20240620_temp_0_1_reflect_5_ensemble_5_pages_all.csv",
+)
+DISTIL = {"epochs": 3, "lr": 1e-4, "batch": 64, "warmup": 0.1, "unlabelled_pairs": 10_000}
 
 Pair = tuple[str, str]
 
@@ -80,7 +104,8 @@ def load_argkp(folder: Path, split: str) -> tuple[list[Pair], np.ndarray]:
 class PairModel:
     """MiniLM with a one-logit head over `[CLS] a [SEP] b [SEP]`."""
 
-    def __init__(self, base: str, layers: int, device: str) -> None:
+    def __init__(self, base: str, layers: int, device: str, max_length: int = MAX_LENGTH) -> None:
+        self.max_length = max_length
         self.tokenizer = AutoTokenizer.from_pretrained(base)
         self.model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
         if layers < self.model.config.num_hidden_layers:  # a shallower, faster model: keep the first layers
@@ -89,12 +114,17 @@ class PairModel:
         self.device = device
         self.model.to(device)
 
+    def save(self, folder: Path) -> None:
+        """Weights (fp32), config and tokenizer: what bench/export_pair_model.py reads."""
+        self.model.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+
     def batch(self, pairs: list[Pair]) -> dict[str, torch.Tensor]:
         enc = self.tokenizer(
             [a for a, _ in pairs],
             [b for _, b in pairs],
             truncation="longest_first",
-            max_length=MAX_LENGTH,
+            max_length=self.max_length,
             padding=True,
             return_tensors="pt",
         )
@@ -123,8 +153,10 @@ class PairModel:
         warmup: float,
         seed: int,
         after_epoch: Callable[[int], None] | None = None,
+        objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = binary_cross_entropy_with_logits,
     ) -> list[float]:
-        """`sample(epoch)` gives (pairs, labels) of an epoch; returns the mean loss of each epoch."""
+        """`sample(epoch)` gives (pairs, targets) of an epoch (labels, or a teacher's logits with
+        `objective=mse_loss`); returns the mean loss of each epoch."""
         rng = random.Random(seed)
         torch.manual_seed(seed)
         steps = sum(math.ceil(len(sample(e)[0]) / batch) for e in range(epochs))
@@ -140,7 +172,7 @@ class PairModel:
             for i in range(0, len(order), batch):
                 idx = order[i : i + batch]
                 target = torch.tensor(labels[idx], device=self.device)
-                loss = binary_cross_entropy_with_logits(self.logits([pairs[j] for j in idx]), target)
+                loss = objective(self.logits([pairs[j] for j in idx]), target)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
                 optimizer.step()
@@ -214,10 +246,17 @@ def marg_pairs(units: list[Unit]) -> tuple[list[Pair], np.ndarray]:
     return pairs, np.array(labels, dtype=np.float32)
 
 
-def finetune(model: PairModel, units: list[Unit], seed: int, hard: np.ndarray | None = None) -> list[float]:
-    """GPT-4's aligned pairs against a fresh draw of the paper's other pairs each epoch, both orders.
-    With `hard` (a mask over the pairs), half the draw comes from the hard negatives: the near
-    neighbours the matcher's candidate stage will ask the model about."""
+def finetune(
+    model: PairModel,
+    units: list[Unit],
+    seed: int,
+    hard: np.ndarray | None = None,
+    cross: CrossPaperNegatives | None = None,
+) -> list[float]:
+    """GPT-4's aligned pairs against a fresh draw of the paper's other pairs each epoch, and with `cross`
+    a draw of cross-paper pairs, both orders. With `hard` (a mask over the pairs), half the same-paper
+    draw comes from the hard negatives: the near neighbours the matcher's candidate stage will ask the
+    model about."""
     pairs, labels = marg_pairs(units)
     positive, negative = np.flatnonzero(labels > 0), np.flatnonzero(labels == 0)
     draw = min(len(negative), FINETUNE["negatives_per_positive"] * len(positive))
@@ -229,32 +268,40 @@ def finetune(model: PairModel, units: list[Unit], seed: int, hard: np.ndarray | 
         chosen = rng.choice(hard_negative, n_hard, replace=False) if n_hard else np.zeros(0, np.int64)
         rest = np.setdiff1d(negative, chosen)
         keep = np.concatenate([positive, chosen, rng.choice(rest, draw - n_hard, replace=False)])
-        return both_orders([pairs[i] for i in keep], labels[keep])
+        drawn = [pairs[i] for i in keep]
+        other = cross.draw(rng, CROSS_PAPER["per_positive"] * len(positive)) if cross else []
+        return both_orders(drawn + other, np.concatenate([labels[keep], np.zeros(len(other), np.float32)]))
 
     settings = {k: v for k, v in FINETUNE.items() if k != "negatives_per_positive"}
     return model.fit(sample, seed=seed, **settings)
 
 
-def hard_pairs(model: PairModel, base: str, units: list[Unit]) -> list[np.ndarray]:
-    """Per unit, the pairs where one point is among the other's nearest by the base model's embedding
-    cosine (mean-pooled MiniLM, as sentence-transformers pools it): the matcher's candidates, nearly."""
+def embed(base: str, texts: list[str], device: str) -> np.ndarray:
+    """Unit vectors of the base model's mean-pooled embedding (as sentence-transformers pools it)."""
     from transformers import AutoModel
 
-    encoder = AutoModel.from_pretrained(base).to(model.device).eval()
-    texts = sorted({t for u in units for t in (*u.generated, *u.reference)})
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    encoder = AutoModel.from_pretrained(base).to(device).eval()
     vectors = []
     with torch.inference_mode():
         for i in range(0, len(texts), 256):
-            enc = model.tokenizer(
+            enc = tokenizer(
                 texts[i : i + 256], truncation=True, max_length=256, padding=True, return_tensors="pt"
             )
-            enc = {k: v.to(model.device) for k, v in enc.items()}
+            enc = {k: v.to(device) for k, v in enc.items()}
             hidden = encoder(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).float()
             pooled = (hidden * mask).sum(1) / mask.sum(1)
             vectors.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy())
+    return np.concatenate(vectors) if vectors else np.zeros((0, 384), dtype=np.float32)
+
+
+def hard_pairs(base: str, units: list[Unit], device: str) -> list[np.ndarray]:
+    """Per unit, the pairs where one point is among the other's nearest by the base model's embedding
+    cosine: the matcher's candidates, nearly."""
+    texts = sorted({t for u in units for t in (*u.generated, *u.reference)})
     index = {t: i for i, t in enumerate(texts)}
-    matrix = np.concatenate(vectors)
+    matrix = embed(base, texts, device)
     out = []
     for u in units:
         cos = matrix[[index[t] for t in u.generated]] @ matrix[[index[t] for t in u.reference]].T
@@ -266,6 +313,144 @@ def hard_pairs(model: PairModel, base: str, units: list[Unit]) -> list[np.ndarra
     return out
 
 
+def load_llm_points(archive: Path, into: Path) -> dict[str, list[list[str]]]:
+    """Per ICLR 2022 paper, the points of each LLM review in `LLM_REVIEW_FILES`, read by the evaluation's
+    own importer (the one reader of that format)."""
+    from reviewstack.evaluation.importers import import_llm_reviews_csv
+
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="data")
+    folder = next(into.glob("*/llm_reviews"))
+    papers: dict[str, list[list[str]]] = {}
+    for name in LLM_REVIEW_FILES:
+        system = import_llm_reviews_csv((folder / name).read_bytes(), name)
+        for paper, reviews in system.reviews.items():
+            for review in reviews:
+                points = [p.text for p in review.points if p.text.strip()]
+                if points:
+                    papers.setdefault(paper, []).append(points)
+    return papers
+
+
+class CrossPaperNegatives:
+    """Pairs of points from different papers that read alike: each query point against one of its
+    `neighbours` nearest keys of other papers by base-model cosine. Queries: the subset's generated
+    comments and the LLM points; keys: every MARG human comment and the LLM points."""
+
+    def __init__(
+        self,
+        vectors: dict[str, np.ndarray],
+        subset: list[Unit],
+        every_unit: list[Unit],
+        llm: dict[str, list[list[str]]],
+        device: str,
+    ) -> None:
+        marg_queries = sorted({(u.paper, t) for u in subset for t in u.generated})
+        llm_points = sorted({(paper, t) for paper, reviews in llm.items() for r in reviews for t in r})
+        human = sorted({(u.paper, t) for u in every_unit for t in u.reference})
+        self.queries = [marg_queries, llm_points]
+        self.keys = human + llm_points
+        self.neighbours = [self._nearest(q, self.keys, vectors, device) for q in self.queries]
+
+    @staticmethod
+    def _nearest(
+        queries: list[tuple[str, str]],
+        keys: list[tuple[str, str]],
+        vectors: dict[str, np.ndarray],
+        device: str,
+    ) -> np.ndarray:
+        k = CROSS_PAPER["neighbours"]
+        key_matrix = torch.tensor(np.stack([vectors[t] for _, t in keys]), device=device)
+        key_paper = np.array([p for p, _ in keys])
+        out = np.zeros((len(queries), k), dtype=np.int64)
+        for i in range(0, len(queries), 1024):
+            chunk = queries[i : i + 1024]
+            q = torch.tensor(np.stack([vectors[t] for _, t in chunk]), device=device)
+            cos = (q @ key_matrix.T).cpu().numpy()
+            same = np.array([p for p, _ in chunk])[:, None] == key_paper[None, :]
+            cos[same] = -np.inf
+            out[i : i + len(chunk)] = np.argpartition(-cos, k - 1, axis=1)[:, :k]
+        return out
+
+    def draw(self, rng: np.random.RandomState, n: int) -> list[Pair]:
+        """`n` pairs, half with a MARG generated comment as the query, half with an LLM point."""
+        pairs = []
+        for queries, near, count in zip(self.queries, self.neighbours, (n - n // 2, n // 2), strict=True):
+            rows = rng.randint(len(queries), size=count)
+            cols = near[rows, rng.randint(near.shape[1], size=count)]
+            pairs += [(queries[r][1], self.keys[c][1]) for r, c in zip(rows, cols, strict=True)]
+        return pairs
+
+
+def spread_layers(depth: int, keep: int) -> list[int]:
+    """`keep` of `depth` layers, evenly spaced and ending with the last (6 → 2: [2, 5]; 6 → 3: [1, 3, 5]),
+    as DistilBERT took every other layer: the last layer is the one the head was trained on."""
+    return [round((i + 1) * depth / keep) - 1 for i in range(keep)]
+
+
+def distil(
+    teacher: PairModel, layers: int, max_length: int, pairs: list[Pair], seed: int
+) -> tuple[PairModel, list[float]]:
+    """A student of `layers` of the teacher's layers, spread evenly and ending with the last, that learns
+    the teacher's logits on `pairs` (mean squared error) from the first `max_length` tokens of a pair."""
+    student = copy.deepcopy(teacher)
+    student.max_length = max_length
+    keep = spread_layers(teacher.model.config.num_hidden_layers, layers)
+    student.model.bert.encoder.layer = torch.nn.ModuleList(
+        [student.model.bert.encoder.layer[i] for i in keep]
+    )
+    student.model.config.num_hidden_layers = layers
+    targets = teacher.score(pairs)  # the teacher reads the whole pair
+    settings = {k: v for k, v in DISTIL.items() if k != "unlabelled_pairs"}
+    losses = student.fit(lambda _: (pairs, targets), seed=seed, objective=mse_loss, **settings)
+    return student, losses
+
+
+def distillation_pairs(
+    units: list[Unit],
+    cross: CrossPaperNegatives | None,
+    argkp: list[Pair],
+    llm: dict[str, list[list[str]]],
+    seed: int,
+) -> list[Pair]:
+    """What a student learns the teacher on: every pair of the subset's units, both orders; cross-paper
+    pairs (with --cross-paper); ArgKP pairs; pairs of two LLM reviews' points on one paper (unlabelled,
+    and the kind of pair an evaluation asks about)."""
+    rng = np.random.RandomState(seed)
+    pairs, _ = marg_pairs(units)
+    pairs = pairs + [(b, a) for a, b in pairs]
+    n = DISTIL["unlabelled_pairs"]
+    if cross is not None:
+        pairs += cross.draw(rng, n)
+    pairs += [argkp[i] for i in rng.choice(len(argkp), min(n, len(argkp)), replace=False)]
+    two_reviews = [p for p in sorted(llm) if len(llm[p]) >= 2]
+    for paper in rng.choice(len(two_reviews), n, replace=True) if two_reviews else []:
+        first, second = llm[two_reviews[paper]][:2]
+        pairs.append((first[rng.randint(len(first))], second[rng.randint(len(second))]))
+    return pairs
+
+
+def subsets_of(units: list[Unit], seed: int) -> dict[str, list[int]]:
+    """The training subsets the protocols need, by name: every method alone, every pair of methods,
+    all of them ("all"), and the cross-validation folds."""
+    subsets: dict[str, list[int]] = {}
+    for size in (1, 2, 3):
+        for methods in itertools.combinations(METHODS, size):
+            name = "all" if size == 3 else "+".join(methods)
+            subsets[name] = [i for i, u in enumerate(units) if u.method in methods]
+    fold = paper_folds(units, CV_FOLDS, seed)
+    for k in range(CV_FOLDS):
+        subsets[f"fold{k}"] = [i for i in range(len(units)) if fold[i] != k]
+    return subsets
+
+
+def save(folder: Path, units: list[Unit], scores: dict[str, np.ndarray], log: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    shapes = np.array([(len(u.generated), len(u.reference)) for u in units])
+    np.savez_compressed(folder / "pair_scores.npz", shapes=shapes, **scores)
+    (folder / "train_pair_model.json").write_text(json.dumps(log, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path)
@@ -274,9 +459,13 @@ def main() -> None:
     )
     parser.add_argument("--argkp", type=Path, default=DATA / "argkp2021.tar.gz")
     parser.add_argument("--marg", type=Path, default=DATA / "marg-alignments-dev.tar.gz")
+    parser.add_argument("--llm-reviews", type=Path, default=DATA / "iclr2022-llm-reviews.tar.gz")
     parser.add_argument("--layers", type=int, default=6, help="keep MiniLM's first N layers (6: all)")
+    parser.add_argument("--student-layers", type=int, default=0, help="distil each model into N layers")
+    parser.add_argument("--student-max-length", type=int, default=96, help="tokens of a pair a student reads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hard-negatives", action="store_true", help="half the negatives from near pairs")
+    parser.add_argument("--cross-paper", action="store_true", help="add cross-paper negatives")
     parser.add_argument("--only", nargs="*", help="train only these fine-tunes (names as in pair_scores.npz)")
     args = parser.parse_args()
     if args.base is None:
@@ -286,7 +475,6 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     random.seed(args.seed)
     np.random.seed(args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     log: dict = {
         "script": "bench/train_pair_model.py",
@@ -299,52 +487,78 @@ def main() -> None:
         "pretrain": PRETRAIN,
         "finetune": FINETUNE,
         "hard_negatives": args.hard_negatives,
+        "cross_paper": None if not args.cross_paper else {**CROSS_PAPER, "llm_reviews": LLM_REVIEW_FILES},
+    }
+    student_log = {
+        **log,
+        "teacher": {"layers": args.layers, "max_length": MAX_LENGTH},
+        "layers": args.student_layers,
+        "max_length": args.student_max_length,
+        "distil": DISTIL,
     }
     with tempfile.TemporaryDirectory() as tmp:
         with tarfile.open(args.argkp) as tar:
             tar.extractall(tmp, filter="data")
         argkp = next(Path(tmp).glob("*/kpm_data")).parent
         units = load_units(unpack(args.marg, Path(tmp)), "paper")
+        llm = load_llm_points(args.llm_reviews, Path(tmp)) if args.cross_paper or args.student_layers else {}
 
         model = PairModel(args.base, args.layers, device)
         print(f"pre-training on ArgKP ({device}, {args.layers} layers)", flush=True)
         pretrain(model, argkp, args.seed, log)
         pretrained = copy.deepcopy(model.model.state_dict())
+        argkp_pairs = load_argkp(argkp, "train")[0]
 
-        all_pairs = [canonical(a, b) for a, b in marg_pairs(units)[0]]
-        scores = {"argkp": model.score(all_pairs)}
-        hard = hard_pairs(model, args.base, units) if args.hard_negatives else None
-        fold = paper_folds(units, CV_FOLDS, args.seed)
-        subsets: dict[str, list[int]] = {}
-        for size in (1, 2, 3):
-            for methods in itertools.combinations(METHODS, size):
-                name = "all" if size == 3 else "+".join(methods)
-                subsets[name] = [i for i, u in enumerate(units) if u.method in methods]
-        for k in range(CV_FOLDS):
-            subsets[f"fold{k}"] = [i for i in range(len(units)) if fold[i] != k]
-        log["finetunes"] = {}
-        for name, rows in subsets.items():
-            if args.only and name not in args.only:
-                continue
+    all_pairs = [canonical(a, b) for a, b in marg_pairs(units)[0]]
+    scores = {"argkp": model.score(all_pairs)}
+    student_scores: dict[str, np.ndarray] = {}
+    hard = hard_pairs(args.base, units, device) if args.hard_negatives else None
+    vectors: dict[str, np.ndarray] = {}
+    if args.cross_paper:
+        texts = sorted(
+            {t for u in units for t in (*u.generated, *u.reference)}
+            | {t for reviews in llm.values() for r in reviews for t in r}
+        )
+        vectors = dict(zip(texts, embed(args.base, texts, device), strict=True))
+    log["finetunes"], student_log["distillations"] = {}, {}
+    for name, rows in subsets_of(units, args.seed).items():
+        if args.only and name not in args.only:
+            continue
+        t0 = time.perf_counter()
+        model.model.load_state_dict(pretrained)
+        chosen = [units[i] for i in rows]
+        cross = None if not args.cross_paper else CrossPaperNegatives(vectors, chosen, units, llm, device)
+        mask = np.concatenate([hard[i] for i in rows]) if hard is not None else None
+        losses = finetune(model, chosen, args.seed, mask, cross)
+        scores[name] = model.score(all_pairs)
+        log["finetunes"][name] = {
+            "units": len(rows),
+            "losses": losses,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        print(f"  fine-tune {name}: {len(rows)} units, losses {losses}", flush=True)
+        if name == "all":
+            model.save(args.out / "model")
+        if args.student_layers:
             t0 = time.perf_counter()
-            model.model.load_state_dict(pretrained)
-            mask = np.concatenate([hard[i] for i in rows]) if hard is not None else None
-            losses = finetune(model, [units[i] for i in rows], args.seed, mask)
-            scores[name] = model.score(all_pairs)
-            log["finetunes"][name] = {
-                "units": len(rows),
+            pairs = distillation_pairs(chosen, cross, argkp_pairs, llm, args.seed)
+            student, losses = distil(model, args.student_layers, args.student_max_length, pairs, args.seed)
+            student_scores[name] = student.score(all_pairs)
+            student_log["distillations"][name] = {
+                "pairs": len(pairs),
                 "losses": losses,
                 "seconds": round(time.perf_counter() - t0, 1),
             }
-            print(f"  fine-tune {name}: {len(rows)} units, losses {losses}", flush=True)
+            print(f"  student {name}: {len(pairs)} pairs, losses {losses}", flush=True)
             if name == "all":
-                model.model.save_pretrained(args.out / "model")
-                model.tokenizer.save_pretrained(args.out / "model")
-    shapes = np.array([(len(u.generated), len(u.reference)) for u in units])
-    np.savez_compressed(args.out / "pair_scores.npz", shapes=shapes, **scores)
-    log["cv_folds"] = {"folds": CV_FOLDS, "seed": args.seed}
-    log["seconds"] = round(time.perf_counter() - started, 1)
-    (args.out / "train_pair_model.json").write_text(json.dumps(log, indent=2) + "\n")
+                student.save(args.out / "student" / "model")
+            del student
+    log["cv_folds"] = student_log["cv_folds"] = {"folds": CV_FOLDS, "seed": args.seed}
+    student_log["argkp"] = log["argkp"]
+    log["seconds"] = student_log["seconds"] = round(time.perf_counter() - started, 1)
+    save(args.out, units, scores, log)
+    if student_scores:
+        save(args.out / "student", units, student_scores, student_log)
     print(json.dumps({k: log[k] for k in ("argkp", "seconds")}, indent=1), file=sys.stderr)
 
 

@@ -66,3 +66,49 @@ def test_a_tiny_fine_tune_learns_and_scores_both_orders_alike(
     assert scores.shape == (16,) and np.isfinite(scores).all()
     a, b = pairs[0]
     assert recipe.canonical(b, a) == recipe.canonical(a, b)
+
+
+def test_cross_paper_negatives_never_pair_two_points_of_one_paper(
+    recipe, shared_archive: Callable[[str], Path]
+) -> None:
+    """Their whole claim to be negatives is that the two points are about different papers."""
+    from marg import load_units
+
+    units = load_units(shared_archive("marg-alignments-dev"), "paper")
+    llm = {"paper-a": [["The paper is well-written.", "More baselines are needed."]], "paper-b": [["Clear."]]}
+    texts = sorted(
+        {t for u in units for t in (*u.generated, *u.reference)}
+        | {"The paper is well-written.", "More baselines are needed.", "Clear."}
+    )
+    rng = np.random.RandomState(0)
+    raw = rng.randn(len(texts), 8).astype(np.float32)
+    vectors = dict(zip(texts, raw / np.linalg.norm(raw, axis=1, keepdims=True), strict=True))
+    cross = recipe.CrossPaperNegatives(vectors, units[:3], units, llm, "cpu")
+    paper_of: dict[str, set[str]] = {}
+    for u in units:
+        for t in (*u.generated, *u.reference):
+            paper_of.setdefault(t, set()).add(u.paper)
+    for paper, reviews in llm.items():
+        for t in reviews[0]:
+            paper_of.setdefault(t, set()).add(paper)
+    pairs = cross.draw(rng, 200)
+    assert len(pairs) == 200
+    assert all(not (paper_of[a] & paper_of[b]) for a, b in pairs)
+    marg_queries = {t for u in units[:3] for t in u.generated}
+    assert sum(a in marg_queries for a, _ in pairs) == 100  # half from MARG, half from the LLM points
+
+
+def test_a_student_keeps_the_chosen_layers_and_learns_the_teachers_logits(recipe) -> None:
+    """Distillation: the student has N of the teacher's layers (the last one among them), reads at most
+    its own token budget, and learns the teacher's logits with a finite loss."""
+    from reviewstack.common.embeddings import packaged_model_path
+
+    teacher = recipe.PairModel(packaged_model_path(), layers=2, device="cpu")
+    pairs = [(f"point {i} about the method", f"point {i % 5} about the data") for i in range(48)]
+    student, losses = recipe.distil(teacher, 1, 16, pairs, seed=0)
+    assert student.model.config.num_hidden_layers == len(student.model.bert.encoder.layer) == 1
+    assert recipe.spread_layers(6, 2) == [2, 5] and recipe.spread_layers(6, 3) == [1, 3, 5]
+    assert recipe.spread_layers(2, 1) == [1] and recipe.spread_layers(6, 6) == list(range(6))
+    assert student.max_length == 16 and teacher.max_length == recipe.MAX_LENGTH
+    assert student.batch(pairs[:1])["input_ids"].shape[1] <= 16
+    assert len(losses) == recipe.DISTIL["epochs"] and all(np.isfinite(losses))
