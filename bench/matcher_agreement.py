@@ -40,8 +40,8 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -250,6 +250,44 @@ def shipped(units: list[Unit], matcher: object) -> dict[str, dict[str, float]]:
     return out
 
 
+TRADEOFF_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+
+
+def threshold_tradeoff(
+    units: list[Unit], score: CommentScores, matcher: PairMatcher, thresholds: Sequence[float]
+) -> list[dict[str, object]]:
+    """The pair matcher at fixed thresholds above its F1-best one: leave-one-method-out F1 beside the
+    generic-review control's precision, i.e. what refusing generic text costs in agreement with GPT-4.
+    A fixed threshold is tuned on nothing, so every rotation is measured the same way."""
+    lomo = protocols(units)["leave-one-method-out"]
+    papers = {u.paper: u.reference for u in units}
+    permissive = PairMatcher(
+        calibration=replace(matcher.calibration, threshold=0.0), pair_model=matcher.pair_model
+    )
+    generic = permissive.match_many([(list(GENERIC_REVIEW), reference) for reference in papers.values()])
+    probability = np.array([m.score for matches in generic for m in matches])
+    rows = []
+    for threshold in thresholds:
+        f1s = {
+            s.name: prf(
+                np.concatenate([units[i].hits for i in s.test]),
+                np.concatenate([score(i, s.model) for i in s.test]) >= threshold,
+            )["f1"]
+            for s in lomo
+        }
+        rows.append(
+            {
+                "threshold": threshold,
+                "lomo_mean_f1": round(float(np.mean(list(f1s.values()))), 3),
+                "rotations": f1s,
+                "generic_precision": round(
+                    float((probability >= threshold).sum()) / (len(GENERIC_REVIEW) * len(papers)), 3
+                ),
+            }
+        )
+    return rows
+
+
 def hit_decisions(units: list[Unit], matcher: object) -> tuple[np.ndarray, np.ndarray]:
     """GPT-4's hit decisions over the units' human comments, and the matcher's through `match_many`."""
     results = matcher.match_many([(u.generated, u.reference) for u in units])
@@ -340,6 +378,13 @@ def main() -> None:
         write_calibration(units, systems["pair matcher: fine-tuned pair model"], splits, record, policy)
         console.print(f"wrote {CALIBRATION_FILE.relative_to(ROOT)}")
     record["shipped"] = {"pair": shipped(units, PairMatcher()), "embedded": shipped(units, EmbeddedMatcher())}
+    pair = PairMatcher()
+    record["threshold_tradeoff"] = threshold_tradeoff(
+        units,
+        systems["pair matcher: fine-tuned pair model"],
+        pair,
+        (pair.calibration.threshold, *TRADEOFF_THRESHOLDS),
+    )
     Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
     print_tables(console, record)
     console.print(f"wrote {args.out}")
@@ -411,6 +456,21 @@ def print_tables(console: Console, record: dict) -> None:
             f"{g['precision']:.2f} (GPT-4 aligned "
             f"{g['gpt4_precision_of_gpt4_comments']:.2f} of its reviewers' comments)"
         )
+    tradeoff = Table(
+        "threshold",
+        "leave-one-method-out\nmean F1",
+        *(f"held out: {m}" for m in METHODS),
+        "generic review\nprecision",
+        title="the shipped pair model at fixed thresholds: agreement against crediting generic text",
+    )
+    for row in record.get("threshold_tradeoff", []):
+        tradeoff.add_row(
+            f"{row['threshold']:g}",
+            f"{row['lomo_mean_f1']:.3f}",
+            *(f"{row['rotations'][m]:.3f}" for m in METHODS),
+            f"{row['generic_precision']:.3f}",
+        )
+    console.print(tradeoff)
     c = record["candidates"]
     console.print(
         f"candidates: {c['policy']} keep {c['gpt4_pairs_kept']:.0%} of GPT-4's pairs, "
