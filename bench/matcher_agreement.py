@@ -241,6 +241,7 @@ def shipped(units: list[Unit], matcher: object) -> dict[str, dict[str, float]]:
     for method in (*METHODS, None):
         chosen = [u for u in units if method in (None, u.method)]
         out[method or "all"] = prf(*hit_decisions(chosen, matcher))
+    out["wrong_paper"] = wrong_paper_control(units, matcher)
     precision, gpt4 = generic_control(units, matcher)
     out["generic_review"] = {
         "hits_per_paper": round(precision * len(GENERIC_REVIEW), 2),
@@ -297,6 +298,26 @@ def hit_decisions(units: list[Unit], matcher: object) -> tuple[np.ndarray, np.nd
         hit[[m.reference for m in matches]] = True
         decided.append(hit)
     return np.concatenate([u.hits for u in units]), np.concatenate(decided)
+
+
+def wrong_paper_control(units: list[Unit], matcher: object) -> dict[str, dict[str, float]]:
+    """Per method, the share of its comments the matcher hits on their own paper, and on the *next*
+    paper's human comments, where every hit is wrong. A matcher that reads what a comment says about
+    its paper hits far fewer there; one that matches the kind of critique hits nearly as many. GPT-4's
+    share on the right paper stands beside (it judged no wrong-paper pairs)."""
+    out = {}
+    for method in METHODS:
+        own = [u for u in units if u.method == method]
+        other = [(own[(i + 1) % len(own)].generated, own[i].reference) for i in range(len(own))]
+        comments = sum(len(u.generated) for u in own)
+        right = matcher.match_many([(u.generated, u.reference) for u in own])
+        wrong = matcher.match_many(other)
+        out[method] = {
+            "right_paper": round(sum(len(m) for m in right) / comments, 3),
+            "wrong_paper": round(sum(len(m) for m in wrong) / sum(len(g) for g, _ in other), 3),
+            "gpt4_right_paper": round(sum(len({g for g, _ in u.aligned}) for u in own) / comments, 3),
+        }
+    return out
 
 
 def generic_control(units: list[Unit], matcher: object) -> tuple[float, float]:
@@ -455,6 +476,15 @@ def print_tables(console: Console, record: dict) -> None:
             f"generic-review control, {name}: {g['hits_per_paper']} hits per paper, precision "
             f"{g['precision']:.2f} (GPT-4 aligned "
             f"{g['gpt4_precision_of_gpt4_comments']:.2f} of its reviewers' comments)"
+        )
+    for name, s in record["shipped"].items():
+        console.print(
+            f"wrong-paper control, {name}: share of comments hit on their own paper / on the next paper's "
+            "human comments (GPT-4, own paper): "
+            + "; ".join(
+                f"{m} {w['right_paper']:.2f} / {w['wrong_paper']:.2f} ({w['gpt4_right_paper']:.2f})"
+                for m, w in s["wrong_paper"].items()
+            )
         )
     tradeoff = Table(
         "threshold",

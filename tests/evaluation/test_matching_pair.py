@@ -237,9 +237,11 @@ def test_a_generic_review_gets_fewer_hits_than_gpt4_gives_real_comments(marg_uni
 
 
 def test_a_stricter_threshold_refuses_generic_text_and_still_beats_cosine(marg_units, matcher, lomo):
-    """The way out docs/benchmarks.md records: at a fixed threshold of 0.7 the shipped pair model gives
-    the canned review fewer hits than GPT-4 gives real comments, and still agrees with GPT-4 on unseen
-    generators better than the static cosine (and than `embedded`, 0.227)."""
+    """The trade-off docs/benchmarks.md records: at a fixed threshold of 0.7 the shipped pair model gives
+    the canned review fewer hits on MARG than GPT-4 gives real comments, and still agrees with GPT-4 on
+    unseen generators better than the static cosine (and than `embedded`, 0.227). The 0.7 is read off
+    this control, and on NeurIPS papers the canned review still out-hits humans at 0.7, so it is a
+    measured trade-off, not a shipped threshold."""
     bench = _bench()
     cosines = bench.cosine_matrices(marg_units, lambda texts: matcher.encoder.encode(texts).vectors)
     scores = bench.PairScores(ROOT / "bench" / "results" / "pair_model_training", marg_units)
