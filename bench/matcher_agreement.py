@@ -67,6 +67,10 @@ FOLD_SEED = 0  # the folds bench/train_pair_model.py trained its cross-validatio
 CALIBRATION_FILE = ROOT / "eval-service" / "reviewstack" / "evaluation" / matching_pair.CALIBRATION
 
 
+BASELINE = "MiniLM cosine (baseline)"
+HEADLINE = "pair matcher: fine-tuned pair model"
+
+
 # -- protocols -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Split:
@@ -105,6 +109,12 @@ def protocols(units: list[Unit]) -> dict[str, list[Split]]:
     return {"leave-one-method-out": lomo, "cross-validation by paper": cv, "in-sample": insample}
 
 
+def covers(splits: list[Split], models: set[str] | None) -> bool:
+    """Whether a training run has every model a protocol reads (None: the system trains nothing)."""
+    needed = {s.model for s in splits} | {m for s in splits for m in s.tuning.values()}
+    return models is None or needed <= models
+
+
 def prf(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     tp = int((truth & predicted).sum())
     precision = tp / max(int(predicted.sum()), 1)
@@ -124,28 +134,81 @@ def best_threshold(truth: np.ndarray, scores: np.ndarray) -> float:
 CommentScores = Callable[[int, str], np.ndarray]  # (unit row, pair model name) → a score per human comment
 
 
-def run_protocol(units: list[Unit], splits: list[Split], score: CommentScores) -> dict[str, object]:
-    """Tune the threshold on each split's fitting units, decide its measured units; P / R / F1 per split
-    and pooled over splits."""
-    per_split, truth_all, decided_all, thresholds = {}, [], [], {}
+def decide(
+    units: list[Unit], splits: list[Split], score: CommentScores
+) -> list[tuple[str, float, list[int], np.ndarray]]:
+    """Per split: its name, the threshold tuned on its fitting units, its measured units, and whether
+    each of their human comments is decided hit."""
+    out = []
     for split in splits:
         fit_truth = np.concatenate([units[i].hits for i in split.fit])
         fit_scores = np.concatenate([score(i, split.tuning[i]) for i in split.fit])
         threshold = best_threshold(fit_truth, fit_scores)
-        truth = np.concatenate([units[i].hits for i in split.test])
-        decided = np.concatenate([score(i, split.model) for i in split.test]) >= threshold
-        per_split[split.name] = prf(truth, decided)
-        thresholds[split.name] = round(threshold, 4)
+        decided = [score(i, split.model) >= threshold for i in split.test]
+        out.append((split.name, threshold, split.test, decided))
+    return out
+
+
+def run_protocol(units: list[Unit], splits: list[Split], score: CommentScores) -> dict[str, object]:
+    """Tune the threshold on each split's fitting units, decide its measured units; P / R / F1 per split
+    and pooled over splits, and the 95 % interval of the mean F1 over papers (`paper_bootstrap`)."""
+    per_split, truth_all, decided_all, thresholds = {}, [], [], {}
+    decisions = decide(units, splits, score)
+    for name, threshold, test, decided in decisions:
+        truth = np.concatenate([units[i].hits for i in test])
+        per_split[name] = prf(truth, np.concatenate(decided))
+        thresholds[name] = round(threshold, 4)
         truth_all.append(truth)
-        decided_all.append(decided)
+        decided_all.append(np.concatenate(decided))
     f1s = [r["f1"] for r in per_split.values()]
+    low, high = np.percentile(paper_bootstrap(units, decisions), [2.5, 97.5])
     return {
         "splits": per_split,
         "pooled": prf(np.concatenate(truth_all), np.concatenate(decided_all)),
         "mean_f1": round(float(np.mean(f1s)), 3),
         "f1_spread": [round(min(f1s), 3), round(max(f1s), 3)],
+        "mean_f1_interval": [round(float(low), 3), round(float(high), 3)],
         "thresholds": thresholds,
     }
+
+
+def difference_interval(
+    units: list[Unit], splits: list[Split], score: CommentScores, baseline: CommentScores
+) -> list[float]:
+    """The 95 % paper-bootstrap interval of (mean F1 of `score`) - (mean F1 of `baseline`)."""
+    difference = paper_bootstrap(units, decide(units, splits, score)) - paper_bootstrap(
+        units, decide(units, splits, baseline)
+    )
+    return [round(float(x), 3) for x in np.percentile(difference, [2.5, 97.5])]
+
+
+BOOTSTRAP = {"resamples": 2000, "seed": 0}
+
+
+def paper_bootstrap(
+    units: list[Unit], decisions: list[tuple[str, float, list[int], np.ndarray]]
+) -> np.ndarray:
+    """The mean F1 over splits when the 30 papers are drawn again with replacement, once per resample:
+    how much of a difference between matchers the papers can tell apart. Every system draws the same
+    resamples (fixed seed), so two systems' arrays subtract into the interval of their difference."""
+    papers = sorted({u.paper for u in units})
+    column = {paper: j for j, paper in enumerate(papers)}
+    rng = np.random.RandomState(BOOTSTRAP["seed"])
+    weights = np.stack(
+        [
+            np.bincount(rng.randint(len(papers), size=len(papers)), minlength=len(papers))
+            for _ in range(BOOTSTRAP["resamples"])
+        ]
+    )
+    f1s = []
+    for _, _, test, decided in decisions:
+        counts = np.zeros((len(papers), 3))  # per paper: true positives, decided hits, GPT-4 hits
+        for i, hit in zip(test, decided, strict=True):
+            truth = units[i].hits
+            counts[column[units[i].paper]] += [(truth & hit).sum(), hit.sum(), truth.sum()]
+        tp, decided_hits, true_hits = (weights @ counts).T
+        f1s.append(np.where(tp > 0, 2 * tp / np.maximum(decided_hits + true_hits, 1), 0.0))
+    return np.mean(f1s, axis=0)
 
 
 class PairScores:
@@ -348,6 +411,12 @@ def main() -> None:
         metavar="NAME=DIR",
         help="more train_pair_model.py runs to score beside it (another recipe, the teacher)",
     )
+    parser.add_argument(
+        "--candidates",
+        type=int,
+        metavar="K",
+        help="candidates: each point's K nearest on the other side (default: the shipped calibration's)",
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "matcher_agreement.json"))
     parser.add_argument("--write-calibration", action="store_true", help=f"ship {CALIBRATION_FILE.name}")
     args = parser.parse_args()
@@ -360,14 +429,22 @@ def main() -> None:
     minilm_cos = cosine_matrices(units, lambda t: minilm.encode(t, batch_size=64, normalize_embeddings=True))
     encoder = EmbeddedMatcher().encoder
     static_cos = cosine_matrices(units, lambda texts: encoder.encode(texts).vectors)
-    policy = CandidatePolicy()
+    policy = (
+        CandidatePolicy(args.candidates)
+        if args.candidates is not None
+        else MatcherCalibration.load().candidates
+    )
     systems: dict[str, CommentScores] = {
-        "MiniLM cosine (baseline)": best_cosine_scores(minilm_cos),
+        BASELINE: best_cosine_scores(minilm_cos),
         "static cosine": best_cosine_scores(static_cos),
-        "pair matcher: fine-tuned pair model": matcher_scores(static_cos, pair_scores, policy),
+        HEADLINE: matcher_scores(static_cos, pair_scores, policy),
         "pair model, every pair a candidate": matcher_scores(
             static_cos, pair_scores, CandidatePolicy(per_point=0)
         ),
+    }
+    trained = {
+        HEADLINE: set(pair_scores.models),
+        "pair model, every pair a candidate": set(pair_scores.models),
     }
     if "argkp" in pair_scores.models:
         systems["pair model, ArgKP only"] = matcher_scores(
@@ -375,7 +452,9 @@ def main() -> None:
         )
     for also in args.also:
         name, _, folder = also.partition("=")
-        systems[f"pair matcher: {name}"] = matcher_scores(static_cos, PairScores(Path(folder), units), policy)
+        scores = PairScores(Path(folder), units)
+        systems[f"pair matcher: {name}"] = matcher_scores(static_cos, scores, policy)
+        trained[f"pair matcher: {name}"] = set(scores.models)
     splits = protocols(units)
     record: dict[str, object] = {
         "benchmark": "matcher_agreement",
@@ -391,18 +470,29 @@ def main() -> None:
         "pair_model_training": pair_scores.card,
         "candidates": {"policy": policy.to_dict(), **candidate_recall(units, static_cos, policy)},
         "systems": {
-            name: {protocol: run_protocol(units, s, score) for protocol, s in splits.items()}
+            name: {
+                protocol: run_protocol(units, s, score)
+                for protocol, s in splits.items()
+                if covers(s, trained.get(name))
+            }
             for name, score in systems.items()
         },
+        "bootstrap": BOOTSTRAP,
     }
+    lomo = splits["leave-one-method-out"]
+    for name, score in systems.items():
+        if name != BASELINE:
+            record["systems"][name]["leave-one-method-out"]["minus_baseline_interval"] = difference_interval(
+                units, lomo, score, systems[BASELINE]
+            )
     if args.write_calibration:
-        write_calibration(units, systems["pair matcher: fine-tuned pair model"], splits, record, policy)
+        write_calibration(units, systems[HEADLINE], splits, record, policy)
         console.print(f"wrote {CALIBRATION_FILE.relative_to(ROOT)}")
     record["shipped"] = {"pair": shipped(units, PairMatcher()), "embedded": shipped(units, EmbeddedMatcher())}
     pair = PairMatcher()
     record["threshold_tradeoff"] = threshold_tradeoff(
         units,
-        systems["pair matcher: fine-tuned pair model"],
+        systems[HEADLINE],
         pair,
         (pair.calibration.threshold, *TRADEOFF_THRESHOLDS),
     )
@@ -423,8 +513,8 @@ def write_calibration(
     lomo = splits["leave-one-method-out"]
     truth = np.concatenate([units[i].hits for s in lomo for i in s.test])
     scores = np.concatenate([score(i, s.model) for s in lomo for i in s.test])
-    result = record["systems"]["pair matcher: fine-tuned pair model"]
-    baseline = record["systems"]["MiniLM cosine (baseline)"]["leave-one-method-out"]
+    result = record["systems"][HEADLINE]
+    baseline = record["systems"][BASELINE]["leave-one-method-out"]
     calibration = MatcherCalibration(
         candidates=policy,
         threshold=round(best_threshold(truth, scores), 4),
@@ -437,8 +527,13 @@ def write_calibration(
             "recall": result["leave-one-method-out"]["pooled"]["recall"],
             "rotations": {k: v["f1"] for k, v in result["leave-one-method-out"]["splits"].items()},
             "cosine_baseline_f1": baseline["mean_f1"],
-            "in_sample_f1": result["in-sample"]["mean_f1"],
-            "cross_validated_f1": result["cross-validation by paper"]["pooled"]["f1"],
+            "interval": result["leave-one-method-out"]["mean_f1_interval"],
+            "in_sample_f1": result["in-sample"]["mean_f1"] if "in-sample" in result else None,
+            "cross_validated_f1": (
+                result["cross-validation by paper"]["pooled"]["f1"]
+                if "cross-validation by paper" in result
+                else None
+            ),
         },
         fitted_by=f"bench/matcher_agreement.py --write-calibration ({record['commit']}, "
         f"{record['date'][:10]})",
@@ -451,20 +546,29 @@ def print_tables(console: Console, record: dict) -> None:
         "matcher",
         *(f"held out: {m}\nP / R / F1" for m in METHODS),
         "leave-one-method-out\nmean F1 [min, max]",
+        "95 % over papers:\nmean F1 | − baseline",
         "CV by paper\nF1",
         "in-sample\nF1",
         title="agreement with GPT-4's hit decisions (marg-alignments-dev, paper frame)",
     )
+
+    def pooled(result: dict, protocol: str) -> str:
+        return f"{result[protocol]['pooled']['f1']:.3f}" if protocol in result else "-"
+
     for name, result in record["systems"].items():
         lomo = result["leave-one-method-out"]
         cells = [f"{s['precision']:.2f} / {s['recall']:.2f} / {s['f1']:.3f}" for s in lomo["splits"].values()]
         spread = f"{lomo['mean_f1']:.3f} [{lomo['f1_spread'][0]:.3f}, {lomo['f1_spread'][1]:.3f}]"
-        cv, fit = result["cross-validation by paper"]["pooled"]["f1"], result["in-sample"]["pooled"]["f1"]
-        table.add_row(name, *cells, spread, f"{cv:.3f}", f"{fit:.3f}")
+        interval = "[{:.3f}, {:.3f}]".format(*lomo["mean_f1_interval"])
+        if "minus_baseline_interval" in lomo:
+            interval += " | [{:+.3f}, {:+.3f}]".format(*lomo["minus_baseline_interval"])
+        cv, fit = pooled(result, "cross-validation by paper"), pooled(result, "in-sample")
+        table.add_row(name, *cells, spread, interval, cv, fit)
     for name, s in record["shipped"].items():
         table.add_row(
             f"shipped {name} matcher (in-sample)",
             *(f"{s[m]['precision']:.2f} / {s[m]['recall']:.2f} / {s[m]['f1']:.3f}" for m in METHODS),
+            "-",
             "-",
             "-",
             f"{s['all']['f1']:.3f}",

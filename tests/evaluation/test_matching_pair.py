@@ -31,14 +31,17 @@ from .test_matching import BASELINES, POINTS, hit_f1
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Hit-decision F1 against GPT-4 on marg-alignments-dev, paper frame (bench/matcher_agreement.py): the
-# shipped matcher end to end scores 0.51 on it, 0.515 on lizca's reviews (in-sample: its pair model was
-# fine-tuned on these papers); leave-one-method-out, from the training run's scores in bench/results,
-# 0.334 against 0.239 for the static cosine alone. The issue's target on unseen generators, 0.35, is not
-# reached: `test_the_issues_target_agreement` records that, and fails loudly (XPASS) once it is.
+# Hit-decision F1 against GPT-4 on marg-alignments-dev, paper frame (bench/matcher_agreement.py). The
+# shipped pair model is a 2-layer, 64-token student of a 6-layer teacher (bench/results/
+# pair_model_distilled): end to end it scores 0.53 in-sample (0.54 on lizca's reviews: its teacher was
+# fine-tuned on these papers); leave-one-method-out 0.292, its teacher 0.304, the 6-layer model shipped
+# before it 0.318 (same recipe, another run), the static cosine 0.239. The issue's target on unseen
+# generators, 0.35, is not reached: `test_the_issues_target_agreement` records that, and fails loudly
+# (XPASS) once it is.
 SHIPPED_F1_FLOOR = 0.45
-LOMO_F1 = 0.334
+LOMO_F1 = 0.292
 TARGET_LOMO_F1 = 0.35
+RESULTS = ROOT / "bench" / "results"
 
 
 @pytest.fixture(scope="module")
@@ -180,43 +183,61 @@ def marg_units(shared_archive: Callable[[str], Path]) -> list:
 
 @pytest.fixture(scope="module")
 def lomo(marg_units, matcher) -> dict[str, dict]:
-    """The benchmark's leave-one-method-out protocol over the shipped model's training-run scores
-    (bench/results/pair_model_training): the default matcher's decision path and the static cosine."""
+    """The benchmark's leave-one-method-out protocol over the committed scores of training runs: the
+    shipped student's (bench/results/pair_model_distilled/student-64), its teacher's, the 6-layer model's
+    shipped before it, the dropped cross-paper recipe's; and the static cosine. All through the shipped
+    candidate policy."""
     bench = _bench()
-    scores = bench.PairScores(ROOT / "bench" / "results" / "pair_model_training", marg_units)
     cosines = bench.cosine_matrices(marg_units, lambda texts: matcher.encoder.encode(texts).vectors)
     splits = bench.protocols(marg_units)["leave-one-method-out"]
     policy = matcher.calibration.candidates
-    results = {
-        "default": bench.run_protocol(marg_units, splits, bench.matcher_scores(cosines, scores, policy)),
-        "static cosine": bench.run_protocol(marg_units, splits, bench.best_cosine_scores(cosines)),
+    runs = {
+        "default": RESULTS / "pair_model_distilled" / "student-64",
+        "teacher": RESULTS / "pair_model_distilled",
+        "6-layer, shipped before": RESULTS / "pair_model_training",
+        "cross-paper teacher": RESULTS / "pair_model_cross_paper",
+        "cross-paper student": RESULTS / "pair_model_cross_paper" / "student",
     }
-    dropped = ROOT / "bench" / "results" / "pair_model_cross_paper"
-    for name, folder in (("cross-paper teacher", dropped), ("cross-paper student", dropped / "student")):
-        other = bench.matcher_scores(cosines, bench.PairScores(folder, marg_units), policy)
-        results[name] = bench.run_protocol(marg_units, splits, other)
+    results = {"static cosine": bench.run_protocol(marg_units, splits, bench.best_cosine_scores(cosines))}
+    for name, folder in runs.items():
+        score = bench.matcher_scores(cosines, bench.PairScores(folder, marg_units), policy)
+        results[name] = bench.run_protocol(marg_units, splits, score)
     return results
 
 
 def test_leave_one_method_out_agreement_is_what_the_report_quotes(lomo, matcher):
-    assert lomo["default"]["mean_f1"] == pytest.approx(matcher.calibration.agreement["f1"], abs=0.005)
-    assert lomo["default"]["mean_f1"] >= lomo["static cosine"]["mean_f1"] + 0.07
+    agreement = matcher.calibration.agreement
+    assert lomo["default"]["mean_f1"] == pytest.approx(agreement["f1"], abs=0.005)
+    assert lomo["default"]["mean_f1_interval"] == pytest.approx(agreement["interval"], abs=0.005)
+    assert lomo["default"]["mean_f1"] >= lomo["static cosine"]["mean_f1"] + 0.05
+
+
+def test_thirty_papers_cannot_tell_the_recipes_apart(lomo):
+    """Two runs of one recipe and seed on the GPU (the 6-layer model shipped before, the student's
+    teacher) differ by more than the student loses to its teacher, and the 95 % paper-bootstrap
+    interval of any of them is wider than every gap between them: docs/benchmarks.md's reason to ship
+    the 5x faster student."""
+    assert lomo["6-layer, shipped before"]["mean_f1"] == pytest.approx(0.318, abs=0.005)
+    assert lomo["teacher"]["mean_f1"] == pytest.approx(0.304, abs=0.005)
+    means = [lomo[k]["mean_f1"] for k in ("default", "teacher", "6-layer, shipped before")]
+    low, high = lomo["default"]["mean_f1_interval"]
+    assert low <= min(means) and max(means) <= high and high - low > 3 * (max(means) - min(means))
 
 
 def test_the_dropped_cross_paper_recipe_scores_what_the_benchmarks_page_says(lomo):
-    """docs/benchmarks.md keeps the shipped recipe because cross-paper negatives (and their 2-layer
-    students) lost leave-one-method-out agreement: the committed scores of that run say so."""
-    assert lomo["cross-paper teacher"]["mean_f1"] == pytest.approx(0.267, abs=0.005)
-    assert lomo["cross-paper student"]["mean_f1"] == pytest.approx(0.256, abs=0.005)
-    assert (
-        max(lomo[k]["mean_f1"] for k in ("cross-paper teacher", "cross-paper student"))
-        < (lomo["default"]["mean_f1"])
+    """docs/benchmarks.md drops cross-paper negatives (and their 2-layer students): with the shipped
+    candidate policy the committed scores of that run stay below every run of the shipped recipe (by
+    less than the papers can resolve, and it did not cure the generic-review control either)."""
+    assert lomo["cross-paper teacher"]["mean_f1"] == pytest.approx(0.275, abs=0.005)
+    assert lomo["cross-paper student"]["mean_f1"] == pytest.approx(0.274, abs=0.005)
+    assert max(lomo[k]["mean_f1"] for k in ("cross-paper teacher", "cross-paper student")) < min(
+        lomo[k]["mean_f1"] for k in ("default", "teacher", "6-layer, shipped before")
     )
 
 
 def test_the_shipped_matcher_agrees_with_gpt4_on_marg(marg_units, matcher):
     """On lizca's reviews (the fewest pairs to read: 4 comments a paper), end to end through the int8
-    model and the shipped threshold: 0.515 measured, in-sample."""
+    model and the shipped threshold: 0.540 measured, in-sample."""
     truth, decided = _bench().hit_decisions([u for u in marg_units if u.method == "lizca"], matcher)
     assert len(truth) == 483  # the human comments of the 30 papers
     assert hit_f1(truth, decided) >= SHIPPED_F1_FLOOR
@@ -228,7 +249,7 @@ def test_the_issues_target_agreement(lomo):
 
 
 @pytest.mark.xfail(
-    strict=True, reason="the pair matcher credits generic text: precision 0.24 against GPT-4's 0.10"
+    strict=True, reason="the pair matcher credits generic text: precision 0.27 against GPT-4's 0.10"
 )
 def test_a_generic_review_gets_fewer_hits_than_gpt4_gives_real_comments(marg_units, matcher):
     bench = _bench()
@@ -236,18 +257,17 @@ def test_a_generic_review_gets_fewer_hits_than_gpt4_gives_real_comments(marg_uni
     assert precision < gpt4
 
 
-def test_a_stricter_threshold_refuses_generic_text_and_still_beats_cosine(marg_units, matcher, lomo):
-    """The trade-off docs/benchmarks.md records: at a fixed threshold of 0.7 the shipped pair model gives
-    the canned review fewer hits on MARG than GPT-4 gives real comments, and still agrees with GPT-4 on
-    unseen generators better than the static cosine (and than `embedded`, 0.227). The 0.7 is read off
-    this control, and on NeurIPS papers the canned review still out-hits humans at 0.7, so it is a
-    measured trade-off, not a shipped threshold."""
+def test_no_threshold_both_refuses_generic_text_and_beats_cosine(marg_units, matcher, lomo):
+    """The trade-off docs/benchmarks.md records: every fixed threshold at which the shipped pair model
+    gives the canned review fewer hits on MARG than GPT-4 gives real comments leaves its agreement with
+    GPT-4 on unseen generators no better than the static cosine's. A threshold cannot make it safe
+    from generic text; that is why it is not the default."""
     bench = _bench()
     cosines = bench.cosine_matrices(marg_units, lambda texts: matcher.encoder.encode(texts).vectors)
-    scores = bench.PairScores(ROOT / "bench" / "results" / "pair_model_training", marg_units)
+    scores = bench.PairScores(RESULTS / "pair_model_distilled" / "student-64", marg_units)
     score = bench.matcher_scores(cosines, scores, matcher.calibration.candidates)
-    (row,) = bench.threshold_tradeoff(marg_units, score, matcher, [0.7])
+    rows = bench.threshold_tradeoff(marg_units, score, matcher, bench.TRADEOFF_THRESHOLDS)
     _, gpt4 = bench.generic_control(marg_units, matcher)
-    assert row["generic_precision"] < gpt4
-    assert row["lomo_mean_f1"] > lomo["static cosine"]["mean_f1"]
-    assert row["lomo_mean_f1"] == pytest.approx(0.263, abs=0.005)
+    refusing = [row for row in rows if row["generic_precision"] < gpt4]
+    assert [row["threshold"] for row in refusing] == [0.6, 0.7, 0.8]
+    assert max(row["lomo_mean_f1"] for row in refusing) <= lomo["static cosine"]["mean_f1"] + 0.005

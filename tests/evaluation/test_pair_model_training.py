@@ -105,10 +105,47 @@ def test_a_student_keeps_the_chosen_layers_and_learns_the_teachers_logits(recipe
 
     teacher = recipe.PairModel(packaged_model_path(), layers=2, device="cpu")
     pairs = [(f"point {i} about the method", f"point {i % 5} about the data") for i in range(48)]
-    student, losses = recipe.distil(teacher, 1, 16, pairs, seed=0)
+    student, losses = recipe.distil(teacher, 1, 16, pairs, teacher.score(pairs), seed=0)
     assert student.model.config.num_hidden_layers == len(student.model.bert.encoder.layer) == 1
     assert recipe.spread_layers(6, 2) == [2, 5] and recipe.spread_layers(6, 3) == [1, 3, 5]
     assert recipe.spread_layers(2, 1) == [1] and recipe.spread_layers(6, 6) == list(range(6))
     assert student.max_length == 16 and teacher.max_length == recipe.MAX_LENGTH
     assert student.batch(pairs[:1])["input_ids"].shape[1] <= 16
     assert len(losses) == recipe.DISTIL["epochs"] and all(np.isfinite(losses))
+
+
+def test_the_distillation_set_has_a_high_end(recipe, shared_archive: Callable[[str], Path]) -> None:
+    """A student learns only the range its pairs cover: GPT-4's aligned pairs are repeated, a point meets
+    itself, half the ArgKP pairs are positive, and every pair comes in both orders."""
+    from marg import load_units
+
+    units = load_units(shared_archive("marg-alignments-dev"), "paper")[:3]
+    argkp = ([(f"argument {i}", f"key point {i}") for i in range(40)], np.array([1.0] * 10 + [0.0] * 30))
+    llm_near = [("LLM point a", "LLM point b"), ("LLM point c", "LLM point d")]
+    pairs = recipe.distillation_pairs(units, None, argkp, llm_near, seed=0)
+    everything, labels = recipe.marg_pairs(units)
+    aligned = [everything[i] for i in np.flatnonzero(labels > 0)]
+    assert aligned and all(pairs.count(p) == recipe.DISTIL["positive_repeats"] for p in aligned)
+    assert sum(a == b for a, b in pairs) == 2 * min(
+        recipe.DISTIL["self_pairs"], len({t for u in units for t in (*u.generated, *u.reference)}) + 4
+    )
+    argkp_positive = {argkp[0][i] for i in range(10)}
+    assert sum(p in argkp_positive for p in pairs) == 10  # every positive (fewer than asked), one order
+    assert set(llm_near) <= set(pairs)
+    assert sorted(pairs) == sorted((b, a) for a, b in pairs)
+
+
+def test_near_llm_pairs_are_each_others_nearest_within_one_paper(recipe) -> None:
+    vectors = {
+        "a1": np.array([1.0, 0.0]),
+        "a2": np.array([0.0, 1.0]),
+        "b1": np.array([0.9, 0.1]),
+        "c1": np.array([1.0, 0.0]),
+    }
+    llm = {"p": [["a1", "a2"], ["b1"]], "q": [["c1"]]}  # q has one review: nothing to pair
+    assert recipe.near_llm_pairs(llm, vectors) == [("a1", "b1"), ("a2", "b1")]
+    cosine = np.array([[0.9, 0.1, 0.0, 0.0], [0.0, 0.2, 0.8, 0.1]])
+    assert recipe.nearest_mask(cosine, 1).tolist() == [
+        [True, False, False, False],
+        [False, True, True, True],
+    ]

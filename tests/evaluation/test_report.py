@@ -148,6 +148,19 @@ def test_html_says_what_a_reader_needs(written: tuple[dict[str, Any], dict[str, 
     assert "−" in text  # negative differences carry a real minus sign
 
 
+def test_the_agreement_interval_is_shown_when_the_matcher_measured_one() -> None:
+    """A matcher's agreement is an estimate from 30 papers: its interval goes beside it in the report."""
+
+    class MeasuredMatcher(ExactMatcher):
+        def describe(self) -> dict[str, Any]:
+            agreement = super().describe()["agreement"]
+            return {"agreement": {**agreement, "f1": 0.292, "interval": [0.223, 0.354]}}
+
+    report = evaluate([system("gpt", [free("p1", "a b")])], humans(HUMAN), MeasuredMatcher())
+    text = " ".join(" ".join(Page(render_html(report, {})).text).split())
+    assert "Matcher agreement F1 0.292 (95 % interval over papers 0.22–0.35)" in text
+
+
 def test_a_single_free_text_system_renders_without_empty_sections(tmp_path: Path) -> None:
     report = evaluate([system("gpt", [free("p1", "a b"), free("p2", "x")])], humans(HUMAN), ExactMatcher())
     page = Page(render_html(report, {}))
