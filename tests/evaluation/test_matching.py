@@ -183,3 +183,25 @@ def test_comments_hit_far_fewer_human_comments_of_another_paper(shared_archive, 
         sys.path.remove(str(ROOT / "bench"))
     control = bench.wrong_paper_control(load_units(shared_archive("marg-alignments-dev"), "paper"), matcher)
     assert all(c["wrong_paper"] <= 0.5 * c["right_paper"] for c in control.values()), control
+
+
+def test_the_benchmark_refits_the_default_and_reproduces_what_reports_quote(shared_archive, matcher):
+    """The default's agreement in every report comes from bench/matcher_agreement.py refitting both of
+    its stages per protocol: refitted on all of MARG it scores what the shipped constants score
+    in-sample, and its leave-one-method-out F1 and interval are the calibration's."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import matcher_agreement as bench
+        from marg import load_units
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    units = load_units(shared_archive("marg-alignments-dev"), "paper")
+    refit = bench.embedded_scores(units, matcher)
+    splits = bench.protocols(units)
+    in_sample = bench.run_protocol(units, splits["in-sample"], refit)
+    lomo = bench.run_protocol(units, splits["leave-one-method-out"], refit)
+    shipped = hit_f1(*bench.hit_decisions(units, matcher))
+    assert in_sample["mean_f1"] == pytest.approx(shipped, abs=0.01)
+    agreement = matcher.describe()["agreement"]
+    assert lomo["mean_f1"] == pytest.approx(agreement["f1"], abs=0.005)
+    assert lomo["mean_f1_interval"] == pytest.approx(agreement["interval"], abs=0.005)

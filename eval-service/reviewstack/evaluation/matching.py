@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import sparse
 from scipy.optimize import linear_sum_assignment
+from scipy.special import expit
 
 from reviewstack.common.errors import FailedPrecondition, InvalidArgument
 from reviewstack.evaluation.model import Match
@@ -191,7 +192,7 @@ class Calibration:
     def hit_probabilities(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(generated, reference, probability) of every assigned pair, before the threshold."""
         rows, cols, chosen = assigned_pairs(features, self.pair)
-        return rows, cols, 1.0 / (1.0 + np.exp(-self.hit.logit(chosen)))
+        return rows, cols, expit(self.hit.logit(chosen))
 
     def matches(self, features: np.ndarray) -> list[Match]:
         rows, cols, probability = self.hit_probabilities(features)
