@@ -1,8 +1,8 @@
 """Benchmark: how often a point matcher's hit decisions agree with GPT-4's on generators it was not fitted
 on, and how fast the default matcher is.
 
-    .venv/bin/python bench/matcher_agreement.py [--scores DIR] [--also NAME=DIR ...] [--write-calibration]
-        [--archive ../shared/data/marg-alignments-dev.tar.gz]
+    .venv/bin/python bench/matcher_agreement.py [--scores DIR] [--also NAME=DIR ...] [--candidates K]
+        [--write-calibration] [--archive ../shared/data/marg-alignments-dev.tar.gz]
 
 Data: MARG's alignment evaluation (30 ICLR papers; the comments of three GPT-4 reviewer pipelines, lizca /
 marg_s / sarg_b; comments extracted from the human reviews; GPT-4's `same_meaning` alignments). A human
@@ -21,14 +21,22 @@ fitting part alone:
 - in-sample (fit and measure on everything), beside it.
 
 Systems: plain all-MiniLM-L6-v2 cosine (a human comment is hit when its best generated comment reaches a
-threshold; the baseline), the distilled static cosine (the candidate stage alone), the pair model before
-any review data (ArgKP only), and the default matcher (static candidates → fine-tuned pair model →
-one-to-one assignment → threshold). The pair models' scores of every MARG pair come from
+threshold; the baseline), the distilled static cosine (the candidate stage alone), the default matcher
+`embedded` (both logistic stages refitted on each protocol's fitting part, `embedded_scores`), the pair
+model before any review data (ArgKP only, where the run has it), and the pair matcher (static candidates
+→ pair model → one-to-one assignment → threshold). The pair models' scores of every MARG pair come from
 bench/train_pair_model.py (`--scores`, its output folder; GPU); those of the shipped model's training run
-are kept in bench/results/pair_model_training, so the rest runs here, on a CPU.
+are kept in bench/results/pair_model_distilled/student-64 (the 6-layer model shipped before it:
+bench/results/pair_model_training), so the rest runs here, on a CPU. A protocol a run has no models for
+(a student run has no cross-validation folds) is left out for it.
+
+Every protocol's mean F1 comes with its 95 % interval over 2,000 paper-bootstrap resamples, and every
+system's leave-one-method-out F1 with the interval of its difference from the baseline (the same
+resamples for all): 30 papers are few, and the intervals say how few.
 
 `--write-calibration` ships the threshold tuned on every method's leave-one-method-out scores (each
-scored by the model that never saw it), with the measured agreement, as the matcher's calibration.
+scored by the model that never saw it), with the measured agreement, as the pair matcher's calibration,
+and the default's measured agreement into its calibration (its fitted stages stay as they are).
 Its speed on an evaluation's workload is bench/eval_throughput.py's. Writes
 bench/results/matcher_agreement.json and prints tables.
 """
@@ -455,7 +463,7 @@ def main() -> None:
     parser.add_argument(
         "--scores",
         type=Path,
-        default=ROOT / "bench" / "results" / "pair_model_training",
+        default=ROOT / "bench" / "results" / "pair_model_distilled" / "student-64",
         help="bench/train_pair_model.py's --out folder (default: the shipped model's training run)",
     )
     parser.add_argument(
