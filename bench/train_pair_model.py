@@ -467,7 +467,7 @@ def distillation_pairs(
     - every pair of the subset's units, GPT-4's aligned pairs `positive_repeats` times (the teacher's high
       end, ~1 % of the pairs, is what a matcher decides on);
     - self pairs of the subset's points and LLM points (a point is its own match: the top of the scale);
-    - ArgKP train pairs, half of them positive (paraphrases from another domain);
+    - ArgKP train pairs, up to half of them positive (paraphrases from another domain);
     - near pairs of two LLM reviews of one paper (`near_llm_pairs`);
     - cross-paper pairs, with --cross-paper."""
     rng = np.random.RandomState(seed)
