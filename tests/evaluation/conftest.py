@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -32,3 +34,23 @@ def shared_archive(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], 
         return unpacked[name]
 
     return get
+
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture(scope="session")
+def bench() -> ModuleType:
+    """bench/matcher_agreement.py, the one implementation of the matcher protocols the tests check."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import matcher_agreement
+    finally:
+        sys.path.remove(str(BENCH))
+    return matcher_agreement
+
+
+@pytest.fixture(scope="session")
+def marg_units(shared_archive: Callable[[str], Path], bench: ModuleType) -> list:
+    """MARG's units in the evaluation's frame (all of a paper's human comments in one matcher call)."""
+    return bench.load_units(shared_archive("marg-alignments-dev"), "paper")

@@ -6,9 +6,7 @@ cores, the first time any test here runs); after that every test is quick."""
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
-from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -16,8 +14,6 @@ import pytest
 from reviewstack.common.errors import InvalidArgument
 from reviewstack.evaluation.matching import EmbeddedMatcher, default_matcher
 from reviewstack.evaluation.model import Match, Matcher
-
-ROOT = Path(__file__).resolve().parents[2]
 
 # Hit-decision F1 against GPT-4 with the shipped constants on all of marg-alignments-dev, paper frame:
 # bench/matcher_agreement.py measured 0.38 in-sample (the constants were fitted on these papers) and 0.33
@@ -122,15 +118,9 @@ def test_it_is_a_matcher_that_reports_its_version(matcher):
 
 
 @pytest.fixture(scope="module")
-def marg_hits(shared_archive: Callable[[str], Path]) -> tuple[np.ndarray, np.ndarray]:
+def marg_hits(marg_units: list, bench: ModuleType) -> tuple[np.ndarray, np.ndarray]:
     """GPT-4's hit decisions on marg-alignments-dev and the default matcher's (paper frame)."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        from marg import load_units
-        from matcher_agreement import hit_decisions
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    return hit_decisions(load_units(shared_archive("marg-alignments-dev"), "paper"), default_matcher())
+    return bench.hit_decisions(marg_units, default_matcher())
 
 
 def hit_f1(truth: np.ndarray, decided: np.ndarray) -> float:
@@ -151,19 +141,11 @@ def test_the_issues_target_agreement(marg_hits):
     assert hit_f1(*marg_hits) >= TARGET_F1
 
 
-def test_a_generic_review_gets_fewer_hits_than_gpt4_gives_real_comments(shared_archive, matcher):
+def test_a_generic_review_gets_fewer_hits_than_gpt4_gives_real_comments(marg_units, matcher, bench):
     """A canned review that says nothing about any paper, against each MARG paper's human comments: the
     share of its points the matcher calls hits stays under the share of GPT-4 reviewers' comments GPT-4
     aligned (0.03 against 0.10 measured)."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import matcher_agreement as bench
-        from marg import load_units
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    precision, gpt4 = bench.generic_control(
-        load_units(shared_archive("marg-alignments-dev"), "paper"), matcher
-    )
+    precision, gpt4 = bench.generic_control(marg_units, matcher)
     assert precision < gpt4
 
 
@@ -172,35 +154,22 @@ def test_a_generic_review_gets_fewer_hits_than_gpt4_gives_real_comments(shared_a
     reason="no matcher here reads what a comment says about its paper: `embedded` hits 83 % as many of "
     "lizca's comments on the wrong paper as on the right one (docs/benchmarks.md, wrong-paper control)",
 )
-def test_comments_hit_far_fewer_human_comments_of_another_paper(shared_archive, matcher):
+def test_comments_hit_far_fewer_human_comments_of_another_paper(marg_units, matcher, bench):
     """Each MARG method's comments against the next paper's human comments, where every hit is wrong:
     the default matcher should call at most half as many hits there as on the comments' own paper."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import matcher_agreement as bench
-        from marg import load_units
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    control = bench.wrong_paper_control(load_units(shared_archive("marg-alignments-dev"), "paper"), matcher)
+    control = bench.wrong_paper_control(marg_units, matcher)
     assert all(c["wrong_paper"] <= 0.5 * c["right_paper"] for c in control.values()), control
 
 
-def test_the_benchmark_refits_the_default_and_reproduces_what_reports_quote(shared_archive, matcher):
+def test_the_benchmark_refits_the_default_and_reproduces_what_reports_quote(marg_units, matcher, bench):
     """The default's agreement in every report comes from bench/matcher_agreement.py refitting both of
     its stages per protocol: refitted on all of MARG it scores what the shipped constants score
     in-sample, and its leave-one-method-out F1 and interval are the calibration's."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import matcher_agreement as bench
-        from marg import load_units
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    units = load_units(shared_archive("marg-alignments-dev"), "paper")
-    refit = bench.embedded_scores(units, matcher)
-    splits = bench.protocols(units)
-    in_sample = bench.run_protocol(units, splits["in-sample"], refit)
-    lomo = bench.run_protocol(units, splits["leave-one-method-out"], refit)
-    shipped = hit_f1(*bench.hit_decisions(units, matcher))
+    refit = bench.embedded_scores(marg_units, matcher)
+    splits = bench.protocols(marg_units)
+    in_sample = bench.run_protocol(marg_units, splits["in-sample"], refit)
+    lomo = bench.run_protocol(marg_units, splits["leave-one-method-out"], refit)
+    shipped = hit_f1(*bench.hit_decisions(marg_units, matcher))
     assert in_sample["mean_f1"] == pytest.approx(shipped, abs=0.01)
     agreement = matcher.describe()["agreement"]
     assert lomo["mean_f1"] == pytest.approx(agreement["f1"], abs=0.005)

@@ -8,8 +8,6 @@ cores, the first time any test here runs); after that every test is quick."""
 from __future__ import annotations
 
 import itertools
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -162,32 +160,12 @@ def test_an_incomplete_pair_model_says_how_to_get_one(tmp_path: Path):
         PairModel(PairModelFiles(tmp_path))
 
 
-def _bench() -> object:
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import matcher_agreement
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    return matcher_agreement
-
-
 @pytest.fixture(scope="module")
-def marg_units(shared_archive: Callable[[str], Path]) -> list:
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        from marg import load_units
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    return load_units(shared_archive("marg-alignments-dev"), "paper")
-
-
-@pytest.fixture(scope="module")
-def lomo(marg_units, matcher) -> dict[str, dict]:
+def lomo(marg_units, matcher, bench) -> dict[str, dict]:
     """The benchmark's leave-one-method-out protocol over the committed scores of training runs: the
     shipped student's (bench/results/pair_model_distilled/student-64), its teacher's, the 6-layer model's
     shipped before it, the dropped cross-paper recipe's; and the static cosine. All through the shipped
     candidate policy."""
-    bench = _bench()
     cosines = bench.cosine_matrices(marg_units, lambda texts: matcher.encoder.encode(texts).vectors)
     splits = bench.protocols(marg_units)["leave-one-method-out"]
     policy = matcher.calibration.candidates
@@ -235,10 +213,10 @@ def test_the_dropped_cross_paper_recipe_scores_what_the_benchmarks_page_says(lom
     )
 
 
-def test_the_shipped_matcher_agrees_with_gpt4_on_marg(marg_units, matcher):
+def test_the_shipped_matcher_agrees_with_gpt4_on_marg(marg_units, matcher, bench):
     """On lizca's reviews (the fewest pairs to read: 4 comments a paper), end to end through the int8
     model and the shipped threshold: 0.540 measured, in-sample."""
-    truth, decided = _bench().hit_decisions([u for u in marg_units if u.method == "lizca"], matcher)
+    truth, decided = bench.hit_decisions([u for u in marg_units if u.method == "lizca"], matcher)
     assert len(truth) == 483  # the human comments of the 30 papers
     assert hit_f1(truth, decided) >= SHIPPED_F1_FLOOR
 
@@ -251,18 +229,16 @@ def test_the_issues_target_agreement(lomo):
 @pytest.mark.xfail(
     strict=True, reason="the pair matcher credits generic text: precision 0.27 against GPT-4's 0.10"
 )
-def test_a_generic_review_gets_fewer_hits_than_gpt4_gives_real_comments(marg_units, matcher):
-    bench = _bench()
+def test_a_generic_review_gets_fewer_hits_than_gpt4_gives_real_comments(marg_units, matcher, bench):
     precision, gpt4 = bench.generic_control(marg_units, matcher)
     assert precision < gpt4
 
 
-def test_no_threshold_both_refuses_generic_text_and_beats_cosine(marg_units, matcher, lomo):
+def test_no_threshold_both_refuses_generic_text_and_beats_cosine(marg_units, matcher, lomo, bench):
     """The trade-off docs/benchmarks.md records: every fixed threshold at which the shipped pair model
     gives the canned review fewer hits on MARG than GPT-4 gives real comments leaves its agreement with
     GPT-4 on unseen generators no better than the static cosine's. A threshold cannot make it safe
     from generic text; that is why it is not the default."""
-    bench = _bench()
     cosines = bench.cosine_matrices(marg_units, lambda texts: matcher.encoder.encode(texts).vectors)
     scores = bench.PairScores(RESULTS / "pair_model_distilled" / "student-64", marg_units)
     score = bench.matcher_scores(cosines, scores, matcher.calibration.candidates)
