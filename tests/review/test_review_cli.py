@@ -136,3 +136,20 @@ def test_with_no_backend_flags_the_embedded_smollm2_writes_the_review(papers):
 def test_paper_and_batch_together_is_a_usage_error(papers):
     result = _run(str(papers / "a.md"), "--batch", str(papers))
     assert result.returncode == 2 and "either a PAPER file or --batch DIR" in result.stderr
+
+
+def test_the_local_budget_of_a_pi_model_is_its_extended_context_once(tmp_path: Path) -> None:
+    """A run's merged/ writes the extended context and the linear factor side by side: 12,288 tokens
+    (not 12,288 × 1.5), so a paper is cut where training cut it: 11,138 prompt + 1,150 new tokens."""
+    from reviewstack.review.local_engine import budget
+
+    merged, base = tmp_path / "merged", tmp_path / "base"
+    merged.mkdir()
+    base.mkdir()
+    rope = {"rope_type": "linear", "factor": 1.5, "rope_theta": 100000.0}
+    (merged / "config.json").write_text(
+        json.dumps({"max_position_embeddings": 12288, "rope_parameters": rope})
+    )
+    (base / "config.json").write_text(json.dumps({"max_position_embeddings": 8192}))
+    assert budget(merged) == (11_138, 1_150)
+    assert budget(base) == (7_042, 1_150)

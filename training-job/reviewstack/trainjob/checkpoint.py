@@ -356,29 +356,40 @@ def save_merged(
     The base is reloaded (not merged in place) so that a QLoRA run still merges into full-precision
     weights, and its config carries the Position Interpolation scaling.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from reviewstack.trainjob.rope import apply_position_interpolation
-
     with tempfile.TemporaryDirectory() as tmp:
         best, merged = Path(tmp) / "best", Path(tmp) / "merged"
         store.download_dir(f"{run_prefix}/best", best)
-        config = AutoConfig.from_pretrained(spec.base_model, local_files_only=True)
-        apply_position_interpolation(config, factor)
-        if spec.method == "full":
-            model = AutoModelForCausalLM.from_pretrained(best, dtype=dtype, local_files_only=True)
-        else:
-            from peft import PeftModel
-
-            base = AutoModelForCausalLM.from_pretrained(
-                spec.base_model, config=config, dtype=dtype, local_files_only=True
-            )
-            model = PeftModel.from_pretrained(base, best).merge_and_unload()
-        model.config.use_cache = True
-        model.save_pretrained(merged, safe_serialization=True)
-        AutoTokenizer.from_pretrained(best, local_files_only=True).save_pretrained(merged)
+        merge_model(spec.base_model, best, merged, factor, dtype, full=spec.method == "full")
         prefix = f"{run_prefix}/merged"
         with store.publish(prefix, overwrite=True) as pub:
             pub.put_dir(merged)
             pub.manifest.update({"kind": "merged-model", **lineage})
     return prefix
+
+
+def merge_model(
+    base_model: str | Path, best: Path, out: Path, factor: float, dtype: torch.dtype, *, full: bool = False
+) -> Path:
+    """Write into `out` the model `best` holds (a LoRA adapter over `base_model`, or full weights) with
+    `factor` as its linear RoPE scaling: what a server loads. Shared by the end of a run and by
+    `reviewstack-merge`, which merges a shipped adapter onto the packaged base."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from reviewstack.trainjob.rope import apply_position_interpolation
+
+    config = AutoConfig.from_pretrained(base_model, local_files_only=True)
+    apply_position_interpolation(config, factor)
+    if full:
+        model = AutoModelForCausalLM.from_pretrained(best, dtype=dtype, local_files_only=True)
+    else:
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(
+            base_model, config=config, dtype=dtype, local_files_only=True
+        )
+        model = PeftModel.from_pretrained(base, best).merge_and_unload()
+    model.config.use_cache = True
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer_dir = best if (best / "tokenizer_config.json").is_file() else base_model
+    AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True).save_pretrained(out)
+    return out

@@ -83,7 +83,8 @@ def review(
     if repetition_penalty is not None:
         parameters.repetition_penalty = repetition_penalty
     schema = common_pb2.ASPECT_SCHEMA_FOUR if four_aspects else common_pb2.ASPECT_SCHEMA_SEVEN
-    source = _Source(server, token, backend, engine_model, tokenizer, timeout, backend_token)
+    # the embedded engine gets one KV-cache slot per review written at once
+    source = _Source(server, token, backend, engine_model, tokenizer, timeout, backend_token, concurrency)
     if paper is not None:
         asyncio.run(_one(source, _request(paper, schema, parameters), as_json))
     else:
@@ -114,8 +115,10 @@ class _Source:
         tokenizer: str | None,
         timeout: float = 1800.0,
         backend_token: str | None = None,
+        slots: int = 4,
     ) -> None:
         self.server, self.token, self.backend = server, token, backend
+        self.slots = slots
         self.engine_model, self.tokenizer, self.timeout = engine_model, tokenizer, timeout
         self.backend_token = backend_token
 
@@ -149,7 +152,9 @@ class _Source:
         async with AsyncExitStack() as stack:
             url, model, limits, token = self.backend, None, ReviewLimits(), self.backend_token or None
             if url is None:
-                url, model, token = await stack.enter_async_context(embedded_engine(self.engine_model, err))
+                url, model, token = await stack.enter_async_context(
+                    embedded_engine(self.engine_model, err, self.slots)
+                )
                 prompt, new = budget(model)
                 limits = ReviewLimits(max_prompt_length=prompt, max_new_tokens=new)
             tokenizer = load_tokenizer(self.tokenizer or model)

@@ -30,11 +30,12 @@ READY_TIMEOUT_S = 600.0
 
 
 def model_context(model: Path) -> int:
-    """Tokens the model can attend to: its pre-training context times a linear (PI) scaling factor."""
+    """Tokens the model can attend to: `max_position_embeddings`. A model merged by a review-stack run
+    with Position Interpolation records the extended context there (original × factor, next to the
+    linear RoPE factor: trainjob/rope.py), so the factor is not applied a second time; a config that
+    kept its original length under linear scaling is read conservatively, as that length."""
     config = json.loads((model / "config.json").read_text())
-    scaling = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    factor = scaling.get("factor", 1.0) if scaling.get("rope_type", scaling.get("type")) == "linear" else 1.0
-    return int(config.get("max_position_embeddings", 8192) * factor)
+    return int(config.get("max_position_embeddings", 8192))
 
 
 def budget(model: Path) -> tuple[int, int]:
@@ -62,8 +63,12 @@ async def embedded_engine(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    program = "reviewstack-generation"  # this environment's, else the one on PATH (a --target install)
+    found = shutil.which(program, path=str(Path(sys.executable).parent)) or shutil.which(program)
+    if found is None:
+        raise FailedPrecondition(f"{program} is not installed: install reviewstack-generation beside the CLI")
     command = [
-        str(Path(sys.executable).with_name("reviewstack-generation")),
+        found,
         *("--model", str(model), "--host", "127.0.0.1", "--port", str(port)),
         *("--max-total-tokens", str(prompt + new), "--max-input-tokens", str(prompt)),
         *("--max-batch-size", str(slots)),

