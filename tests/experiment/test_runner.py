@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -277,3 +278,35 @@ def test_a_comparison_read_from_the_other_side_flips_wins_and_differences() -> N
     assert flipped["hits"]["mean_difference"] == -0.8
     assert (flipped["hits"]["difference_low"], flipped["hits"]["difference_high"]) == (-1.4, -0.2)
     assert _comparison({"title": "t", "a": "x", "b": "human", "note": ""}, pairwise)["missing"]
+
+
+def test_a_failed_step_lets_running_ones_finish_and_starts_no_queued_one(tmp_path: Path) -> None:
+    from reviewstack.common.store import open_store
+    from reviewstack.experiment.runner import ExperimentRunner, Options
+    from reviewstack.experiment.spec import load_experiment
+    from reviewstack.experiment.verbs import Verbs
+
+    spec = {
+        "id": "steps",
+        "title": "steps",
+        "datasets": {"d": {"sources": ["papers"]}},
+        "systems": {"base": {"base": "embedded"}},
+        "evaluation": {"human": "d"},
+    }
+    (tmp_path / "steps.yaml").write_text(yaml.safe_dump(spec))
+    store = open_store(str(tmp_path / "store"))
+    runner = ExperimentRunner(
+        load_experiment(tmp_path / "steps.yaml"), store, tmp_path, Verbs(store.uri, tmp_path), Options(jobs=1)
+    )
+    started: list[str] = []
+
+    def work(name: str) -> str:
+        started.append(name)
+        if name == "a":
+            raise RuntimeError("a failed")
+        time.sleep(0.5)  # b may be picked up the moment a fails; c and d wait behind it and are cancelled
+        return name
+
+    with pytest.raises(RuntimeError, match="a failed"):
+        runner._parallel("train", ["a", "b", "c", "d"], work)
+    assert started in (["a"], ["a", "b"])  # nothing queued behind the failure ever started

@@ -96,7 +96,6 @@ class ExperimentRunner:
         self.spec, self.store, self.work, self.verbs, self.options = spec, store, work, verbs, options
         self.console = console or Console(stderr=True)
         self.state = State.load(store, spec.id)
-        self.prefix = f"experiments/{spec.id}"
         self._check_only()
 
     # ---------------------------------------------------------------- the plan
@@ -115,14 +114,14 @@ class ExperimentRunner:
 
         for name in datasets:
             made["datasets"][name] = self._dataset(name)
+        papers = self._papers(made["datasets"][self.spec.evaluation.human])
+        for name in runs:  # a test paper in a run's training split would be scored as unseen
+            self._check_disjoint(name, made["datasets"][self.spec.runs[name].dataset], papers)
         if self.options.until == "data":
             return self.state.data
         made["runs"] = self._parallel("train", runs, self._train)
         if self.options.until == "train":
             return self.state.data
-        papers = self._papers(made["datasets"][self.spec.evaluation.human])
-        for name in runs:  # a test paper in a run's training split would be scored as unseen
-            self._check_disjoint(name, made["datasets"][self.spec.runs[name].dataset], papers)
         made["reviews"] = self._parallel(
             "review", list(systems), lambda name: self._review(name, systems[name], made["runs"], papers)
         )
@@ -389,6 +388,7 @@ class ExperimentRunner:
     def _parallel(self, stage: str, names: list[str], work: Callable[[str], str]) -> dict[str, str]:
         """`work(name)` for each name, `--jobs` at a time, with one progress line per step."""
         results: dict[str, str] = {}
+        failure: Exception | None = None
         if not names:
             return results
         with ProgressDisplay(self.console) as progress, ThreadPoolExecutor(self.options.jobs) as pool:
@@ -397,10 +397,21 @@ class ExperimentRunner:
             while pending:
                 finished, pending = wait(pending, timeout=2.0, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    results[futures[future]] = future.result()  # the first failure stops the stage
+                    if future.cancelled():
+                        continue
+                    try:
+                        results[futures[future]] = future.result()
+                    except (
+                        Exception
+                    ) as exc:  # steps already running finish (and are recorded); no new one starts
+                        failure = failure or exc
+                        for queued in pending:
+                            queued.cancel()
                 for name in names:
                     done, total, message = self._progress_of(stage, name, name in results)
                     progress.update(f"{stage}:{name}", done, total, message)
+        if failure is not None:
+            raise failure
         return {n: results[n] for n in names}
 
     def _progress_of(self, stage: str, name: str, finished: bool) -> tuple[int, int, str]:
