@@ -310,3 +310,41 @@ def test_a_failed_step_lets_running_ones_finish_and_starts_no_queued_one(tmp_pat
     with pytest.raises(RuntimeError, match="a failed"):
         runner._parallel("train", ["a", "b", "c", "d"], work)
     assert started in (["a"], ["a", "b"])  # nothing queued behind the failure ever started
+
+
+def test_progress_is_read_from_the_steps_own_run_and_review_folder(tmp_path: Path) -> None:
+    """A run "lora" and a swept system "lora-l2" share a name's prefix: each step reads its own folder."""
+    from reviewstack.common.store import open_store
+    from reviewstack.experiment.runner import ExperimentRunner, Options
+    from reviewstack.experiment.spec import load_experiment
+    from reviewstack.experiment.verbs import Verbs
+
+    spec = {
+        "id": "p",
+        "title": "p",
+        "datasets": {"d": {"sources": ["papers"]}},
+        "systems": {"lora": {"base": "embedded"}},
+        "sweep": {"system": "lora", "refusal_penalties": [2]},
+        "evaluation": {"human": "d"},
+    }
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(spec))
+    store = open_store(str(tmp_path / "store"))
+    store.put_bytes(
+        "runs/p-lora-abcdef/status.json",
+        json.dumps({"state": "running", "step": 3, "total_steps": 10}).encode(),
+    )
+    for paper in ("a", "b"):
+        store.put_bytes(f"reviews/p.lora-123456/{paper}.json", b"{}")
+    store.put_bytes("reviews/p.lora-l2-654321/a.json", b"{}")
+    runner = ExperimentRunner(
+        load_experiment(tmp_path / "p.yaml"), store, tmp_path, Verbs(store.uri, tmp_path), Options()
+    )
+    runner._targets = {
+        "train:lora": ("runs/p-lora-abcdef", 0),
+        "review:lora": ("reviews/p.lora-123456", 5),
+        "review:lora-l2": ("reviews/p.lora-l2-654321", 5),
+    }
+    assert runner._progress_of("train", "lora", False) == (3, 10, "running")
+    assert runner._progress_of("review", "lora", False)[:2] == (2, 5)
+    assert runner._progress_of("review", "lora-l2", False)[:2] == (1, 5)
+    assert runner._progress_of("review", "other", False) == (0, 0, "waiting")

@@ -96,6 +96,7 @@ class ExperimentRunner:
         self.spec, self.store, self.work, self.verbs, self.options = spec, store, work, verbs, options
         self.console = console or Console(stderr=True)
         self.state = State.load(store, spec.id)
+        self._targets: dict[str, tuple[str, int]] = {}  # step → (its run or review folder, papers)
         self._check_only()
 
     # ---------------------------------------------------------------- the plan
@@ -247,6 +248,7 @@ class ExperimentRunner:
                 f"run id {run_id} is over {MAX_RUN_ID} characters: shorten the id or run name"
             )
         step = f"train:{name}"
+        self._targets[step] = (f"runs/{run_id}", 0)
         if self._run_state(run_id) == "succeeded":
             record = self.state.done(step, print_)
             if record is None:  # made by an earlier invocation that stopped before recording it
@@ -304,6 +306,7 @@ class ExperimentRunner:
         )
         prefix = f"reviews/{self.spec.id}.{name}-{print_[:6]}"
         step = f"review:{name}"
+        self._targets[step] = (prefix, len(ids))
         missing = [p for p in ids if not self.store.exists(f"{prefix}/{p}.json")]
         if not missing:
             if self.state.done(step, print_) is None:
@@ -415,25 +418,21 @@ class ExperimentRunner:
         return {n: results[n] for n in names}
 
     def _progress_of(self, stage: str, name: str, finished: bool) -> tuple[int, int, str]:
-        """How far a running step is, read from the store (a run's status, a review folder's files)."""
+        """How far a running step is, read from the store: its run's status, its review folder's files."""
         if finished:
             return 1, 1, "done"
+        target = self._targets.get(f"{stage}:{name}")
+        if target is None:
+            return 0, 0, "waiting"
+        where, total = target
         try:
             if stage == "train":
-                runs = [k for k in self.store.list_dirs("runs") if k.startswith(f"{self.spec.id}-{name}-")]
-                for run in runs:
-                    status = json.loads(self.store.get_bytes(f"runs/{run}/status.json"))
-                    if status.get("state") not in ("succeeded", "failed", "cancelled"):
-                        return status.get("step", 0), status.get("total_steps") or 0, status.get("state", "")
-            elif stage == "review":
-                folders = [
-                    k for k in self.store.list_dirs("reviews") if k.startswith(f"{self.spec.id}.{name}-")
-                ]
-                count = max((sum(1 for _ in self.store.keys(f"reviews/{f}")) for f in folders), default=0)
-                return count, 0, f"{count} reviewed"
+                status = json.loads(self.store.get_bytes(f"{where}/status.json"))
+                return status.get("step", 0), status.get("total_steps") or 0, status.get("state", "")
+            count = sum(1 for _ in self.store.keys(where))
+            return count, total, f"{count} of {total} reviewed"
         except (NotFound, json.JSONDecodeError, OSError):
-            pass
-        return 0, 0, "waiting"
+            return 0, total, "starting"
 
     def _recorded_dataset(self, name: str) -> str:
         step = self.state.data["steps"].get(f"data:{name}")
