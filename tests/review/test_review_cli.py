@@ -153,3 +153,8 @@ def test_the_local_budget_of_a_pi_model_is_its_extended_context_once(tmp_path: P
     (base / "config.json").write_text(json.dumps({"max_position_embeddings": 8192}))
     assert budget(merged) == (11_138, 1_150)
     assert budget(base) == (7_042, 1_150)
+
+
+def test_batch_concurrency_is_bounded_before_an_engine_allocates_its_slots(tmp_path: Path) -> None:
+    result = _run("--batch", str(tmp_path), "--concurrency", "999")
+    assert result.returncode == 2 and "less than or equal to 256" in result.stdout + result.stderr

@@ -42,7 +42,10 @@ def review(
     batch: Annotated[Path | None, typer.Option(help="review every paper file of this folder")] = None,
     system: Annotated[str, typer.Option(help="--batch: reviews go to reviews/<system>/")] = "reviewstack",
     store: Annotated[str | None, typer.Option(help="--batch: store (default REVIEWSTACK_STORE)")] = None,
-    concurrency: Annotated[int, typer.Option(min=1, help="--batch: reviews written at once")] = 4,
+    concurrency: Annotated[
+        int,
+        typer.Option(min=1, max=256, help="--batch: reviews written at once (the local engine's KV slots)"),
+    ] = 4,
     server: Annotated[
         str | None, typer.Option(envvar="REVIEWSTACK_REVIEW_SERVER", help="Review server HOST:PORT")
     ] = None,
