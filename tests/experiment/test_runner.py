@@ -225,14 +225,37 @@ def test_a_spec_with_a_dangling_name_is_refused_with_its_place(tmp_path: Path) -
     assert "runs.r.dataset: no dataset 'nope'" in message and "comparisons[0].b: no system 'ghost'" in message
 
 
-def test_a_run_that_cannot_fit_its_dataset_is_refused_before_anything_runs(tmp_path: Path) -> None:
-    """The seed table's first GPU run lost its no-PI variant to this, after two others had trained: the
-    runner now checks every run's config + overrides (as TrainSpec) and its dataset's lengths first."""
-    from reviewstack.common.errors import InvalidArgument
+def _runner(tmp_path: Path, spec: dict, **options: object):
+    """A runner over a spec written to tmp_path and a local store there, for tests that never run a verb."""
     from reviewstack.common.store import open_store
     from reviewstack.experiment.runner import ExperimentRunner, Options
     from reviewstack.experiment.spec import load_experiment
     from reviewstack.experiment.verbs import Verbs
+
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    store = open_store(str(tmp_path / "store"))
+    verbs = Verbs(store.uri, tmp_path / "logs")
+    return ExperimentRunner(
+        load_experiment(tmp_path / "spec.yaml"), store, tmp_path / "work", verbs, Options(**options)
+    )
+
+
+def _base_only_spec(**extra: object) -> dict:
+    """One dataset and one untrained system "lora": enough to build a runner that runs no verb."""
+    spec = {
+        "id": "t",
+        "title": "t",
+        "datasets": {"d": {"sources": ["papers"]}},
+        "systems": {"lora": {"base": "embedded"}},
+        "evaluation": {"human": "d"},
+    }
+    return {**spec, **extra}
+
+
+def test_a_run_that_cannot_fit_its_dataset_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    """The seed table's first GPU run lost its no-PI variant to this, after two others had trained: the
+    runner now checks every run's config + overrides (as TrainSpec) and its dataset's lengths first."""
+    from reviewstack.common.errors import InvalidArgument
 
     (tmp_path / "train.yaml").write_text(yaml.safe_dump({"method": "lora", "target_context": 12288}))
     spec = {
@@ -250,15 +273,7 @@ def test_a_run_that_cannot_fit_its_dataset_is_refused_before_anything_runs(tmp_p
         "systems": {"pi": {"run": "pi"}, "nopi": {"run": "nopi"}},
         "evaluation": {"human": "long"},
     }
-    (tmp_path / "fit.yaml").write_text(yaml.safe_dump(spec))
-    store = open_store(str(tmp_path / "store"))
-    runner = ExperimentRunner(
-        load_experiment(tmp_path / "fit.yaml"),
-        store,
-        tmp_path / "work",
-        Verbs(store.uri, tmp_path / "logs"),
-        Options(),
-    )
+    runner = _runner(tmp_path, spec)
     with pytest.raises(InvalidArgument) as caught:
         runner.run()
     assert "runs.nopi: dataset long holds prompts and responses of up to 11138 + 1150" in str(caught.value)
@@ -281,23 +296,7 @@ def test_a_comparison_read_from_the_other_side_flips_wins_and_differences() -> N
 
 
 def test_a_failed_step_lets_running_ones_finish_and_starts_no_queued_one(tmp_path: Path) -> None:
-    from reviewstack.common.store import open_store
-    from reviewstack.experiment.runner import ExperimentRunner, Options
-    from reviewstack.experiment.spec import load_experiment
-    from reviewstack.experiment.verbs import Verbs
-
-    spec = {
-        "id": "steps",
-        "title": "steps",
-        "datasets": {"d": {"sources": ["papers"]}},
-        "systems": {"base": {"base": "embedded"}},
-        "evaluation": {"human": "d"},
-    }
-    (tmp_path / "steps.yaml").write_text(yaml.safe_dump(spec))
-    store = open_store(str(tmp_path / "store"))
-    runner = ExperimentRunner(
-        load_experiment(tmp_path / "steps.yaml"), store, tmp_path, Verbs(store.uri, tmp_path), Options(jobs=1)
-    )
+    runner = _runner(tmp_path, _base_only_spec(), jobs=1)
     started: list[str] = []
 
     def work(name: str) -> str:
@@ -314,35 +313,20 @@ def test_a_failed_step_lets_running_ones_finish_and_starts_no_queued_one(tmp_pat
 
 def test_progress_is_read_from_the_steps_own_run_and_review_folder(tmp_path: Path) -> None:
     """A run "lora" and a swept system "lora-l2" share a name's prefix: each step reads its own folder."""
-    from reviewstack.common.store import open_store
-    from reviewstack.experiment.runner import ExperimentRunner, Options
-    from reviewstack.experiment.spec import load_experiment
-    from reviewstack.experiment.verbs import Verbs
-
-    spec = {
-        "id": "p",
-        "title": "p",
-        "datasets": {"d": {"sources": ["papers"]}},
-        "systems": {"lora": {"base": "embedded"}},
-        "sweep": {"system": "lora", "refusal_penalties": [2]},
-        "evaluation": {"human": "d"},
-    }
-    (tmp_path / "p.yaml").write_text(yaml.safe_dump(spec))
-    store = open_store(str(tmp_path / "store"))
+    spec = _base_only_spec(sweep={"system": "lora", "refusal_penalties": [2]})
+    runner = _runner(tmp_path, spec)
+    store = runner.store
     store.put_bytes(
-        "runs/p-lora-abcdef/status.json",
+        "runs/t-lora-abcdef/status.json",
         json.dumps({"state": "running", "step": 3, "total_steps": 10}).encode(),
     )
     for paper in ("a", "b"):
-        store.put_bytes(f"reviews/p.lora-123456/{paper}.json", b"{}")
-    store.put_bytes("reviews/p.lora-l2-654321/a.json", b"{}")
-    runner = ExperimentRunner(
-        load_experiment(tmp_path / "p.yaml"), store, tmp_path, Verbs(store.uri, tmp_path), Options()
-    )
+        store.put_bytes(f"reviews/t.lora-123456/{paper}.json", b"{}")
+    store.put_bytes("reviews/t.lora-l2-654321/a.json", b"{}")
     runner._targets = {
-        "train:lora": ("runs/p-lora-abcdef", 0),
-        "review:lora": ("reviews/p.lora-123456", 5),
-        "review:lora-l2": ("reviews/p.lora-l2-654321", 5),
+        "train:lora": ("runs/t-lora-abcdef", 0),
+        "review:lora": ("reviews/t.lora-123456", 5),
+        "review:lora-l2": ("reviews/t.lora-l2-654321", 5),
     }
     assert runner._progress_of("train", "lora", False) == (3, 10, "running")
     assert runner._progress_of("review", "lora", False)[:2] == (2, 5)
