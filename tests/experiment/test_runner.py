@@ -332,3 +332,16 @@ def test_progress_is_read_from_the_steps_own_run_and_review_folder(tmp_path: Pat
     assert runner._progress_of("review", "lora", False)[:2] == (2, 5)
     assert runner._progress_of("review", "lora-l2", False)[:2] == (1, 5)
     assert runner._progress_of("review", "other", False) == (0, 0, "waiting")
+
+
+def test_servers_are_named_by_service_and_anything_else_is_refused() -> None:
+    from reviewstack.common.errors import InvalidArgument
+    from reviewstack.experiment.verbs import parse_servers
+
+    assert parse_servers(["training=training:50051", "evaluation=10.0.0.2:50051"]) == {
+        "training": "training:50051",
+        "evaluation": "10.0.0.2:50051",
+    }
+    for bad in ("review=r:1", "training", "training=", "=x:1"):
+        with pytest.raises(InvalidArgument, match="SERVICE=HOST:PORT"):
+            parse_servers([bad])

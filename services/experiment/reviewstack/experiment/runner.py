@@ -29,7 +29,7 @@ from rich.console import Console
 from reviewstack.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from reviewstack.common.progress import ProgressDisplay
 from reviewstack.common.prompt import paper_from_messages
-from reviewstack.common.store import ArtifactStore
+from reviewstack.common.store import ArtifactStore, LocalStore
 from reviewstack.experiment.spec import EMBEDDED, ExperimentSpec, SystemSpec, fingerprint
 from reviewstack.experiment.verbs import Verbs
 
@@ -463,8 +463,8 @@ class ExperimentRunner:
         if not run_id:
             return Path(self._base_model(base or EMBEDDED))
         prefix = f"runs/{run_id}/merged"
-        local = _local_path(self.store.uri_for(prefix))
-        if local is not None:
+        if isinstance(self.store, LocalStore):  # the engine reads the folder where it is
+            local = self.store.root.joinpath(*prefix.split("/"))
             if not (local / "config.json").is_file():
                 raise FailedPrecondition(f"{prefix} has no merged model: train the run with merge: true")
             return local
@@ -517,14 +517,6 @@ class ExperimentRunner:
 
 def _records(store: ArtifactStore, key: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in store.get_bytes(key).decode().splitlines() if line.strip()]
-
-
-def _local_path(uri: str) -> Path | None:
-    if uri.startswith("file://"):
-        from urllib.parse import unquote, urlsplit
-
-        return Path(unquote(urlsplit(uri).path))
-    return None
 
 
 __all__ = ["STAGES", "ExperimentRunner", "Options", "State"]
