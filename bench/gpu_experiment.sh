@@ -42,9 +42,9 @@ pack() {
   echo "$WHEEL_SHA  $tmp/$WHEEL" | sha256sum -c
   # uneven parts: each call carries the working tree (~24 MB) too, and at most 64 MiB in all; the first
   # part travels with the datasets, the last with the wheels
-  dd status=none if="$tmp/$WHEEL" of=.gpu/g1/part00 bs=1000000 count=31
-  dd status=none if="$tmp/$WHEEL" of=.gpu/g2/part01 bs=1000000 skip=31 count=41
-  dd status=none if="$tmp/$WHEEL" of=.gpu/g3/part02 bs=1000000 skip=72
+  dd status=none if="$tmp/$WHEEL" of=.gpu/g1/part00 bs=1000000 count=29
+  dd status=none if="$tmp/$WHEEL" of=.gpu/g2/part01 bs=1000000 skip=29 count=42
+  dd status=none if="$tmp/$WHEEL" of=.gpu/g3/part02 bs=1000000 skip=71
   rm -rf "$tmp"
   # the datasets and the experiment's state (which records them); the ground truth stays here
   tar -C "$store" -cJf .gpu/g1/store.tar.xz --exclude=ground_truth.jsonl datasets experiments .reviewstack/meta
@@ -64,17 +64,16 @@ start() {
     && cp training-job/configs/smollm2-gpu-pi.yaml "$G/training-job/configs/"
   mkdir -p "$G/experiments" && cp "$SPEC" "$G/experiments/"
   cd "$G"
-  # the first run alone (its training and review throughput are measured without neighbours), then the
-  # other variants four at a time; evaluation and the report are made back here
+  # one plan: the learning-rate candidates train side by side, each review starts as soon as its run is
+  # chosen or trained, six steps at a time (a 135M model leaves the card mostly idle, one step alone);
+  # evaluation and the report are made back here
   cat > run.sh <<EOF
 set -e
 export PYTHONPATH=$G/site PATH=$G/site/bin:\$PATH REVIEWSTACK_EMBEDDED_MODEL_DIR=$G/models/smollm2
 export REVIEWSTACK_DATA=$G/absent PYTHONUNBUFFERED=1 COLUMNS=160
 reviewstack model embedded
 reviewstack experiment run experiments/seed-table.yaml --store $G/store --work $G/work \
-  --only lora-pi --until review --concurrency 16
-reviewstack experiment run experiments/seed-table.yaml --store $G/store --work $G/work \
-  --until review --jobs 4 --concurrency 16
+  --until review --jobs 6 --concurrency 32
 touch $G/finished
 EOF
   setsid nohup bash run.sh > "$G/log" 2>&1 < /dev/null &
@@ -95,11 +94,16 @@ results() {
   cd "$G/store"
   # everything but model weights and optimizer states; the LoRA adapters in bf16 (each ~10 MB)
   tar -czf "$OUT/store.tar.gz" --ignore-failed-read experiments reviews \
-    $(ls -d runs/*/spec.json runs/*/status.json runs/*/metrics.jsonl runs/*/best/adapter_config.json runs/*/best/manifest.json runs/*/best/README.md 2>/dev/null) || true
-  for adapter in runs/*/best/adapter_model.safetensors; do
+    $(ls -d runs/*/spec.json runs/*/status.json runs/*/metrics.jsonl runs/*/best/adapter_config.json runs/*/best/manifest.json runs/*/best/README.md runs/*/merged/manifest.json runs/*/merged/config.json 2>/dev/null) || true
+  # the adapters of the runs systems review with: chosen candidates and single runs, not every candidate
+  # (at most 8 files come back, 16 MiB each)
+  for run in $(python3 -c 'import json, sys
+steps = json.load(open(sys.argv[1]))["steps"]
+print(*sorted({s["run"] for k, s in steps.items() if k.startswith("select:") or k.startswith("train:") and "[" not in k}))' \
+      experiments/seed-table/state.json 2>/dev/null); do
+    local adapter=$run/best/adapter_model.safetensors
     [ -f "$adapter" ] || continue
-    local run; run=$(basename "$(dirname "$(dirname "$adapter")")")
-    PYTHONPATH=$G/site python3 - "$adapter" "$OUT/$run.adapter.safetensors" <<'EOF'
+    PYTHONPATH=$G/site python3 - "$adapter" "$OUT/${run#runs/}.adapter.safetensors" <<'EOF'
 import sys
 from safetensors.torch import load_file, save_file
 import torch

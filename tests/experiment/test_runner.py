@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from ..dataprep.conftest import copy_papers, sample_ids
 from ..trainjob.conftest import make_tiny_llama
 
 REVIEWSTACK = Path(sys.executable).with_name("reviewstack")
+CANDIDATES = ("train:lora[learning_rate=0.0001]", "train:lora[learning_rate=0.001]")
 
 TINY_TRAINING = {
     "method": "lora",
@@ -56,12 +58,18 @@ def experiment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             }
         },
         "runs": {
-            "lora": {"dataset": "sample", "config": "tiny.yaml", "base_model": str(base)},
-            "full": {
+            "lora": {
                 "dataset": "sample",
                 "config": "tiny.yaml",
                 "base_model": str(base),
-                "overrides": {"method": "full", "learning_rate": 1e-5},
+                "select": {"learning_rate": [1e-4, 1e-3]},
+            },
+            "full": {  # the learning rate lora's selection chose
+                "dataset": "sample",
+                "config": "tiny.yaml",
+                "base_model": str(base),
+                "overrides": {"method": "full"},
+                "selection_of": "lora",
             },
         },
         "decoding": {"temperature": 0.7, "top_p": 0.9, "seed": 0, "max_new_tokens": 12},
@@ -100,13 +108,19 @@ def test_the_experiment_runs_end_to_end(experiment: dict[str, Path], first_run) 
 
     state = json.loads((store / "experiments/tiny/state.json").read_text())
     steps = state["steps"]
-    assert set(steps) == {"data:sample", "train:lora", "train:full", "review:lora", "review:full",
-                          "review:lora-l2", "eval"}  # fmt: skip
-    for run in ("lora", "full"):
-        status = json.loads((store / steps[f"train:{run}"]["run"] / "status.json").read_text())
+    assert set(steps) == {"data:sample", *CANDIDATES, "select:lora", "train:full", "review:lora",
+                          "review:full", "review:lora-l2", "eval"}  # fmt: skip
+    for step in (*CANDIDATES, "train:full"):
+        status = json.loads((store / steps[step]["run"] / "status.json").read_text())
         assert status["state"] == "succeeded" and status["best"]["step"] == 1
+    # the selection keeps the candidate with the lowest validation loss; full trains with its values
+    losses = {steps[c]["run"]: steps[c]["best"]["val_loss"] for c in CANDIDATES}
+    selection = steps["select:lora"]
+    assert selection["run"] == min(losses, key=losses.get) and len(selection["candidates"]) == 2
+    chosen_lr = selection["chosen"]["learning_rate"]
+    assert steps["review:lora"]["model"] == selection["run"]
     full_spec = json.loads((store / steps["train:full"]["run"] / "spec.json").read_text())
-    assert full_spec["method"] == "full"
+    assert full_spec["method"] == "full" and full_spec["learning_rate"] == chosen_lr
     for system in ("lora", "full", "lora-l2"):
         reviews = sorted((store / steps[f"review:{system}"]["reviews"]).glob("*.json"))
         assert len(reviews) == 2
@@ -123,6 +137,10 @@ def test_the_experiment_runs_end_to_end(experiment: dict[str, Path], first_run) 
     assert comparisons["human anchor"]["frame"] == "leave-one-out"
     assert [p["refusal_penalty"] for p in report["sweep"]["points"]] == [0, 2]
     assert all(r["curve"] and r["best"]["step"] == 1 for r in report["runs"])
+    assert [r["name"] for r in report["runs"] if r["chosen"]] == [
+        c.removeprefix("train:") for c in CANDIDATES if steps[c]["run"] == selection["run"]
+    ]
+    assert [c["chosen"] for c in report["selections"][0]["candidates"]].count(True) == 1
     assert report["human"]["hits"]["mean"] > 0
     html = (store / "experiments/tiny/report.html").read_text()
     assert "LoRA vs full fine-tuning" in html and "data:image/png;base64" in html
@@ -164,14 +182,48 @@ def test_the_report_reads_in_headless_chromium(experiment: dict[str, Path], firs
 
 
 @pytest.mark.slow
+def test_a_system_exports_as_an_adapter_folder_that_merges(experiment: dict[str, Path], first_run) -> None:
+    """`experiment export`: the chosen run's adapter with its card and model card, which
+    reviewstack-merge turns back into a model the engine serves."""
+    assert first_run.returncode == 0
+    folder = experiment["root"] / "exported"
+    command = [str(REVIEWSTACK), "experiment", "export", "tiny", "lora", "--out", str(folder),
+               "--store", str(experiment["store"])]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    steps = json.loads((experiment["store"] / "experiments/tiny/state.json").read_text())["steps"]
+    card = json.loads((folder / "reviewstack-adapter.json").read_text())
+    assert card["position_interpolation"] == 1.5 and card["target_context"] == 768
+    assert card["lineage"]["run"] == steps["select:lora"]["run"]
+    assert card["lineage"]["learning_rate"] == steps["select:lora"]["chosen"]["learning_rate"]
+    assert card["evaluation"]["papers"] == 2 and "low" in card["evaluation"]["hits"]
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "tiny-llama"  # a name, not the training machine's path
+    readme = (folder / "README.md").read_text()
+    assert "| this adapter |" in readme and "(chosen)" in readme and "{{" not in readme
+
+    merged = experiment["root"] / "merged-export"
+    merge = [str(REVIEWSTACK.with_name("reviewstack-merge")), str(folder), "--out", str(merged),
+             "--base", str(experiment["root"] / "tiny-llama")]  # fmt: skip
+    result = subprocess.run(merge, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((merged / "config.json").read_text())["rope_parameters"]["factor"] == 1.5
+
+    refused = subprocess.run(
+        [*command[:4], "nope", *command[5:]], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert refused.returncode != 0 and "not a trained system of tiny" in refused.stderr
+
+
+@pytest.mark.slow
 def test_a_rerun_resumes_instead_of_redoing(experiment: dict[str, Path], first_run) -> None:
     store = experiment["store"]
     assert first_run.returncode == 0
     steps = json.loads((store / "experiments/tiny/state.json").read_text())["steps"]
     # the resumed rerun: one review lost (an interrupted batch) is written again, nothing else is redone
     trained = {
-        run: (store / steps[f"train:{run}"]["run"] / "status.json").stat().st_mtime_ns
-        for run in ("lora", "full")
+        step: (store / steps[step]["run"] / "status.json").stat().st_mtime_ns
+        for step in (*CANDIDATES, "train:full")
     }
     lost = sorted((store / steps["review:full"]["reviews"]).glob("*.json"))[0]
     kept = sorted((store / steps["review:lora"]["reviews"]).glob("*.json"))[0]
@@ -180,16 +232,15 @@ def test_a_rerun_resumes_instead_of_redoing(experiment: dict[str, Path], first_r
     second = _run(experiment)
     printed = second.stdout + second.stderr
     assert second.returncode == 0, printed[-4000:]
-    assert (
-        "data:sample reused" in printed and "train:lora reused" in printed and "train:full reused" in printed
-    )
+    assert "data:sample reused" in printed and "train:full reused" in printed
+    assert all(f"{step} reused" in printed for step in CANDIDATES)
     assert "review:lora reused" in printed and "review:full reused" not in printed
     assert lost.is_file() and kept.stat().st_mtime_ns == kept_mtime
-    for run, mtime in trained.items():
-        assert (store / steps[f"train:{run}"]["run"] / "status.json").stat().st_mtime_ns == mtime
+    for step, mtime in trained.items():
+        assert (store / steps[step]["run"] / "status.json").stat().st_mtime_ns == mtime
     again = json.loads((store / "experiments/tiny/state.json").read_text())["steps"]
     assert again["eval"]["evaluation"] != steps["eval"]["evaluation"]  # a rewritten review: evaluated anew
-    assert again["train:lora"]["finished"] == steps["train:lora"]["finished"]
+    assert all(again[s]["finished"] == steps[s]["finished"] for s in (*CANDIDATES, "select:lora"))
 
     # a third run with nothing lost reuses the evaluation too
     third = _run(experiment)
@@ -223,6 +274,48 @@ def test_a_spec_with_a_dangling_name_is_refused_with_its_place(tmp_path: Path) -
         load_experiment(path)
     message = str(caught.value)
     assert "runs.r.dataset: no dataset 'nope'" in message and "comparisons[0].b: no system 'ghost'" in message
+
+
+def test_a_selection_is_checked_and_names_each_candidate(tmp_path: Path) -> None:
+    from reviewstack.common.errors import InvalidArgument
+    from reviewstack.experiment.spec import load_experiment
+
+    def spec(**runs: dict) -> Path:
+        data = {
+            "id": "sel",
+            "title": "sel",
+            "datasets": {"d": {"sources": ["x"]}},
+            "runs": {name: {"dataset": "d", "config": "c.yaml", **run} for name, run in runs.items()},
+            "systems": {"s": {"base": "embedded"}},
+            "evaluation": {"human": "d"},
+        }
+        (tmp_path / "sel.yaml").write_text(yaml.safe_dump(data))
+        return tmp_path / "sel.yaml"
+
+    grid = {"learning_rate": [1e-4, 5e-4], "lora.r": [8, 16]}
+    bad = spec(
+        a=({"select": grid}),
+        b={"selection_of": "a", "overrides": {"learning_rate": 1e-3}},
+        c={"selection_of": "b"},
+        e={"select": {"epochs": [1, 2]}, "overrides": {"epochs": 3}},
+    )
+    with pytest.raises(InvalidArgument) as caught:
+        load_experiment(bad)
+    message = str(caught.value)
+    assert "runs.b: overrides what it takes from a's selection" in message
+    assert "runs.c.selection_of: 'b' is not another run with a select block" in message
+    assert "runs.e: epochs both selected and overridden" in message
+    with pytest.raises(InvalidArgument, match=r"runs\.d\.select: Value error, learning_rate: give 2 to 8"):
+        load_experiment(spec(d={"select": {"learning_rate": [1e-4]}}))
+
+    good = load_experiment(spec(a={"select": grid}, b={"selection_of": "a"}))
+    assert [label for label, _ in good.candidates("a")] == [
+        "a[learning_rate=0.0001,lora.r=8]",
+        "a[learning_rate=0.0001,lora.r=16]",
+        "a[learning_rate=0.0005,lora.r=8]",
+        "a[learning_rate=0.0005,lora.r=16]",
+    ]
+    assert good.candidates("b") == [("b", {})]
 
 
 def _runner(tmp_path: Path, spec: dict, **options: object):
@@ -295,20 +388,35 @@ def test_a_comparison_read_from_the_other_side_flips_wins_and_differences() -> N
     assert _comparison({"title": "t", "a": "x", "b": "human", "note": ""}, pairwise)["missing"]
 
 
-def test_a_failed_step_lets_running_ones_finish_and_starts_no_queued_one(tmp_path: Path) -> None:
-    runner = _runner(tmp_path, _base_only_spec(), jobs=1)
-    started: list[str] = []
+def _steps(started: list[str], fail: str = "", slow: str = "", **needs: tuple[str, ...]):
+    """Steps a, b, c, d that note when they start and take 0.3 s (`slow` 0.9 s); `fail` raises."""
+    from reviewstack.experiment.runner import Step
 
-    def work(name: str) -> str:
+    def work(name: str, made: dict[str, str]) -> str:
         started.append(name)
-        if name == "a":
-            raise RuntimeError("a failed")
-        time.sleep(0.5)  # b may be picked up the moment a fails; c and d wait behind it and are cancelled
-        return name
+        time.sleep(0.9 if name == slow else 0.3)
+        if name == fail:
+            raise RuntimeError(f"{name} failed")
+        return f"{name}<-{','.join(sorted(made))}"
 
+    return [Step(n, partial(work, n), needs.get(n, ())) for n in "abcd"]
+
+
+def test_a_failed_step_lets_running_ones_finish_and_starts_no_queued_one(tmp_path: Path) -> None:
+    runner = _runner(tmp_path, _base_only_spec(), jobs=2)
+    started: list[str] = []
     with pytest.raises(RuntimeError, match="a failed"):
-        runner._parallel("train", ["a", "b", "c", "d"], work)
-    assert started in (["a"], ["a", "b"])  # nothing queued behind the failure ever started
+        runner._schedule(_steps(started, fail="a"))
+    assert sorted(started) == ["a", "b"]  # b was running and finished; c and d, queued, never started
+
+
+def test_a_step_waits_for_what_it_needs_and_no_longer(tmp_path: Path) -> None:
+    """A review needs its own run only: c (needing a) starts as soon as a ends, while b still runs."""
+    runner = _runner(tmp_path, _base_only_spec(), jobs=2)
+    started: list[str] = []
+    made = runner._schedule(_steps(started, slow="b", c=("a",), d=("b", "c")))
+    assert sorted(started[:2]) == ["a", "b"] and started[2:] == ["c", "d"]
+    assert made["c"] == "c<-a" and made["d"] == "d<-a,b,c"
 
 
 def test_progress_is_read_from_the_steps_own_run_and_review_folder(tmp_path: Path) -> None:
@@ -328,10 +436,10 @@ def test_progress_is_read_from_the_steps_own_run_and_review_folder(tmp_path: Pat
         "review:lora": ("reviews/t.lora-123456", 5),
         "review:lora-l2": ("reviews/t.lora-l2-654321", 5),
     }
-    assert runner._progress_of("train", "lora", False) == (3, 10, "running")
-    assert runner._progress_of("review", "lora", False)[:2] == (2, 5)
-    assert runner._progress_of("review", "lora-l2", False)[:2] == (1, 5)
-    assert runner._progress_of("review", "other", False) == (0, 0, "waiting")
+    assert runner._progress_of("train:lora", False) == (3, 10, "running")
+    assert runner._progress_of("review:lora", False)[:2] == (2, 5)
+    assert runner._progress_of("review:lora-l2", False)[:2] == (1, 5)
+    assert runner._progress_of("review:other", False) == (0, 0, "waiting")
 
 
 def test_servers_are_named_by_service_and_anything_else_is_refused() -> None:

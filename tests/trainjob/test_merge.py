@@ -15,6 +15,8 @@ def test_merge_writes_the_peft_merge_with_the_adapters_pi(tiny_model: Path, tmp_
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from reviewstack.common.adapter_card import AdapterCard
+
     torch.manual_seed(0)
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(tiny_model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
@@ -24,7 +26,13 @@ def test_merge_writes_the_peft_merge_with_the_adapters_pi(tiny_model: Path, tmp_
             parameter.data.normal_(0, 0.5)
     adapter = tmp_path / "adapter"
     model.save_pretrained(adapter)
-    (adapter / "reviewstack-adapter.json").write_text(json.dumps({"position_interpolation": 1.5}))
+    AdapterCard(
+        base_model="tiny-llama",
+        position_interpolation=1.5,
+        target_context=768,
+        max_prompt_length=512,
+        max_response_length=256,
+    ).write(adapter)
     expected = model.merge_and_unload().state_dict()
 
     out = tmp_path / "merged"
@@ -56,3 +64,13 @@ def test_merge_refuses_a_folder_that_is_no_adapter(tmp_path: Path) -> None:
     )
     assert result.returncode == 2 and "not a review-stack adapter folder" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_merge_refuses_a_card_without_what_the_merge_needs(tmp_path: Path) -> None:
+    (tmp_path / "adapter_config.json").write_text("{}")
+    (tmp_path / "reviewstack-adapter.json").write_text(json.dumps({"position_interpolation": "x"}))
+    result = subprocess.run(
+        [MERGE, str(tmp_path), "--out", str(tmp_path / "out")], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "is not a valid adapter card: " in result.stderr
+    assert "position_interpolation" in result.stderr and "base_model" in result.stderr

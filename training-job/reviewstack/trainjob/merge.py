@@ -4,9 +4,9 @@
     reviewstack-merge ADAPTER --base /models/base --out DIR
 
 A shipped adapter is ~10 MB where its merged model is ~270 MB, so the repository carries the adapter and
-this merges it where it is used. The adapter folder's `reviewstack-adapter.json` says what the adapter
-needs beside its weights: the Position Interpolation factor it was trained with (the merged config
-carries it, as a run's own merged/ does).
+this merges it where it is used. The adapter folder's card (`reviewstack.common.adapter_card`) says what
+the adapter needs beside its weights: the Position Interpolation factor it was trained with (the merged
+config carries it, as a run's own merged/ does).
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-ADAPTER_CARD = "reviewstack-adapter.json"
 
 
 def merge(
@@ -31,27 +29,25 @@ def merge(
     """Merge ADAPTER onto its base with the adapter's PI factor; print the merged folder."""
     import torch
 
-    from reviewstack.common.errors import FailedPrecondition
+    from reviewstack.common.adapter_card import ADAPTER_CARD, AdapterCard
     from reviewstack.trainjob.checkpoint import merge_model
 
-    card_path = adapter / ADAPTER_CARD
-    if not (adapter / "adapter_config.json").is_file() or not card_path.is_file():
-        raise FailedPrecondition(
-            f"{adapter} is not a review-stack adapter folder: it needs adapter_config.json, the weights "
-            f"and {ADAPTER_CARD}"
-        )
-    card = json.loads(card_path.read_text())
+    card = AdapterCard.read(adapter)
     if base is None:
         from reviewstack.common.embedded_model import materialise_embedded_model
 
         base = materialise_embedded_model()
     done = out / ADAPTER_CARD  # written last
-    if done.is_file() and (out / "config.json").is_file() and json.loads(done.read_text()) == card:
+    if (
+        done.is_file()
+        and (out / "config.json").is_file()
+        and json.loads(done.read_text()) == card.model_dump(mode="json")
+    ):
         print(out)  # merged before from the same adapter
         return
     out.mkdir(parents=True, exist_ok=True)
-    merge_model(base, adapter, out, float(card["position_interpolation"]), torch.float32)
-    (out / ADAPTER_CARD).write_text(json.dumps(card, indent=1))  # written last: the folder is complete
+    merge_model(base, adapter, out, card.position_interpolation, torch.float32)
+    card.write(out)  # written last: the folder is complete
     print(out)
 
 

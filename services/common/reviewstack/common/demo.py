@@ -1,8 +1,10 @@
 """`reviewstack demo`: the whole method on one machine, through the gRPC services.
 
-bundled sample → dataset (DataPrep service) → LoRA + Position-Interpolation fine-tune of the embedded
-SmolLM2-135M-Instruct (Training service, local launcher) → the merged model served by the embedded
-engine behind the Review service → the sample's test papers reviewed at λ = 0 and at λ > 0 → both
+bundled sample → dataset (DataPrep service) → a short LoRA + Position-Interpolation fine-tune of the
+embedded SmolLM2-135M-Instruct (Training service, local launcher), which shows the training machinery →
+its merged model, and the shipped reviewer (the seed table's best adapter, `models/`, merged onto the
+same base at start-up), each served by the embedded engine behind a Review service → the sample's test
+papers reviewed by the CPU fine-tune, and by the shipped reviewer at λ = 0 and at λ > 0 → all three
 evaluated against the human reviews and compared (Evaluation service) → report.html.
 
 Each service runs as its own process on loopback with a bearer token, as it would in a cluster, and each
@@ -37,6 +39,7 @@ from reviewstack.common.grpc.client import make_channel, wait_until_serving
 console = Console()
 REPO_SAMPLE = Path("data/neurips2025-sample")
 TRAIN_CONFIG = Path("training-job/configs/smollm2-cpu-pi.yaml")
+SHIPPED_REVIEWER = Path("models/smollm2-135m-reviewer-lora")
 RUN_ID = "demo-smollm2-pi"
 DATASET_NAME = "neurips2025-sample"
 
@@ -68,10 +71,12 @@ class Stack:
         self.token = token
         self._processes: list[tuple[str, subprocess.Popen]] = []
 
-    def start(self, program: str, env: dict[str, str]) -> int:
-        """Start `program` on a free loopback port (its settings come from the environment); the port."""
+    def start(self, program: str, env: dict[str, str], name: str | None = None) -> int:
+        """Start `program` on a free loopback port (its settings come from the environment); the port.
+        `name` (default: the program's) names its log and its failures: two engines keep theirs apart."""
         port = _free_port()
-        log = (self.logs / f"{program}.log").open("ab")
+        name = name or program
+        log = (self.logs / f"{name}.log").open("ab")
         settings = {
             "REVIEWSTACK_HOST": "127.0.0.1",
             "REVIEWSTACK_PORT": str(port),
@@ -86,10 +91,36 @@ class Stack:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a Ctrl-C in the terminal reaches the demo, which stops them in order
         )
-        self._processes.append((program, process))
+        self._processes.append((name, process))
         return port
 
+    def serve(self, name: str, model: Path, lineage: str, max_prompt: int, max_new: int, slots: int) -> str:
+        """`model` on the embedded engine behind a Review service of its own; the Review service's
+        address. `lineage` is what its reviews name as their model (a store key, not a local path)."""
+        prompt = max_prompt + 32  # the engine may tokenize the text a little longer
+        engine = {
+            "REVIEWSTACK_MODEL": str(model),
+            "REVIEWSTACK_MAX_INPUT_TOKENS": str(prompt),
+            "REVIEWSTACK_MAX_TOTAL_TOKENS": str(prompt + max_new),
+            "REVIEWSTACK_MAX_BATCH_SIZE": str(slots),  # the static KV cache: this many slots of that length
+        }
+        backend = self.wait_http(
+            f"{name}-engine", self.start("reviewstack-generation", engine, f"{name}-engine")
+        )
+        review = {
+            "REVIEWSTACK_BACKEND_URL": backend,
+            "REVIEWSTACK_BACKEND_AUTH_TOKEN": self.token,  # the engine checks it too
+            "REVIEWSTACK_TOKENIZER": str(model),
+            "REVIEWSTACK_SERVED_MODEL": lineage,
+            "REVIEWSTACK_MAX_PROMPT_LENGTH": str(max_prompt),
+            "REVIEWSTACK_MAX_NEW_TOKENS": str(max_new),
+        }
+        address = self.wait_grpc(f"{name}-review", self.start("reviewstack-review", review, f"{name}-review"))
+        console.print(f"{name}: engine {backend} · review service {address}")
+        return address
+
     def wait_grpc(self, program: str, port: int, timeout: float = 180.0) -> str:
+        """`program` (its start name) serving gRPC health on `port`; its address."""
         target = f"127.0.0.1:{port}"
         self._check_alive(program)
         with make_channel(target, self.token) as channel:
@@ -162,11 +193,14 @@ class Stages:
 
 def _cli(*args: str, token: str) -> None:
     """One `reviewstack …` command, its output shown as it comes; a failure stops the demo."""
-    command = [_program("reviewstack"), *args]
-    console.print(f"[cyan]$ reviewstack {' '.join(args)}[/]")
-    result = subprocess.run(command, env={**os.environ, "REVIEWSTACK_TOKEN": token}, check=False)
+    _run("reviewstack", *args, env={"REVIEWSTACK_TOKEN": token})
+
+
+def _run(program: str, *args: str, env: dict[str, str] | None = None) -> None:
+    console.print(f"[cyan]$ {program} {' '.join(args)}[/]", soft_wrap=True)
+    result = subprocess.run([_program(program), *args], env={**os.environ, **(env or {})}, check=False)
     if result.returncode != 0:
-        raise errors.ReviewStackError(f"`reviewstack {args[0]} {args[1]}` failed (exit {result.returncode})")
+        raise errors.ReviewStackError(f"`{program} {' '.join(args[:2])}` failed (exit {result.returncode})")
 
 
 def _latest(pattern: str, root: Path) -> Path:
@@ -207,12 +241,27 @@ def demo(
         float, typer.Option(min=1.0, help="TGI repetition penalty of both systems' decoding (1 = off)")
     ] = 1.0,
     fresh: Annotated[bool, typer.Option(help="start over instead of reusing a previous run's work")] = False,
+    shipped: Annotated[
+        bool, typer.Option(help="also review with the shipped reviewer (--reviewer), merged at start-up")
+    ] = True,
+    reviewer: Annotated[
+        Path, typer.Option(help="the shipped reviewer: an adapter folder (`reviewstack experiment export`)")
+    ] = SHIPPED_REVIEWER,
+    reviewer_prompt: Annotated[
+        int, typer.Option(min=256, help="the shipped reviewer's prompt budget: the paper is cut to fit")
+    ] = 2048,
 ) -> None:
     """Run the whole method on this machine through the gRPC services and print where the report is."""
     from reviewstack.common.embedded_model import materialise_embedded_model
 
     if not (sample / "papers").is_dir():
         raise errors.InvalidArgument(f"{sample} has no papers/ folder: pass --sample a source folder")
+    if shipped and not (reviewer / "reviewstack-adapter.json").is_file():
+        raise errors.InvalidArgument(
+            f"{reviewer} is not an adapter folder (no reviewstack-adapter.json): pass --reviewer one, or "
+            "--no-shipped to leave the shipped reviewer out"
+        )
+    adapter = reviewer.resolve() if shipped else None
     if fresh and out.exists():
         shutil.rmtree(out)
     out = out.resolve()
@@ -262,51 +311,53 @@ def demo(
             if not _succeeded(run):
                 raise errors.FailedPrecondition(f"the training run did not succeed: see {run}/status.json")
 
-        merged = run / "merged"
-        with stages.stage("serve: the merged model on the embedded engine, behind the Review service"):
+        with stages.stage("serve: the CPU fine-tune and the shipped reviewer, each behind a Review service"):
             config = json.loads((run / "spec.json").read_text())
-            prompt = config["max_prompt_length"] + 32  # the engine may tokenize the text a little longer
-            engine = {
-                "REVIEWSTACK_MODEL": str(merged),
-                "REVIEWSTACK_MAX_INPUT_TOKENS": str(prompt),
-                "REVIEWSTACK_MAX_TOTAL_TOKENS": str(prompt + max_new_tokens),
-                "REVIEWSTACK_MAX_BATCH_SIZE": "4",  # the static KV cache: 4 slots of this length
-            }
-            backend = stack.wait_http("reviewstack-generation", stack.start("reviewstack-generation", engine))
-            review = stack.wait_grpc(
-                "reviewstack-review",
-                stack.start(
-                    "reviewstack-review",
-                    {
-                        "REVIEWSTACK_BACKEND_URL": backend,
-                        "REVIEWSTACK_BACKEND_AUTH_TOKEN": stack.token,  # the engine checks it too
-                        "REVIEWSTACK_TOKENIZER": str(merged),
-                        # the lineage names the run in the store, not a directory of this machine
-                        "REVIEWSTACK_SERVED_MODEL": f"runs/{RUN_ID}/merged",
-                        "REVIEWSTACK_MAX_PROMPT_LENGTH": str(config["max_prompt_length"]),
-                        "REVIEWSTACK_MAX_NEW_TOKENS": str(max_new_tokens),
-                    },
-                ),
-            )
-            console.print(f"engine {backend} · review service {review}")
+            served = {
+                "cpu-finetune": stack.serve(
+                    "cpu-finetune", run / "merged", f"runs/{RUN_ID}/merged",
+                    config["max_prompt_length"], max_new_tokens, slots=4,
+                )
+            }  # fmt: skip
+            if adapter is not None:
+                card = json.loads((adapter / "reviewstack-adapter.json").read_text())
+                merged = out / "models" / "shipped-reviewer"
+                _run("reviewstack-merge", str(adapter), "--out", str(merged))  # once: a rerun finds it
+                served["shipped"] = stack.serve(
+                    "shipped",
+                    merged,
+                    f"{card['base_model']} + {adapter.name}",
+                    reviewer_prompt,
+                    card["max_response_length"],
+                    slots=4,
+                )
 
-        systems = {"lambda-0": 0.0, f"lambda-{penalty:g}": penalty}
+        systems = {"cpu-finetune-lambda-0": ("cpu-finetune", 0.0)}
+        if adapter is not None:
+            systems |= {
+                "shipped-lambda-0": ("shipped", 0.0),
+                f"shipped-lambda-{penalty:g}": ("shipped", penalty),
+            }
         sampling = ("--temperature", f"{temperature:g}", "--top-p", "0.9", "--seed", "0")
         sampling = sampling if temperature else ()
-        with stages.stage(f"review: the test papers at λ = 0 and λ = {penalty:g}"):
+        with stages.stage(
+            f"review: the test papers by the CPU fine-tune, and the shipped reviewer at λ = 0 and {penalty:g}"
+        ):
             papers = out / "test-papers"
             ids = _test_papers(dataset, sample, papers)
             console.print(f"{len(ids)} test papers: {', '.join(ids)}")
-            for system, value in systems.items():
+            for system, (server, value) in systems.items():
                 _cli(
                     "review", "--batch", str(papers), "--system", f"demo-{system}", "--store", str(store),
-                    "--server", review, "--refusal-penalty", f"{value:g}",
+                    "--server", served[server], "--refusal-penalty", f"{value:g}",
                     "--repetition-penalty", f"{repetition_penalty:g}",
                     *sampling,
                     token=token,
                 )  # fmt: skip
 
-        with stages.stage("evaluate: hits and precision against the human reviews, λ compared pairwise"):
+        with stages.stage(
+            "evaluate: hits and precision against the human reviews, the systems compared pairwise"
+        ):
             evaluation = stack.wait_grpc(
                 "reviewstack-evaluation", stack.start("reviewstack-evaluation", {}), timeout=300.0
             )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from types import TracebackType
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 
@@ -44,9 +45,12 @@ class ProgressDisplay:
                 previous = self._tasks[self._current]
                 finished = max(self._progress.tasks[previous].completed, 1)
                 self._progress.update(previous, total=finished, completed=finished, message="")
-            self._tasks[stage] = self._progress.add_task(stage, total=total or None, message=message)
+            # names and messages are text, not markup: "train:lora[learning_rate=0.001]" stays as it is
+            self._tasks[stage] = self._progress.add_task(escape(stage), total=total or None, message="")
             self._current = stage
-        self._progress.update(self._tasks[stage], completed=done, total=total or None, message=message[:60])
+        self._progress.update(
+            self._tasks[stage], completed=done, total=total or None, message=escape(message[:60])
+        )
 
     def check_cancelled(self) -> None:
         """Local runs are cancelled with Ctrl-C, which interrupts the work directly."""

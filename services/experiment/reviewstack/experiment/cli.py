@@ -5,6 +5,7 @@
     reviewstack experiment run SPEC --server training=training:50051 --server evaluation=eval:50051
     reviewstack experiment run SPEC --only lora-pi --until review                          # one variant
     reviewstack experiment show seed-table --store ./store
+    reviewstack experiment export seed-table lora-pi --out models/smollm2-135m-reviewer-lora
 
 A rerun resumes: every step already made with the same inputs is reused (runner.py).
 """
@@ -116,6 +117,31 @@ def show(
         out.print_json(json.dumps(state))
     else:
         _print_steps(state)
+
+
+@app.command()
+def export(
+    experiment: Annotated[str, typer.Argument(help="experiment id")],
+    system: Annotated[str, typer.Argument(help="a trained (LoRA) system of the experiment, e.g. lora-pi")],
+    folder: Annotated[
+        Path, typer.Option("--out", help="folder to write the adapter and its model card into")
+    ],
+    store: StoreOpt = None,
+    base_name: Annotated[
+        str | None, typer.Option(help="the base model's published name (default: the embedded base's)")
+    ] = None,
+) -> None:
+    """Write a system's adapter as a folder to ship: weights, adapter_config.json, the adapter card that
+    reviewstack-merge reads and a README model card with its evaluation numbers."""
+    from reviewstack.experiment.export import export_adapter
+
+    card = export_adapter(_store(store), experiment, system, folder, base_name)
+    hits = card.evaluation["hits"]
+    out.print(
+        f"{folder}: {card.base_model} + LoRA, PI ×{card.position_interpolation:g}, "
+        f"{hits['mean']:.2f} hits per paper",
+        soft_wrap=True,
+    )
 
 
 def _print_steps(state: dict) -> None:

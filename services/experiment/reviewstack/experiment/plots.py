@@ -91,7 +91,7 @@ def training_curves(report: dict[str, Any]) -> bytes | None:
         best = run.get("best") or {}
         if best.get("step") is not None:
             ax.axvline(best["step"], color="#c33", lw=0.8, ls=":", label=f"best step {best['step']}")
-        ax.set_title(run["name"], fontsize=9)
+        ax.set_title(run["name"] + (" (chosen)" if run.get("chosen") else ""), fontsize=9)
         ax.set_xlabel("optimizer step")
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(runs) :]:

@@ -94,7 +94,14 @@ def build_report(
         else {**c.model_dump(), "missing": f"not made: {', '.join(sorted({c.a, c.b} & left_out))} skipped"}
         for c in spec.comparisons
     ]
-    runs = [_run_summary(name, spec, steps, metrics.get(name, [])) for name in spec.runs]
+    runs = [
+        _run_summary(label, name, spec, steps, metrics.get(label, [])) for label, name in _trainings(spec)
+    ]
+    selections = [
+        {"run": name, "parameters": sorted(run.select), **_selection(steps.get(f"select:{name}", {}))}
+        for name, run in spec.runs.items()
+        if run.select
+    ]
     sweep = None
     if spec.sweep is not None:
         names = {
@@ -131,6 +138,7 @@ def build_report(
         "systems": systems,
         "comparisons": comparisons,
         "runs": runs,
+        "selections": selections,
         "sweep": sweep,
         "skipped": sorted(skipped),
         "steps": steps,
@@ -185,18 +193,45 @@ def _criteria(entry: dict[str, Any], flip: bool) -> dict[str, Any]:
     return out
 
 
-def _run_summary(name: str, spec: ExperimentSpec, steps: dict, lines: list[dict]) -> dict[str, Any]:
+def _trainings(spec: ExperimentSpec) -> list[tuple[str, str]]:
+    """(step label, run name) of every training the spec makes: a selecting run's candidates each."""
+    return [(label, name) for name in spec.runs for label, _ in spec.candidates(name)]
+
+
+def _selection(step: dict[str, Any]) -> dict[str, Any]:
+    if not step:
+        return {"made": False, "candidates": []}
+    chosen = step.get("run")
+    return {
+        "made": True,
+        "by": step.get("by"),
+        "chosen": step.get("chosen"),
+        "candidates": [
+            {k: c.get(k) for k in ("label", "values", "run", "best", "steps")}
+            | {"chosen": c["run"] == chosen}
+            for c in step.get("candidates", [])
+        ],
+    }
+
+
+def _run_summary(
+    label: str, name: str, spec: ExperimentSpec, steps: dict, lines: list[dict]
+) -> dict[str, Any]:
     run = spec.runs[name]
-    step = steps.get(f"train:{name}", {})
+    step = steps.get(f"train:{label}", {})
+    chosen = steps.get(f"select:{name}", {}).get("run")
     train = [line for line in lines if "loss" in line]
     speeds = [line["tokens_per_s"] for line in train if line.get("tokens_per_s")]
     return {
-        "name": name,
+        "name": label,
+        "of": name,
+        "candidate": bool(run.select),
+        "chosen": bool(run.select) and step.get("run") is not None and step.get("run") == chosen,
         "run": step.get("run"),
         "dataset": run.dataset,
         "aspects": spec.datasets[run.dataset].aspects,
         "config": run.config,
-        "overrides": run.overrides,
+        "overrides": {**step.get("values", {}), **run.overrides},
         "best": step.get("best"),
         "steps": step.get("steps"),
         "seconds": step.get("seconds"),
@@ -224,11 +259,11 @@ def write_report(
     """Write experiments/<id>/{report.json, report.html, plots/*.png}; their URIs."""
     evaluation = json.loads(store.get_bytes(f"{evaluation_key}/report.json"))
     metrics = {}
-    for name in spec.runs:
-        run = state["steps"].get(f"train:{name}", {}).get("run")
+    for label, _ in _trainings(spec):
+        run = state["steps"].get(f"train:{label}", {}).get("run")
         if run and store.exists(f"{run}/metrics.jsonl"):
             text = store.get_bytes(f"{run}/metrics.jsonl").decode()
-            metrics[name] = [json.loads(line) for line in text.splitlines() if line.strip()]
+            metrics[label] = [json.loads(line) for line in text.splitlines() if line.strip()]
     report = build_report(spec, state, evaluation, metrics)
     figures = plots.figures(report)
     prefix = f"experiments/{spec.id}"

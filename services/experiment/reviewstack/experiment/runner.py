@@ -20,11 +20,13 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from rich.console import Console
+from rich.markup import escape
 
 from reviewstack.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from reviewstack.common.progress import ProgressDisplay
@@ -46,6 +48,16 @@ class Options:
     only: tuple[str, ...] = ()  # runs or systems to make (their inputs too); nothing else, no report
     skip: tuple[str, ...] = ()  # runs or systems left out (a run's systems too); the report says so
     until: Stage = "report"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the plan: `work(made)` gets the results (run ids, review folders) of the steps
+    before it and returns its own."""
+
+    name: str  # "train:lora-pi", "select:lora-pi", "review:base"
+    work: Callable[[dict[str, str]], str]
+    needs: tuple[str, ...] = ()
 
 
 @dataclass
@@ -108,27 +120,27 @@ class ExperimentRunner:
         self.state.save()
         systems = self._systems()
         runs = sorted({s.run for s in systems.values() if s.run} | self._only_runs())
-        for name in runs:  # every run's spec checked before the first one starts
-            self._train_spec(name)
+        runs = sorted(set(runs) | {r for n in runs if (r := self.spec.runs[n].selection_of)})
+        for name in runs:  # every training's spec checked before the first one starts
+            for values in self._possible_values(name):
+                self._train_spec(name, values)
         datasets = sorted({self.spec.runs[r].dataset for r in runs} | {self.spec.evaluation.human})
-        made: dict[str, Any] = {"datasets": {}, "runs": {}, "reviews": {}}
-
-        for name in datasets:
-            made["datasets"][name] = self._dataset(name)
-        papers = self._papers(made["datasets"][self.spec.evaluation.human])
+        built = {name: self._dataset(name) for name in datasets}
+        human = built[self.spec.evaluation.human]
+        papers = self._papers(human)
         for name in runs:  # a test paper in a run's training split would be scored as unseen
-            self._check_disjoint(name, made["datasets"][self.spec.runs[name].dataset], papers)
+            self._check_disjoint(name, built[self.spec.runs[name].dataset], papers)
         if self.options.until == "data":
             return self.state.data
-        made["runs"] = self._parallel("train", runs, self._train)
-        if self.options.until == "train":
+        steps = self._training_steps(runs)
+        for name, system in systems.items() if self.options.until != "train" else ():
+            needs = (self._run_step(system.run),) if system.run else ()
+            steps.append(Step(f"review:{name}", partial(self._review, name, system, papers), needs))
+        made = self._schedule(steps)
+        if self.options.until in ("train", "review") or self.options.only:
             return self.state.data
-        made["reviews"] = self._parallel(
-            "review", list(systems), lambda name: self._review(name, systems[name], made["runs"], papers)
-        )
-        if self.options.until == "review" or self.options.only:
-            return self.state.data
-        evaluation = self._evaluate(made["datasets"][self.spec.evaluation.human], made["reviews"])
+        reviews = {name: made[f"review:{name}"] for name in systems}
+        evaluation = self._evaluate(human, reviews)
         if self.options.until == "eval":
             return self.state.data
         from reviewstack.experiment.report import write_report
@@ -138,6 +150,32 @@ class ExperimentRunner:
         self.state.data["report"] = uris
         self.state.save()
         return self.state.data
+
+    def _training_steps(self, runs: list[str]) -> list[Step]:
+        """A run trains once; a run with `select` trains each candidate, then a `select:` step keeps the
+        lowest validation loss; a run with `selection_of` trains once that selection is made."""
+        steps = []
+        for name in runs:
+            run = self.spec.runs[name]
+            if run.selection_of:
+                taken = partial(self._train_with_selection, name, run.selection_of)
+                steps.append(Step(f"train:{name}", taken, (f"select:{run.selection_of}",)))
+                continue
+            for label, values in self.spec.candidates(name):
+                steps.append(Step(f"train:{label}", partial(self._train, name, values, label)))
+            if run.select:
+                needs = tuple(f"train:{label}" for label, _ in self.spec.candidates(name))
+                steps.append(Step(f"select:{name}", partial(self._select, name), needs))
+        return steps
+
+    def _run_step(self, name: str) -> str:
+        """The step whose result is the run id a run's systems review with."""
+        return f"select:{name}" if self.spec.runs[name].select else f"train:{name}"
+
+    def _possible_values(self, name: str) -> list[dict[str, Any]]:
+        """Every set of values a run may train with: its candidates, or those of the selection it takes."""
+        source = self.spec.runs[name].selection_of or name
+        return [values for _, values in self.spec.candidates(source)]
 
     def _systems(self) -> dict[str, SystemSpec]:
         systems = self.spec.all_systems()
@@ -157,7 +195,7 @@ class ExperimentRunner:
             if unknown:
                 raise InvalidArgument(f"{option} {', '.join(unknown)}: not a run or system of {self.spec.id}")
 
-    def _train_spec(self, name: str) -> dict[str, Any]:
+    def _train_spec(self, name: str, values: dict[str, Any]) -> dict[str, Any]:
         """A run's config with its overrides, checked as the training job will check it (TrainSpec),
         plus the one check that needs the dataset: its prompts and responses fit the run's context.
         A variant that cannot train fails here, in seconds, not after the runs before it."""
@@ -170,7 +208,7 @@ class ExperimentRunner:
         if not config.is_file():
             raise NotFound(f"runs.{name}.config: {config} does not exist")
         data = yaml.safe_load(config.read_text()) or {}
-        for key, value in run.overrides.items():
+        for key, value in {**values, **run.overrides}.items():
             *parents, leaf = key.split(".")
             node = data
             for part in parents:
@@ -183,7 +221,10 @@ class ExperimentRunner:
             problems = "; ".join(
                 f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"] for e in exc.errors()
             )
-            raise InvalidArgument(f"runs.{name} ({run.config} + overrides): {problems}") from None
+            given = ", ".join(f"{k}={v}" for k, v in values.items())
+            raise InvalidArgument(
+                f"runs.{name} ({run.config} + overrides{' + ' + given if given else ''}): {problems}"
+            ) from None
         dataset = self.spec.datasets[run.dataset]
         if dataset.max_prompt_length + dataset.max_response_length > checked.target_context:
             raise InvalidArgument(
@@ -233,29 +274,32 @@ class ExperimentRunner:
         self._say(step, f"{key} {result.get('counts', {})}")
         return key
 
-    def _train(self, name: str) -> str:
-        """runs/<run-id>/ of a succeeded run; `reviewstack train run` (or `submit --watch` to a server)."""
+    def _train(self, name: str, values: dict[str, Any], label: str, made: dict[str, str]) -> str:
+        """runs/<run-id>/ of a succeeded run; `reviewstack train run` (or `submit --watch` to a server).
+        `values` are a candidate's or a taken selection's, applied under the run's own overrides."""
         run = self.spec.runs[name]
         dataset = self._recorded_dataset(run.dataset)
         config = self.spec.path(run.config)
         if not config.is_file():
             raise NotFound(f"runs.{name}.config: {config} does not exist")
         settings = yaml.safe_load(config.read_text())  # its settings, not its comments, name the run
-        print_ = fingerprint({"run": run.model_dump(mode="json"), "config": settings, "dataset": dataset})
+        overrides = {**values, **run.overrides}
+        print_ = fingerprint(
+            {"config": settings, "overrides": overrides, "dataset": dataset, "base_model": run.base_model}
+        )
         run_id = f"{self.spec.id}-{name}-{print_[:6]}"
         if len(run_id) > MAX_RUN_ID:
             raise InvalidArgument(
                 f"run id {run_id} is over {MAX_RUN_ID} characters: shorten the id or run name"
             )
-        step = f"train:{name}"
+        step = f"train:{label}"
         self._targets[step] = (f"runs/{run_id}", 0)
         if self._run_state(run_id) == "succeeded":
             record = self.state.done(step, print_)
             if record is None:  # made by an earlier invocation that stopped before recording it
-                self._record_run(step, print_, run_id, None)
+                self._record_run(step, print_, run_id, None, values)
             self._say(step, f"reused runs/{run_id}")
             return run_id
-        overrides = [f"{key}={json.dumps(value)}" for key, value in run.overrides.items()]
         base = self._base_model(run.base_model)
         verb = (
             ["train", "submit", *self.verbs.server("training"), "--watch"]
@@ -264,22 +308,72 @@ class ExperimentRunner:
         )
         args = [
             *verb, str(config), f"run_id={run_id}", f"dataset={self.store.uri_for(dataset)}",
-            f"base_model={base}", f"output={self.store.uri}", *overrides,
+            f"base_model={base}", f"output={self.store.uri}",
+            *(f"{key}={json.dumps(value)}" for key, value in overrides.items()),
         ]  # fmt: skip
         began = time.monotonic()
         self.verbs.run(step, args)
         if self._run_state(run_id) != "succeeded":
             raise FailedPrecondition(f"{step}: run {run_id} ended {self._run_state(run_id)}; see its log")
-        self._record_run(step, print_, run_id, time.monotonic() - began)
+        self._record_run(step, print_, run_id, time.monotonic() - began, values)
         return run_id
 
-    def _record_run(self, step: str, print_: str, run_id: str, seconds: float | None) -> None:
+    def _train_with_selection(self, name: str, source: str, made: dict[str, str]) -> str:
+        chosen = self.state.data["steps"][f"select:{source}"]["chosen"]
+        return self._train(name, chosen, name, made)
+
+    def _select(self, name: str, made: dict[str, str]) -> str:
+        """The candidate with the lowest validation loss (at its best step) becomes the run."""
+        candidates = []
+        for label, values in self.spec.candidates(name):
+            run_id = made[f"train:{label}"]
+            status = json.loads(self.store.get_bytes(f"runs/{run_id}/status.json"))
+            best = status.get("best") or {}
+            if best.get("val_loss") is None:
+                raise FailedPrecondition(
+                    f"select:{name}: {label} recorded no validation loss; selection needs a dataset with a "
+                    "validation split and a config that evaluates (eval_steps)"
+                )
+            candidates.append(
+                {
+                    "label": label,
+                    "values": values,
+                    "run": f"runs/{run_id}",
+                    "best": best,
+                    "steps": status.get("step"),
+                }
+            )
+        chosen = min(candidates, key=lambda c: c["best"]["val_loss"])
+        step, print_ = f"select:{name}", fingerprint([c["run"] for c in candidates])
+        if self.state.done(step, print_):
+            self._say(step, f"reused {chosen['run']}")
+            return chosen["run"].removeprefix("runs/")
+        self.state.record(
+            step,
+            {
+                "fingerprint": print_,
+                "by": "lowest validation loss",
+                "chosen": chosen["values"],
+                **{k: chosen[k] for k in ("run", "best", "steps")},
+                "candidates": candidates,
+            },
+        )
+        self._say(
+            f"select:{name}",
+            f"{chosen['label']} ({chosen['run']}, validation loss {chosen['best']['val_loss']:.4f})",
+        )
+        return chosen["run"].removeprefix("runs/")
+
+    def _record_run(
+        self, step: str, print_: str, run_id: str, seconds: float | None, values: dict[str, Any]
+    ) -> None:
         status = json.loads(self.store.get_bytes(f"runs/{run_id}/status.json"))
         self.state.record(
             step,
             {
                 "fingerprint": print_,
                 "run": f"runs/{run_id}",
+                "values": values,
                 "best": status.get("best"),
                 "steps": status.get("step"),
                 "seconds": None if seconds is None else round(seconds, 1),
@@ -288,12 +382,13 @@ class ExperimentRunner:
         self._say(step, f"runs/{run_id} best {status.get('best')}")
 
     def _review(
-        self, name: str, system: SystemSpec, runs: dict[str, str], papers: tuple[Path, list[str]]
+        self, name: str, system: SystemSpec, papers: tuple[Path, list[str]], made: dict[str, str]
     ) -> str:
         """reviews/<id>.<system>-<fp>/: every evaluation paper reviewed by this system."""
         folder, ids = papers
         decoding = self.spec.decoding_of(system)
-        model = f"runs/{runs[system.run]}" if system.run else f"base:{system.base}"
+        run_id = made[self._run_step(system.run)] if system.run else None
+        model = f"runs/{run_id}" if run_id else f"base:{system.base}"
         aspects = self._aspects_of(system)
         print_ = fingerprint(
             {
@@ -313,7 +408,7 @@ class ExperimentRunner:
                 self._record_review(step, print_, prefix, model, ids, None)
             self._say(step, f"reused {prefix} ({len(ids)} papers)")
             return prefix
-        engine = self._model_dir(system.run and runs[system.run], system.base)
+        engine = self._model_dir(run_id, system.base)
         args = [
             "review", "--batch", str(folder), "--system", prefix.removeprefix("reviews/"),
             "--store", self.store.uri, "--concurrency", str(self.options.concurrency),
@@ -388,45 +483,47 @@ class ExperimentRunner:
         return key
 
     # ---------------------------------------------------------------- helpers
-    def _parallel(self, stage: str, names: list[str], work: Callable[[str], str]) -> dict[str, str]:
-        """`work(name)` for each name, `--jobs` at a time, with one progress line per step."""
-        results: dict[str, str] = {}
+    def _schedule(self, steps: list[Step]) -> dict[str, str]:
+        """Each step once the steps it needs have made their results, `--jobs` at a time, in the given
+        order (trainings first: a review waits only for its own run), with one progress line per step.
+        A failed step lets running ones finish (they are recorded) and starts no other."""
+        made: dict[str, str] = {}
         failure: Exception | None = None
-        if not names:
-            return results
+        waiting = list(steps)
+        running: dict[Future, str] = {}
         with ProgressDisplay(self.console) as progress, ThreadPoolExecutor(self.options.jobs) as pool:
-            futures: dict[Future, str] = {pool.submit(work, n): n for n in names}
-            pending = set(futures)
-            while pending:
-                finished, pending = wait(pending, timeout=2.0, return_when=FIRST_COMPLETED)
+            while waiting or running:
+                ready = [s for s in waiting if all(n in made for n in s.needs)] if failure is None else []
+                for step in ready[: self.options.jobs - len(running)]:
+                    waiting.remove(step)
+                    running[pool.submit(step.work, dict(made))] = step.name
+                if not running:
+                    break
+                finished, _ = wait(running, timeout=2.0, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    if future.cancelled():
-                        continue
+                    name = running.pop(future)
                     try:
-                        results[futures[future]] = future.result()
-                    except (
-                        Exception
-                    ) as exc:  # steps already running finish (and are recorded); no new one starts
+                        made[name] = future.result()
+                    except Exception as exc:
                         failure = failure or exc
-                        for queued in pending:
-                            queued.cancel()
-                for name in names:
-                    done, total, message = self._progress_of(stage, name, name in results)
-                    progress.update(f"{stage}:{name}", done, total, message)
+                for step in steps:
+                    progress.update(step.name, *self._progress_of(step.name, step.name in made))
         if failure is not None:
             raise failure
-        return {n: results[n] for n in names}
+        if waiting:  # only when a step needs one that is not in the plan: a bug, not a user error
+            raise FailedPrecondition(f"steps never ready: {', '.join(s.name for s in waiting)}")
+        return made
 
-    def _progress_of(self, stage: str, name: str, finished: bool) -> tuple[int, int, str]:
+    def _progress_of(self, step: str, finished: bool) -> tuple[int, int, str]:
         """How far a running step is, read from the store: its run's status, its review folder's files."""
         if finished:
             return 1, 1, "done"
-        target = self._targets.get(f"{stage}:{name}")
+        target = self._targets.get(step)
         if target is None:
             return 0, 0, "waiting"
         where, total = target
         try:
-            if stage == "train":
+            if step.startswith("train:"):
                 status = json.loads(self.store.get_bytes(f"{where}/status.json"))
                 return status.get("step", 0), status.get("total_steps") or 0, status.get("state", "")
             count = sum(1 for _ in self.store.keys(where))
@@ -512,7 +609,7 @@ class ExperimentRunner:
             )
 
     def _say(self, step: str, message: str) -> None:
-        self.console.print(f"[bold]{step}[/] {message}", soft_wrap=True)
+        self.console.print(f"[bold]{escape(step)}[/] {escape(message)}", soft_wrap=True)
 
 
 def _records(store: ArtifactStore, key: str) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ experiments never write into each other's artifacts and a rerun finds its own.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -25,6 +26,7 @@ from reviewstack.common.errors import InvalidArgument, NotFound
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 EMBEDDED = "embedded"  # the base model the embedded defaults ship (SmolLM2-135M-Instruct)
 MAX_SYSTEMS = 64
+MAX_CANDIDATES = 16  # trainings one selection may make
 
 
 def _label(value: str) -> str:
@@ -65,6 +67,28 @@ class RunSpec(_Strict):
     config: str = Field(description="training-job config file, relative to the spec file")
     base_model: str = Field(EMBEDDED, description="'embedded' or a model folder")
     overrides: dict[str, Any] = Field(default_factory=dict, description="config keys (dotted) to set")
+    select: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="config keys (dotted) → candidate values: each combination is trained and the one "
+        "with the lowest validation loss becomes the run (e.g. learning_rate: [1.0e-4, 5.0e-4])",
+    )
+    selection_of: str | None = Field(
+        None,
+        description="train with the values another run's selection chose: a variant that changes one "
+        "thing keeps the learning rate chosen for the run it is compared with",
+    )
+
+    @field_validator("select")
+    @classmethod
+    def _candidates(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in value.items():
+            if not 2 <= len(values) <= 8:
+                raise ValueError(f"{key}: give 2 to 8 candidate values")
+            if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
+                raise ValueError(f"{key}: a candidate value is repeated")
+        if math.prod(len(v) for v in value.values()) > MAX_CANDIDATES:
+            raise ValueError(f"at most {MAX_CANDIDATES} combinations of candidate values")
+        return value
 
 
 class Decoding(_Strict):
@@ -154,6 +178,19 @@ class ExperimentSpec(_Strict):
         for name, run in self.runs.items():
             if run.dataset not in self.datasets:
                 problems.append(f"runs.{name}.dataset: no dataset {run.dataset!r}")
+            both = sorted(set(run.select) & set(run.overrides))
+            if both:
+                problems.append(f"runs.{name}: {', '.join(both)} both selected and overridden")
+            target = self.runs.get(run.selection_of) if run.selection_of else None
+            if run.selection_of is None:
+                pass
+            elif target is None or not target.select or run.select or run.selection_of == name:
+                problems.append(
+                    f"runs.{name}.selection_of: {run.selection_of!r} is not another run with a select "
+                    "block (and a run takes a selection or makes one, not both)"
+                )
+            elif set(target.select) & set(run.overrides):
+                problems.append(f"runs.{name}: overrides what it takes from {run.selection_of}'s selection")
         for name, system in self.systems.items():
             if system.run is not None and system.run not in self.runs:
                 problems.append(f"systems.{name}.run: no run {system.run!r}")
@@ -183,6 +220,21 @@ class ExperimentSpec(_Strict):
                         update={"refusal_penalty": value}
                     )
         return systems
+
+    def candidates(self, name: str) -> list[tuple[str, dict[str, Any]]]:
+        """The trainings a run makes, as (label, values added to its overrides): one, labelled by the
+        run's name, without `select`; one per combination of candidate values with it, labelled
+        `run[key=value,…]`."""
+        run = self.runs[name]
+        if not run.select:
+            return [(name, {})]
+        keys = sorted(run.select)
+        made = []
+        for combination in itertools.product(*(run.select[k] for k in keys)):
+            values = dict(zip(keys, combination, strict=True))
+            label = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+            made.append((f"{name}[{label}]", values))
+        return made
 
     def decoding_of(self, system: SystemSpec) -> Decoding:
         return system.decoding or self.decoding
