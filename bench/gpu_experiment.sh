@@ -8,6 +8,7 @@
 #     and the datasets; in .whl/: the project's wheels and the ones the GPU image lacks.
 # There, in back-to-back calls from the repo's root (the machine keeps ~/gpu only while it stays warm):
 #   bash bench/gpu_experiment.sh receive 1      # carry .gpu/g1 (a part and the datasets), then g2
+#   bash bench/gpu_experiment.sh receive 4      # only when resuming: carry .gpu/g4 (pack makes it)
 #   bash bench/gpu_experiment.sh receive 3 && bash bench/gpu_experiment.sh start 480   # carry .gpu/g3 .whl
 #   bash bench/gpu_experiment.sh wait 560       # until it ends (repeat); what is done so far lands in $OUT
 # Back here:
@@ -48,6 +49,13 @@ pack() {
   rm -rf "$tmp"
   # the datasets and the experiment's state (which records them); the ground truth stays here
   tar -C "$store" -cJf .gpu/g1/store.tar.xz --exclude=ground_truth.jsonl datasets experiments .reviewstack/meta
+  # a resumed experiment: what an earlier session brought back (reviews, runs' records, adapters) travels
+  # as a fourth part; the runner reuses it and merges its runs again from their adapters
+  rm -rf .gpu/g4
+  if [ -d "$store/runs" ]; then
+    mkdir -p .gpu/g4 && tar -C "$store" -cf .gpu/g4/resume.tar --exclude='checkpoints' \
+      --exclude='merged/*.safetensors' --exclude='*.pt' runs $( [ -d "$store/reviews" ] && echo reviews)
+  fi
   du -sh .whl .gpu/*
 }
 
@@ -60,6 +68,7 @@ start() {
   python3 -m pip install -q --no-index --no-deps --no-compile --target "$G/site" .whl/*.whl "$G/$WHEEL"
   mkdir -p "$G/store" && python3 -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" \
     "$G/store.tar.xz" "$G/store"
+  [ ! -f "$G/resume.tar" ] || tar -C "$G/store" -xf "$G/resume.tar"
   cp "$SPEC" "$G/seed-table.yaml" && mkdir -p "$G/training-job/configs" \
     && cp training-job/configs/smollm2-gpu-pi.yaml "$G/training-job/configs/"
   mkdir -p "$G/experiments" && cp "$SPEC" "$G/experiments/"

@@ -229,6 +229,11 @@ def test_a_rerun_resumes_instead_of_redoing(experiment: dict[str, Path], first_r
     kept = sorted((store / steps["review:lora"]["reviews"]).glob("*.json"))[0]
     kept_mtime = kept.stat().st_mtime_ns
     lost.unlink()
+    # the chosen run's merged weights left behind, as a store carried off a GPU machine without them:
+    # the swept system's lost review is written by that run merged again from its best adapter
+    (store / steps["select:lora"]["run"] / "merged" / "model.safetensors").unlink()
+    swept = sorted((store / steps["review:lora-l2"]["reviews"]).glob("*.json"))[0]
+    swept.unlink()
     second = _run(experiment)
     printed = second.stdout + second.stderr
     assert second.returncode == 0, printed[-4000:]
@@ -236,6 +241,7 @@ def test_a_rerun_resumes_instead_of_redoing(experiment: dict[str, Path], first_r
     assert all(f"{step} reused" in printed for step in CANDIDATES)
     assert "review:lora reused" in printed and "review:full reused" not in printed
     assert lost.is_file() and kept.stat().st_mtime_ns == kept_mtime
+    assert swept.is_file() and list((experiment["root"] / "work" / "logs").glob("merge-*.log"))
     for step, mtime in trained.items():
         assert (store / steps[step]["run"] / "status.json").stat().st_mtime_ns == mtime
     again = json.loads((store / "experiments/tiny/state.json").read_text())["steps"]

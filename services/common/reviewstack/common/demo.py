@@ -241,27 +241,37 @@ def demo(
         float, typer.Option(min=1.0, help="TGI repetition penalty of both systems' decoding (1 = off)")
     ] = 1.0,
     fresh: Annotated[bool, typer.Option(help="start over instead of reusing a previous run's work")] = False,
-    shipped: Annotated[
-        bool, typer.Option(help="also review with the shipped reviewer (--reviewer), merged at start-up")
-    ] = True,
     reviewer: Annotated[
-        Path, typer.Option(help="the shipped reviewer: an adapter folder (`reviewstack experiment export`)")
-    ] = SHIPPED_REVIEWER,
+        Path | None,
+        typer.Option(
+            help="an adapter folder (`reviewstack experiment export`) to review with beside the CPU "
+            f"fine-tune, merged at start-up (default: {SHIPPED_REVIEWER} when the checkout ships one)"
+        ),
+    ] = None,
     reviewer_prompt: Annotated[
         int, typer.Option(min=256, help="the shipped reviewer's prompt budget: the paper is cut to fit")
     ] = 2048,
+    reviewer_max_new_tokens: Annotated[
+        int, typer.Option(min=0, help="the shipped reviewer's longest review (0: its card's, 1,150)")
+    ] = 0,
 ) -> None:
     """Run the whole method on this machine through the gRPC services and print where the report is."""
     from reviewstack.common.embedded_model import materialise_embedded_model
 
     if not (sample / "papers").is_dir():
         raise errors.InvalidArgument(f"{sample} has no papers/ folder: pass --sample a source folder")
-    if shipped and not (reviewer / "reviewstack-adapter.json").is_file():
+    if reviewer is None and (SHIPPED_REVIEWER / "reviewstack-adapter.json").is_file():
+        reviewer = SHIPPED_REVIEWER
+    if reviewer is not None and not (reviewer / "reviewstack-adapter.json").is_file():
         raise errors.InvalidArgument(
-            f"{reviewer} is not an adapter folder (no reviewstack-adapter.json): pass --reviewer one, or "
-            "--no-shipped to leave the shipped reviewer out"
+            f"--reviewer {reviewer} is not an adapter folder (no reviewstack-adapter.json): export one with "
+            "`reviewstack experiment export`"
         )
-    adapter = reviewer.resolve() if shipped else None
+    adapter = reviewer.resolve() if reviewer is not None else None
+    if adapter is None:
+        console.print(
+            f"[yellow]no reviewer adapter at {SHIPPED_REVIEWER}: the CPU fine-tune reviews alone[/]"
+        )
     if fresh and out.exists():
         shutil.rmtree(out)
     out = out.resolve()
@@ -311,7 +321,7 @@ def demo(
             if not _succeeded(run):
                 raise errors.FailedPrecondition(f"the training run did not succeed: see {run}/status.json")
 
-        with stages.stage("serve: the CPU fine-tune and the shipped reviewer, each behind a Review service"):
+        with stages.stage("serve: each model on the embedded engine, behind a Review service of its own"):
             config = json.loads((run / "spec.json").read_text())
             served = {
                 "cpu-finetune": stack.serve(
@@ -321,28 +331,27 @@ def demo(
             }  # fmt: skip
             if adapter is not None:
                 card = json.loads((adapter / "reviewstack-adapter.json").read_text())
-                merged = out / "models" / "shipped-reviewer"
+                merged = out / "models" / "reviewer"
                 _run("reviewstack-merge", str(adapter), "--out", str(merged))  # once: a rerun finds it
-                served["shipped"] = stack.serve(
-                    "shipped",
+                served["reviewer"] = stack.serve(
+                    "reviewer",
                     merged,
                     f"{card['base_model']} + {adapter.name}",
                     reviewer_prompt,
-                    card["max_response_length"],
+                    reviewer_max_new_tokens or card["max_response_length"],
                     slots=4,
                 )
 
-        systems = {"cpu-finetune-lambda-0": ("cpu-finetune", 0.0)}
-        if adapter is not None:
-            systems |= {
-                "shipped-lambda-0": ("shipped", 0.0),
-                f"shipped-lambda-{penalty:g}": ("shipped", penalty),
-            }
+        # λ is shown on the model that writes the format best: the reviewer when there is one
+        compared = "reviewer" if adapter is not None else "cpu-finetune"
+        systems = {
+            "cpu-finetune-lambda-0": ("cpu-finetune", 0.0),
+            f"{compared}-lambda-0": (compared, 0.0),
+            f"{compared}-lambda-{penalty:g}": (compared, penalty),
+        }
         sampling = ("--temperature", f"{temperature:g}", "--top-p", "0.9", "--seed", "0")
         sampling = sampling if temperature else ()
-        with stages.stage(
-            f"review: the test papers by the CPU fine-tune, and the shipped reviewer at λ = 0 and {penalty:g}"
-        ):
+        with stages.stage(f"review: the test papers by {', '.join(systems)}"):
             papers = out / "test-papers"
             ids = _test_papers(dataset, sample, papers)
             console.print(f"{len(ids)} test papers: {', '.join(ids)}")

@@ -408,7 +408,7 @@ class ExperimentRunner:
                 self._record_review(step, print_, prefix, model, ids, None)
             self._say(step, f"reused {prefix} ({len(ids)} papers)")
             return prefix
-        engine = self._model_dir(run_id, system.base)
+        engine = self._model_dir(run_id, system)
         args = [
             "review", "--batch", str(folder), "--system", prefix.removeprefix("reviews/"),
             "--store", self.store.uri, "--concurrency", str(self.options.concurrency),
@@ -554,21 +554,60 @@ class ExperimentRunner:
             raise NotFound(f"base model {path} is not a model folder (no config.json)")
         return str(path)
 
-    def _model_dir(self, run_id: str | None, base: str | None) -> Path:
+    def _model_dir(self, run_id: str | None, system: SystemSpec) -> Path:
         """A local folder of the model a system reviews with: a run's merged/ (downloaded from an S3
-        store once) or a base model."""
-        if not run_id:
-            return Path(self._base_model(base or EMBEDDED))
+        store once), merged again from its best adapter when only that is left, or a base model."""
+        if not run_id or not system.run:
+            return Path(self._base_model(system.base or EMBEDDED))
         prefix = f"runs/{run_id}/merged"
-        if isinstance(self.store, LocalStore):  # the engine reads the folder where it is
-            local = self.store.root.joinpath(*prefix.split("/"))
-            if not (local / "config.json").is_file():
-                raise FailedPrecondition(f"{prefix} has no merged model: train the run with merge: true")
-            return local
+        if self._complete(prefix):
+            if isinstance(self.store, LocalStore):  # the engine reads the folder where it is
+                return self.store.root.joinpath(*prefix.split("/"))
+            target = self.work / "models" / run_id
+            if not (target / "config.json").is_file():
+                shutil.rmtree(target, ignore_errors=True)
+                self.store.download_dir(prefix, target)
+            return target
+        return self._merge_again(run_id, self.spec.runs[system.run].base_model)
+
+    def _complete(self, prefix: str) -> bool:
+        """Every file a publication's manifest lists is there (a store copied without weights is not)."""
+        if not self.store.exists(f"{prefix}/manifest.json"):
+            return False
+        listed = self.store.read_manifest(prefix).get("files", {})
+        return bool(listed) and all(self.store.exists(f"{prefix}/{name}") for name in listed)
+
+    def _merge_again(self, run_id: str, base_model: str) -> Path:
+        """merged/ made anew from best/ with `reviewstack-merge`, the PI factor read from the merged
+        model's manifest: an experiment carried to another machine with its adapters but not its
+        merged weights (~10 MB where those are ~270 MB for a 135M model) resumes its reviews there."""
+        from reviewstack.common.adapter_card import AdapterCard
+
+        run = f"runs/{run_id}"
         target = self.work / "models" / run_id
-        if not (target / "config.json").is_file():
-            shutil.rmtree(target, ignore_errors=True)
-            self.store.download_dir(prefix, target)
+        needed = (f"{run}/best/adapter_config.json", f"{run}/merged/manifest.json", f"{run}/spec.json")
+        if not all(self.store.exists(key) for key in needed):
+            raise FailedPrecondition(
+                f"{run} has no merged model and no adapter to merge again: train the run with merge: true"
+            )
+        merged, spec = (
+            self.store.read_manifest(f"{run}/merged"),
+            json.loads(self.store.get_bytes(f"{run}/spec.json")),
+        )
+        adapter = self.work / "adapters" / run_id
+        if not (adapter / "adapter_config.json").is_file():
+            shutil.rmtree(adapter, ignore_errors=True)
+            self.store.download_dir(f"{run}/best", adapter)
+        AdapterCard(
+            base_model=str(merged["base_model"]),
+            position_interpolation=float(merged["pi_factor"]),
+            target_context=spec["target_context"],
+            max_prompt_length=spec["max_prompt_length"],
+            max_response_length=spec["max_response_length"],
+            lineage={"run": run},
+        ).write(adapter)
+        arguments = [str(adapter), "--out", str(target), "--base", self._base_model(base_model)]
+        self.verbs.run(f"merge:{run_id}", arguments, module="reviewstack.trainjob.merge")
         return target
 
     def _aspects_of(self, system: SystemSpec) -> str:

@@ -44,16 +44,13 @@ class Verbs:
     servers: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
 
-    def run(
-        self,
-        step: str,
-        args: Sequence[str],
-    ) -> str:
-        """Run one verb; its progress and messages go to logs/<step>.log, its standard output (a
-        `--json` result) is returned. A failure raises with the log's last lines."""
+    def run(self, step: str, args: Sequence[str], module: str = "reviewstack.common.cli") -> str:
+        """Run one verb (or another of the project's programs, by `module`); its progress and messages
+        go to logs/<step>.log, its standard output (a `--json` result) is returned. A failure raises
+        with the log's last lines."""
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"{step.replace(':', '-')}.log"
-        command = [sys.executable, "-m", "reviewstack.common.cli", *args]
+        command = [sys.executable, "-m", module, *args]
         env = {
             **os.environ,
             "REVIEWSTACK_STORE": self.store,
