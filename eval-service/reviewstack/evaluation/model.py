@@ -28,6 +28,7 @@ class Review:
     empty_aspects: tuple[str, ...] = ()  # aspect keys the reviewer declined ("<No related terms>")
     missing_aspects: tuple[str, ...] = ()  # aspect keys never written (the review was cut before them)
     aspects: tuple[str, ...] = ()  # the aspect keys the review is structured by; () for free text
+    cut_short: bool = False  # it reached its token budget: whatever it wrote last was cut there
     reviewer: str = ""
     lineage: Mapping[str, Any] = field(default_factory=dict)
 

@@ -42,6 +42,7 @@ def review_statistics(reviews: Sequence[Review]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "reviews": len(reviews),
         "items_per_review": distribution([len(r.points) for r in reviews]),
+        "cut_short_reviews": sum(r.cut_short for r in reviews),
     }
     structured = bool(reviews) and all(r.aspects for r in reviews)
     out["structured"] = structured
@@ -61,6 +62,11 @@ def review_statistics(reviews: Sequence[Review]) -> dict[str, Any]:
     out["empty_aspect_rate"] = sum(empties) / slots if slots else None
     out["missing_aspects_per_review"] = distribution(missing)
     out["missing_aspect_rate"] = sum(missing) / slots if slots else None
+    # the format the model was trained to write: every aspect written or declined, and the review ended
+    # by the model, not by its budget (a review cut inside its last aspect has every aspect but no end)
+    out["well_formed_reviews"] = sum(
+        1 for r, m in zip(reviews, missing, strict=True) if m == 0 and not r.cut_short
+    )
     out["per_aspect"] = {}
     for key in aspects:
         having = [r for r in reviews if key in r.aspects]

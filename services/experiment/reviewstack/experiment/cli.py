@@ -145,10 +145,12 @@ def export(
 
 
 def _print_steps(state: dict) -> None:
+    from reviewstack.experiment.report import planned_steps
+
     table = Table(title="experiment steps")
     for column in ("step", "artifact", "seconds", "finished"):
         table.add_column(column, overflow="fold")
-    for name, step in sorted(state.get("steps", {}).items()):
+    for name, step in sorted(planned_steps(state).items()):
         artifact = (
             step.get("dataset") or step.get("run") or step.get("reviews") or step.get("evaluation") or ""
         )

@@ -80,7 +80,9 @@ def training_curves(report: dict[str, Any]) -> bytes | None:
         return None
     columns = min(2, len(runs))
     rows = (len(runs) + columns - 1) // columns
-    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3 * rows), squeeze=False)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(5 * columns, 3 * rows), squeeze=False, layout="constrained"
+    )
     for ax, run in zip(axes.flat, runs, strict=False):
         train = [(p["step"], p["loss"]) for p in run["curve"] if p.get("loss") is not None]
         val = [(p["step"], p["val_loss"]) for p in run["curve"] if p.get("val_loss") is not None]

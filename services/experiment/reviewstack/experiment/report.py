@@ -57,7 +57,7 @@ def build_report(
     spec: ExperimentSpec, state: dict[str, Any], evaluation: dict[str, Any], metrics: dict[str, list[dict]]
 ) -> dict[str, Any]:
     """The report's numbers, from the evaluation's report and the runs' metrics.jsonl lines."""
-    steps = state["steps"]
+    steps = planned_steps(state)
     systems_spec = spec.all_systems()
     by_name = {s["name"]: s for s in evaluation["systems"]}
     human = evaluation["human"]
@@ -146,14 +146,26 @@ def build_report(
     }
 
 
+def planned_steps(state: dict[str, Any]) -> dict[str, Any]:
+    """The state's steps that the spec as last run makes (all of them in a state written before plans
+    were recorded): a step of an earlier version of the spec stays in the state but not in reports."""
+    plan = state.get("plan")
+    steps = state.get("steps", {})
+    return steps if plan is None else {name: steps[name] for name in plan if name in steps}
+
+
 def _well_formed(stats: dict[str, Any]) -> dict[str, Any] | None:
-    """Share of reviews whose every aspect is written or declined: none cut short by the token budget."""
-    missing = stats.get("missing_aspects_per_review")
-    if not missing or not missing.get("counts"):
+    """Share of reviews whose every aspect is written or declined and that the model ended itself: a
+    review cut by the token budget is not well formed even when its last aspect had begun."""
+    reviews, complete = stats.get("reviews"), stats.get("well_formed_reviews")
+    if not reviews or complete is None:
         return None
-    reviews = sum(missing["counts"])
-    complete = missing["counts"][0]
-    return {"reviews": reviews, "complete": complete, "share": complete / reviews if reviews else None}
+    return {
+        "reviews": reviews,
+        "complete": complete,
+        "cut_short": stats.get("cut_short_reviews"),
+        "share": complete / reviews,
+    }
 
 
 def _comparison(comparison: dict[str, Any], pairwise: list[dict[str, Any]]) -> dict[str, Any]:

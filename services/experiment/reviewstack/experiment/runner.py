@@ -117,6 +117,7 @@ class ExperimentRunner:
         self.state.data["spec"] = self.spec.model_dump(mode="json")
         self.state.data["spec_sha256"] = self.spec.sha256()
         self.state.data["skipped"] = sorted(self.options.skip)
+        self.state.data["plan"] = self._plan()
         self.state.save()
         systems = self._systems()
         runs = sorted({s.run for s in systems.values() if s.run} | self._only_runs())
@@ -150,6 +151,17 @@ class ExperimentRunner:
         self.state.data["report"] = uris
         self.state.save()
         return self.state.data
+
+    def _plan(self) -> list[str]:
+        """Every step the spec makes, whatever --only, --skip or --until say. The state keeps the steps of
+        earlier versions of the spec (a reverted change resumes them); reports show only these."""
+        datasets = sorted({r.dataset for r in self.spec.runs.values()} | {self.spec.evaluation.human})
+        return [
+            *(f"data:{name}" for name in datasets),
+            *(step.name for step in self._training_steps(sorted(self.spec.runs))),
+            *(f"review:{name}" for name in self.spec.all_systems()),
+            "eval",
+        ]
 
     def _training_steps(self, runs: list[str]) -> list[Step]:
         """A run trains once; a run with `select` trains each candidate, then a `select:` step keeps the
