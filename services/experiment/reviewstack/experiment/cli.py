@@ -18,6 +18,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -154,5 +155,6 @@ def _print_steps(state: dict) -> None:
         artifact = (
             step.get("dataset") or step.get("run") or step.get("reviews") or step.get("evaluation") or ""
         )
-        table.add_row(name, artifact, str(step.get("seconds", "—")), step.get("finished", ""))
+        # a candidate's step name, `train:lora[learning_rate=0.002]`, is not markup
+        table.add_row(escape(name), artifact, str(step.get("seconds", "—")), step.get("finished", ""))
     out.print(table)
