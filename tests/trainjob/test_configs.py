@@ -37,6 +37,16 @@ def test_overrides_reach_nested_keys_and_bad_ones_are_refused():
         read_spec(str(CONFIGS[0]), [*RUN_FIELDS, "lora_rank=4"])
 
 
+def test_trainable_tokens_are_a_list_override_and_only_beside_an_adapter():
+    from pydantic import ValidationError
+
+    spec = read_spec(str(CONFIGS[0]), [*RUN_FIELDS, 'lora.trainable_tokens=["<|im_end|>"]'])
+    assert spec.lora.trainable_tokens == ["<|im_end|>"]
+    for other in ("method=full", "deepspeed=zero3"):
+        with pytest.raises(ValidationError, match="trainable_tokens"):
+            read_spec(str(CONFIGS[0]), [*RUN_FIELDS, 'lora.trainable_tokens=["<|im_end|>"]', other])
+
+
 @pytest.mark.parametrize(("device", "dtype"), [("cuda", torch.bfloat16), ("cpu", torch.float32)])
 def test_deepspeed_config_is_filled_from_the_spec_and_device(device, dtype):
     spec = read_spec(str(CONFIGS[0]), RUN_FIELDS)

@@ -152,6 +152,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_model, small_dataset
         ),
         ({"device": "cuda"}, "no GPU"),
         ({"lora": {"target_modules": ["nonexistent_proj"]}}, "not modules"),
+        ({"lora": {"trainable_tokens": ["two words"]}}, "not one"),
     ],
 )
 def test_bad_input_is_refused_before_training(tiny_model, small_dataset, tmp_path, change, message):
@@ -169,6 +170,31 @@ def test_base_model_without_tokenizer_is_refused(tiny_model, small_dataset, tmp_
     shutil.copytree(tiny_model, bare, ignore=shutil.ignore_patterns("tokenizer*"))
     run = _train(_spec(tmp_path, bare, small_dataset, run_id="bad"))
     assert run.returncode == 2 and "no tokenizer" in run.stderr
+
+
+def test_trainable_tokens_train_their_embedding_rows_and_reach_the_tied_output(
+    tiny_model, small_dataset, tmp_path
+):
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    eot = 128009  # <|eot_id|>, the tiny model's end of turn
+    lora = {"r": 8, "alpha": 16, "dropout": 0.0, "trainable_tokens": ["<|eot_id|>"]}
+    spec = _spec(tmp_path, tiny_model, small_dataset, run_id="tokens", lora=lora, max_steps=2, eval_steps=2)
+    run = _train(spec, "learning_rate=0.01")
+    assert run.returncode == 0, run.stderr[-3000:]
+    store = open_store(str(tmp_path / "runs-store"))
+    store.download_dir("runs/tokens/best", tmp_path / "best")
+    adapter = load_file(tmp_path / "best" / "adapter_model.safetensors")
+    assert any("trainable_tokens" in key for key in adapter)  # the rows ship inside the adapter
+    store.download_dir("runs/tokens/merged", tmp_path / "merged")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model).get_input_embeddings().weight
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    rows = merged.get_input_embeddings().weight
+    assert not torch.allclose(rows[eot], base[eot])  # the end-of-turn row trained
+    assert torch.equal(rows[:eot], base[:eot]) and torch.equal(rows[eot + 1 :], base[eot + 1 :])
+    assert torch.equal(merged.get_output_embeddings().weight[eot], rows[eot])  # and its logit moved with it
 
 
 def test_full_fine_tuning_publishes_full_weights(tiny_model, small_dataset, tmp_path):

@@ -12,6 +12,7 @@ import torch
 from reviewstack.common.errors import FailedPrecondition, InvalidArgument
 from reviewstack.common.logging import get_logger
 from reviewstack.common.runspec import TrainSpec
+from reviewstack.common.tokenizer import load_tokenizer
 from reviewstack.trainjob import kernels
 from reviewstack.trainjob.rope import apply_position_interpolation, interpolation_factor
 
@@ -135,6 +136,7 @@ def _with_lora(model: Any, spec: TrainSpec) -> Any:
         lora_alpha=spec.lora.alpha,
         lora_dropout=spec.lora.dropout,
         target_modules=list(spec.lora.target_modules),
+        trainable_token_indices=_token_indices(spec) or None,
         task_type="CAUSAL_LM",
     )
     # non-reentrant checkpointing reaches the adapters inside checkpointed blocks without an input that
@@ -143,6 +145,24 @@ def _with_lora(model: Any, spec: TrainSpec) -> Any:
     # optimizer and gathers weights in its own dtype (its forward runs without our autocast); elsewhere
     # PEFT's fp32 adapters are the master weights
     return get_peft_model(model, lora, autocast_adapter_dtype=spec.deepspeed != "zero3")
+
+
+def _token_indices(spec: TrainSpec) -> list[int]:
+    """Each of `lora.trainable_tokens` as its one id in the base model's tokenizer. PEFT ties the rows
+    it trains to a tied output layer too, so they move the tokens' logits as well as their inputs."""
+    if not spec.lora.trainable_tokens:
+        return []
+    tokenizer = load_tokenizer(spec.base_model).tokenizer
+    indices = set()
+    for token in spec.lora.trainable_tokens:
+        ids = tokenizer.encode(token, add_special_tokens=False)
+        if len(ids) != 1:
+            raise InvalidArgument(
+                f"lora.trainable_tokens: {token!r} is {len(ids)} tokens of {spec.base_model}'s tokenizer, "
+                "not one; name single tokens (such as the end-of-turn token)"
+            )
+        indices.add(ids[0])
+    return sorted(indices)
 
 
 def trainable_parameters(model: Any) -> int:

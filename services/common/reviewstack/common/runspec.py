@@ -38,6 +38,13 @@ class LoraSpec(BaseModel):
     alpha: int = Field(32, ge=1, description="scaling numerator (scale = alpha / r)")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the adapter input")
     target_modules: list[str] = Field(list(ALL_PROJECTIONS), min_length=1, description="modules to adapt")
+    trainable_tokens: list[str] = Field(
+        [],
+        max_length=64,
+        description="tokens whose embedding rows train too (PEFT's trainable tokens), each one token of the "
+        "base's tokenizer, e.g. its end-of-turn token: with tied embeddings the rows are also those tokens' "
+        "output weights, which adapters on the projections cannot reach",
+    )
 
 
 class TrainSpec(BaseModel):
@@ -111,4 +118,9 @@ class TrainSpec(BaseModel):
             )
         if self.effective_batch_size % self.micro_batch_size:
             raise ValueError("effective_batch_size must be a multiple of micro_batch_size")
+        if self.lora.trainable_tokens and (self.method == "full" or self.deepspeed == "zero3"):
+            raise ValueError(
+                "lora.trainable_tokens trains embedding rows beside a LoRA adapter: not with method full "
+                "(every row trains) nor deepspeed zero3 (partitioned embeddings); leave it empty there"
+            )
         return self
