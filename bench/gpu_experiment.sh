@@ -28,7 +28,7 @@ DEPS="pydantic==2.14.4 pydantic_core==2.50.5 pydantic-settings==2.16.3 typing-in
  grpcio==1.85.3 grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1 protobuf==7.36.2
  python-dotenv==1.2.4 kubernetes==36.0.3 durationpy==0.11 websocket-client==1.9.2 requests-oauthlib==2.0.0
  oauthlib==4.0.1 typer==0.29.2 click==8.5.1 annotated-doc==0.0.7 text-generation==0.7.0
- opentelemetry-api==1.45.3"
+ opentelemetry-api==1.45.3 peft==0.21.2"  # peft: the trainable-token rows as tested here
 PACKAGES="services/common services/penalty training-job services/training services/generation services/review
  services/experiment"
 
@@ -88,6 +88,7 @@ start() {
 set -e
 export PYTHONPATH=$G/site PATH=$G/site/bin:\$PATH REVIEWSTACK_EMBEDDED_MODEL_DIR=$G/models/smollm2
 export REVIEWSTACK_DATA=$G/absent PYTHONUNBUFFERED=1 COLUMNS=160
+python3 -c "import peft, torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
 reviewstack model embedded
 reviewstack experiment run $SPEC --store $G/store --work $G/work \
   --until review --jobs 6 --concurrency 32

@@ -14,6 +14,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 REVIEWSTACK = Path(sys.executable).with_name("reviewstack")
 REVIEWER_LINEAGE = "HuggingFaceTB/SmolLM2-135M-Instruct + reviewer-adapter"
+REVIEWER_DECODING = {
+    "temperature": 1.0,
+    "top_p": 0.95,
+    "seed": 0,
+    "repetition_penalty": 1.1,
+    "max_new_tokens": 0,
+}
 
 
 def _reviewer_adapter(folder: Path) -> Path:
@@ -33,6 +40,7 @@ def _reviewer_adapter(folder: Path) -> Path:
         target_context=12288,
         max_prompt_length=11138,
         max_response_length=1150,
+        lineage={"decoding": REVIEWER_DECODING},  # what `experiment export` records of its evaluation
     ).write(folder)
     return folder
 
@@ -84,8 +92,13 @@ def test_the_demo_runs_the_method_through_the_services_and_prints_its_report(tmp
     for system in ("cpu-finetune-lambda-0", "reviewer-lambda-0", "reviewer-lambda-2"):
         reviews = sorted((out / "store" / "reviews" / f"demo-{system}").glob("*.json"))
         assert len(reviews) == 3
-        model = json.loads(reviews[0].read_text())["lineage"]["model"]
-        assert model == ("runs/demo-smollm2-pi/merged" if system.startswith("cpu") else REVIEWER_LINEAGE)
+        lineage = json.loads(reviews[0].read_text())["lineage"]
+        cpu = system.startswith("cpu")
+        assert lineage["model"] == ("runs/demo-smollm2-pi/merged" if cpu else REVIEWER_LINEAGE)
+        # the CPU fine-tune decodes with the demo's options, the reviewer with its card's decoding
+        decoded = {k: lineage["parameters"][k] for k in ("temperature", "top_p", "repetition_penalty")}
+        assert decoded == ({"temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.0} if cpu else
+                           {"temperature": 1.0, "top_p": 0.95, "repetition_penalty": 1.1})  # fmt: skip
     # the reviewer adapter, merged onto the packaged base at start-up with the PI factor of its card
     reviewer = json.loads((out / "models" / "reviewer" / "config.json").read_text())
     assert reviewer["rope_parameters"]["factor"] == pytest.approx(1.5)

@@ -21,6 +21,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 REVIEWSTACK = Path(sys.executable).with_name("reviewstack")
 CANDIDATES = ("train:lora[learning_rate=0.0001]", "train:lora[learning_rate=0.001]")
+VALIDATIONS = tuple(c.replace("train:", "validate:") for c in CANDIDATES)
+DECODINGS = ("validate:full[temperature=1,top_p=0.9,max_new_tokens=12]",
+             "validate:full[temperature=0.7,top_p=0.9,max_new_tokens=12]")  # fmt: skip
 
 TINY_TRAINING = {
     "method": "lora",
@@ -65,6 +68,7 @@ def experiment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                 "config": "tiny.yaml",
                 "base_model": str(base),
                 "select": {"learning_rate": [1e-4, 1e-3]},
+                "select_by": "well_formed",  # each candidate reviews the validation paper first
             },
             "full": {  # the learning rate lora's selection chose
                 "dataset": "sample",
@@ -75,7 +79,16 @@ def experiment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             },
         },
         "decoding": {"temperature": 0.7, "top_p": 0.9, "seed": 0, "max_new_tokens": 12},
-        "systems": {"lora": {"run": "lora"}, "full": {"run": "full"}},
+        "systems": {
+            "lora": {"run": "lora"},
+            "full": {  # each reviews full's validation paper; the first wins a tie
+                "run": "full",
+                "decodings": [
+                    {"temperature": 1.0, "top_p": 0.9, "max_new_tokens": 12},
+                    {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 12},
+                ],
+            },
+        },
         "sweep": {"system": "lora", "refusal_penalties": [0, 2]},
         "evaluation": {"human": "sample", "max_papers": 2, "bootstrap": 50},
         "comparisons": [
@@ -110,16 +123,25 @@ def test_the_experiment_runs_end_to_end(experiment: dict[str, Path], first_run) 
 
     state = json.loads((store / "experiments/tiny/state.json").read_text())
     steps = state["steps"]
-    assert set(steps) == {"data:sample", *CANDIDATES, "select:lora", "train:full", "review:lora",
-                          "review:full", "review:lora-l2", "eval"}  # fmt: skip
+    assert set(steps) == {"data:sample", *CANDIDATES, *VALIDATIONS, "select:lora", "train:full",
+                          *DECODINGS, "choose:full", "review:lora", "review:full", "review:lora-l2",
+                          "eval"}  # fmt: skip
     assert set(state["plan"]) == set(steps)  # every step of the spec, and no other
     for step in (*CANDIDATES, "train:full"):
         status = json.loads((store / steps[step]["run"] / "status.json").read_text())
         assert status["state"] == "succeeded" and status["best"]["step"] == 1
-    # the selection keeps the candidate with the lowest validation loss; full trains with its values
+    # each candidate reviewed the validation paper with its own run; 12 new tokens write no whole review,
+    # so the shares tie and the lowest validation loss chooses; full trains with the chosen values
+    for train, validate in zip(CANDIDATES, VALIDATIONS, strict=True):
+        assert steps[validate]["model"] == steps[train]["run"] and steps[validate]["papers"] == 1
+        record = json.loads(next((store / steps[validate]["reviews"]).glob("*.json")).read_text())
+        assert record["generated_tokens"] == record["lineage"]["parameters"]["max_new_tokens"] == 12
     losses = {steps[c]["run"]: steps[c]["best"]["val_loss"] for c in CANDIDATES}
     selection = steps["select:lora"]
     assert selection["run"] == min(losses, key=losses.get) and len(selection["candidates"]) == 2
+    assert selection["by"].startswith("most well-formed reviews")
+    assert [c["validation"]["well_formed"] for c in selection["candidates"]] == [0, 0]
+    assert [c["validation"]["cut_short"] for c in selection["candidates"]] == [1, 1]
     chosen_lr = selection["chosen"]["learning_rate"]
     assert steps["review:lora"]["model"] == selection["run"]
     full_spec = json.loads((store / steps["train:full"]["run"] / "spec.json").read_text())
@@ -129,6 +151,12 @@ def test_the_experiment_runs_end_to_end(experiment: dict[str, Path], first_run) 
         assert len(reviews) == 2
         lineage = json.loads(reviews[0].read_text())["lineage"]
         assert lineage["parameters"]["refusal_penalty"] == (2.0 if system == "lora-l2" else 0.0)
+        # full's test papers are reviewed with the decoding its choose: step kept
+        assert lineage["parameters"]["temperature"] == (1.0 if system == "full" else 0.7)
+    choice = steps["choose:full"]
+    assert choice["index"] == 0 and choice["chosen"]["temperature"] == 1.0
+    assert [c["validation"]["papers"] for c in choice["candidates"]] == [1, 1]
+    assert all(steps[d]["model"] == steps["train:full"]["run"] for d in DECODINGS)
 
     report = json.loads((store / "experiments/tiny/report.json").read_text())
     assert report["evaluation"]["papers"] == 2
@@ -144,6 +172,8 @@ def test_the_experiment_runs_end_to_end(experiment: dict[str, Path], first_run) 
         c.removeprefix("train:") for c in CANDIDATES if steps[c]["run"] == selection["run"]
     ]
     assert [c["chosen"] for c in report["selections"][0]["candidates"]].count(True) == 1
+    assert report["decoding_choices"][0]["system"] == "full"
+    assert {s["name"]: s["decoding"]["temperature"] for s in report["systems"]}["full"] == 1.0
     assert report["human"]["hits"]["mean"] > 0
     html = (store / "experiments/tiny/report.html").read_text()
     assert "LoRA vs full fine-tuning" in html and "data:image/png;base64" in html
@@ -204,6 +234,7 @@ def test_a_system_exports_as_an_adapter_folder_that_merges(experiment: dict[str,
     assert config["base_model_name_or_path"] == "tiny-llama"  # a name, not the training machine's path
     readme = (folder / "README.md").read_text()
     assert "| this adapter |" in readme and "(chosen)" in readme and "{{" not in readme
+    assert "| 0 / 1 (1 cut) |" in readme  # the candidates' validation reviews
 
     merged = experiment["root"] / "merged-export"
     merge = [str(REVIEWSTACK.with_name("reviewstack-merge")), str(folder), "--out", str(merged),
@@ -250,6 +281,7 @@ def test_a_rerun_resumes_instead_of_redoing(experiment: dict[str, Path], first_r
     again = json.loads((store / "experiments/tiny/state.json").read_text())["steps"]
     assert again["eval"]["evaluation"] != steps["eval"]["evaluation"]  # a rewritten review: evaluated anew
     assert all(again[s]["finished"] == steps[s]["finished"] for s in (*CANDIDATES, "select:lora"))
+    assert all(f"{step} reused" in printed for step in VALIDATIONS)
 
     # a third run with nothing lost reuses the evaluation too
     third = _run(experiment)
@@ -319,6 +351,7 @@ def test_a_selection_is_checked_and_names_each_candidate(tmp_path: Path) -> None
         b={"selection_of": "a", "overrides": {"learning_rate": 1e-3}},
         c={"selection_of": "b"},
         e={"select": {"epochs": [1, 2]}, "overrides": {"epochs": 3}},
+        f={"select_by": "well_formed"},
     )
     with pytest.raises(InvalidArgument) as caught:
         load_experiment(bad)
@@ -326,6 +359,7 @@ def test_a_selection_is_checked_and_names_each_candidate(tmp_path: Path) -> None
     assert "runs.b: overrides what it takes from a's selection" in message
     assert "runs.c.selection_of: 'b' is not another run with a select block" in message
     assert "runs.e: epochs both selected and overridden" in message
+    assert "runs.f.select_by: a run without a select block chooses nothing" in message
     with pytest.raises(InvalidArgument, match=r"runs\.d\.select: Value error, learning_rate: give 2 to 8"):
         load_experiment(spec(d={"select": {"learning_rate": [1e-4]}}))
 
@@ -337,6 +371,57 @@ def test_a_selection_is_checked_and_names_each_candidate(tmp_path: Path) -> None
         "a[learning_rate=0.0005,lora.r=16]",
     ]
     assert good.candidates("b") == [("b", {})]
+
+
+def test_candidate_decodings_belong_to_a_trained_system_and_replace_its_decoding() -> None:
+    from pydantic import ValidationError
+
+    from reviewstack.experiment.spec import SystemSpec, decoding_label
+
+    two = [{"temperature": 0.7, "top_p": 0.9}, {"temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.1}]
+    for bad in (
+        {"base": "embedded", "decodings": two},  # an untrained base has no validation split to choose on
+        {"run": "r", "decodings": two, "decoding": two[0]},
+        {"run": "r", "decodings": two[:1]},
+    ):
+        with pytest.raises(ValidationError, match="decodings: 2 to 8 candidates for a trained system"):
+            SystemSpec(**bad)
+    system = SystemSpec(run="r", decodings=two)
+    assert [decoding_label(d) for d in system.decodings] == [
+        "temperature=0.7,top_p=0.9",
+        "temperature=0.7,top_p=0.9,repetition_penalty=1.1",
+    ]
+
+
+def test_selection_by_form_prefers_well_formed_reviews_and_breaks_ties_by_loss() -> None:
+    """Validation loss did not predict whether a small model ends its reviews (experiments.md): a
+    candidate with the lower loss but fewer finished validation reviews loses; equal shares fall back
+    to the loss."""
+    from reviewstack.experiment.runner import choose
+
+    def candidate(label: str, loss: float, formed: int) -> dict:
+        return {
+            "label": label,
+            "best": {"val_loss": loss},
+            "validation": {"well_formed": formed, "papers": 40},
+        }
+
+    fit, finishes, also = (
+        candidate("fit", 2.49, 33),
+        candidate("finishes", 2.53, 38),
+        candidate("also", 2.51, 38),
+    )
+    assert choose([fit, finishes], "validation_loss")["label"] == "fit"
+    assert choose([fit, finishes], "well_formed")["label"] == "finishes"
+    assert choose([fit, finishes, also], "well_formed")["label"] == "also"
+
+
+def test_a_decoding_is_chosen_by_its_well_formed_share_and_a_tie_keeps_the_first() -> None:
+    from reviewstack.experiment.runner import most_well_formed
+
+    assert most_well_formed([{"well_formed": 33, "papers": 40}, {"well_formed": 38, "papers": 40}]) == 1
+    assert most_well_formed([{"well_formed": 38, "papers": 40}, {"well_formed": 38, "papers": 40}]) == 0
+    assert most_well_formed([{"well_formed": 0, "papers": 0}, {"well_formed": 1, "papers": 40}]) == 1
 
 
 def _runner(tmp_path: Path, spec: dict, **options: object):
@@ -447,10 +532,14 @@ def test_the_steps_table_prints_a_candidates_name_as_it_is(monkeypatch: pytest.M
 
 
 def test_a_failed_step_lets_running_ones_finish_and_starts_no_queued_one(tmp_path: Path) -> None:
+    from reviewstack.common.errors import FailedPrecondition
+
     runner = _runner(tmp_path, _base_only_spec(), jobs=2)
     started: list[str] = []
-    with pytest.raises(RuntimeError, match="a failed"):
-        runner._schedule(_steps(started, fail="a"))
+    with pytest.raises(
+        FailedPrecondition, match="a failed: RuntimeError: a failed; what finished is recorded"
+    ):
+        runner._schedule(_steps(started, fail="a"))  # an unexpected error is named by its step
     assert sorted(started) == ["a", "b"]  # b was running and finished; c and d, queued, never started
 
 

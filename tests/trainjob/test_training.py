@@ -197,6 +197,26 @@ def test_trainable_tokens_train_their_embedding_rows_and_reach_the_tied_output(
     assert torch.equal(merged.get_output_embeddings().weight[eot], rows[eot])  # and its logit moved with it
 
 
+def test_trainable_token_rows_take_their_own_learning_rate(tiny_model, small_dataset, tmp_path):
+    import torch
+
+    from reviewstack.common.runspec import TrainSpec
+    from reviewstack.trainjob.model import load_model, parameter_groups, trainable_parameters
+
+    lora = {"r": 8, "alpha": 16, "trainable_tokens": ["<|eot_id|>"], "trainable_tokens_learning_rate": 1e-3}
+    spec = TrainSpec(**json.loads(_spec(tmp_path, tiny_model, small_dataset, lora=lora).read_text()))
+    model, _ = load_model(spec, torch.device("cpu"), torch.float32)
+    groups = parameter_groups(model, spec)
+    assert [g.get("lr") for g in groups] == [None, 1e-3]  # the adapter at the run's rate, the rows at theirs
+    hidden = model.get_input_embeddings().weight.shape[1]
+    assert [tuple(p.shape) for p in groups[1]["params"]] == [(1, hidden)]  # one row, shared with the output
+    assert sum(p.numel() for g in groups for p in g["params"]) == trainable_parameters(model)
+    same_rate = spec.model_copy(
+        update={"lora": spec.lora.model_copy(update={"trainable_tokens_learning_rate": None})}
+    )
+    assert len(parameter_groups(model, same_rate)) == 1
+
+
 def test_full_fine_tuning_publishes_full_weights(tiny_model, small_dataset, tmp_path):
     from transformers import AutoModelForCausalLM
 

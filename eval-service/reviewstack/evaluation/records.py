@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from reviewstack.common.aspects import EMPTY_ASPECT, AspectSchema
+from reviewstack.common.review_record import reached_budget
 from reviewstack.evaluation.model import Point, Review
 from reviewstack.evaluation.splitting import split_points
 
@@ -66,24 +67,13 @@ def review_from_record(data: bytes, paper_id: str, lineage: Mapping[str, Any]) -
         raise MalformedRecord("review.aspects must be a list and review.text a string")
     record_lineage = record.get("lineage") if isinstance(record.get("lineage"), dict) else {}
     details = {**record_lineage, **{k: record[k] for k in _LINEAGE_FIELDS if k in record}, **lineage}
-    cut_short = _reached_budget(record, record_lineage)
+    cut_short = reached_budget(record)
     if aspects:
         return _structured(paper_id, aspects, details, cut_short)
     points = tuple(Point(p) for p in split_points(text))
     if not points:
         raise MalformedRecord("empty review: no aspects and no text")
     return Review(paper_id=paper_id, points=points, lineage=details, cut_short=cut_short)
-
-
-def _reached_budget(record: dict[str, Any], lineage: dict[str, Any]) -> bool:
-    """The review wrote as many tokens as it was allowed (`lineage.parameters.max_new_tokens`): a review
-    that ends there was cut, even when its last aspect had begun (older records without the numbers
-    read as not cut)."""
-    parameters = lineage.get("parameters") if isinstance(lineage.get("parameters"), dict) else {}
-    budget, written = parameters.get("max_new_tokens"), record.get("generated_tokens")
-    if not isinstance(budget, int) or not isinstance(written, int) or isinstance(written, bool):
-        return False
-    return 0 < budget <= written
 
 
 def _structured(paper_id: str, aspects: list[Any], lineage: dict[str, Any], cut_short: bool) -> Review:

@@ -165,6 +165,19 @@ def _token_indices(spec: TrainSpec) -> list[int]:
     return sorted(indices)
 
 
+def parameter_groups(model: Any, spec: TrainSpec) -> list[dict[str, Any]]:
+    """The trainable weights as optimizer groups: the trainable token rows in a group of their own when
+    `lora.trainable_tokens_learning_rate` gives them their own rate (the schedule scales both alike)."""
+    rows_rate = spec.lora.trainable_tokens_learning_rate
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    rows = [p for name, p in trainable if _TOKEN_ROWS in name] if rows_rate is not None else []
+    rest = [p for name, p in trainable if not (rows and _TOKEN_ROWS in name)]
+    return [{"params": rest}] + ([{"params": rows, "lr": rows_rate}] if rows else [])
+
+
+_TOKEN_ROWS = "trainable_tokens_delta"  # PEFT's name for the rows trainable tokens train
+
+
 def trainable_parameters(model: Any) -> int:
     """Counted from the full shapes: a ZeRO-3 partitioned weight holds an empty tensor, its size in
     `ds_numel`."""

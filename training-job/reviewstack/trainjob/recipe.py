@@ -48,7 +48,7 @@ from reviewstack.trainjob.data import (
 )
 from reviewstack.trainjob.kernels import step_context, use_liger
 from reviewstack.trainjob.loss import ResponseLoss, ResponseLossModel
-from reviewstack.trainjob.model import check_base_model, load_model
+from reviewstack.trainjob.model import check_base_model, load_model, parameter_groups
 from reviewstack.trainjob.reporting import RunReporter
 from reviewstack.trainjob.rope import interpolation_factor
 
@@ -172,9 +172,8 @@ class FineTuneRecipe:
         else:
             self.model, self.pi_factor = load_model(spec, self.device, self.dtype)
             self.loss_model = ResponseLossModel(self.model, ResponseLoss(fused_loss))
-            trainable = [p for p in self.model.parameters() if p.requires_grad]
             self.optimizer = torch.optim.AdamW(
-                trainable,
+                parameter_groups(self.model, spec),
                 lr=spec.learning_rate,
                 weight_decay=spec.weight_decay,
                 fused=self.device.type == "cuda",

@@ -225,6 +225,12 @@ def _succeeded(run: Path) -> bool:
     return status.exists() and json.loads(status.read_text()).get("state") == "succeeded"
 
 
+def _sampling(temperature: float, top_p: float, repetition_penalty: float) -> tuple[str, ...]:
+    """`reviewstack review` decoding options; seed 0, so a rerun writes the same reviews."""
+    sampled = ("--temperature", f"{temperature:g}", "--top-p", f"{top_p:g}", "--seed", "0")
+    return (*(sampled if temperature else ()), "--repetition-penalty", f"{repetition_penalty:g}")
+
+
 def demo(
     out: Annotated[Path, typer.Option(help="working folder: store, logs, the reviewed papers")] = Path(
         "out/demo"
@@ -235,10 +241,16 @@ def demo(
     penalty: Annotated[float, typer.Option(min=0.0, help="the λ > 0 the reviews are compared at")] = 2.0,
     max_new_tokens: Annotated[int, typer.Option(min=16, help="longest review, in tokens")] = 384,
     temperature: Annotated[
-        float, typer.Option(min=0.0, help="both systems' temperature (top-p 0.9, seed 0; 0 = greedy)")
+        float,
+        typer.Option(
+            min=0.0,
+            help="the CPU fine-tune's temperature (top-p 0.9, seed 0; 0 = greedy); the reviewer's too "
+            "unless its card records the decoding it was evaluated with",
+        ),
     ] = 0.7,
     repetition_penalty: Annotated[
-        float, typer.Option(min=1.0, help="TGI repetition penalty of both systems' decoding (1 = off)")
+        float,
+        typer.Option(min=1.0, help="TGI repetition penalty (1 = off), as --temperature says whose"),
     ] = 1.0,
     fresh: Annotated[bool, typer.Option(help="start over instead of reusing a previous run's work")] = False,
     reviewer: Annotated[
@@ -349,8 +361,15 @@ def demo(
             f"{compared}-lambda-0": (compared, 0.0),
             f"{compared}-lambda-{penalty:g}": (compared, penalty),
         }
-        sampling = ("--temperature", f"{temperature:g}", "--top-p", "0.9", "--seed", "0")
-        sampling = sampling if temperature else ()
+        # the CPU fine-tune decodes as the options say; the reviewer as its card says its evaluation did
+        sampling = {"cpu-finetune": _sampling(temperature, 0.9, repetition_penalty)}
+        if adapter is not None:
+            decoding = card.get("lineage", {}).get("decoding") or {}
+            sampling["reviewer"] = _sampling(
+                decoding.get("temperature", temperature),
+                decoding.get("top_p", 0.9),
+                decoding.get("repetition_penalty", repetition_penalty),
+            )
         with stages.stage(f"review: the test papers by {', '.join(systems)}"):
             papers = out / "test-papers"
             ids = _test_papers(dataset, sample, papers)
@@ -358,9 +377,7 @@ def demo(
             for system, (server, value) in systems.items():
                 _cli(
                     "review", "--batch", str(papers), "--system", f"demo-{system}", "--store", str(store),
-                    "--server", served[server], "--refusal-penalty", f"{value:g}",
-                    "--repetition-penalty", f"{repetition_penalty:g}",
-                    *sampling,
+                    "--server", served[server], "--refusal-penalty", f"{value:g}", *sampling[server],
                     token=token,
                 )  # fmt: skip
 

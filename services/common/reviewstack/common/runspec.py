@@ -45,6 +45,13 @@ class LoraSpec(BaseModel):
         "base's tokenizer, e.g. its end-of-turn token: with tied embeddings the rows are also those tokens' "
         "output weights, which adapters on the projections cannot reach",
     )
+    trainable_tokens_learning_rate: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="peak learning rate of those rows (default: the run's): an adapter's rate moves a "
+        "row as far in a few steps as the row's own size, full fine-tuning's rate does not",
+    )
 
 
 class TrainSpec(BaseModel):

@@ -93,6 +93,7 @@ def export_adapter(
             "best_val_loss": status.get("best", {}).get("val_loss"),
             "steps": status.get("step"),
             "learning_rate": run_spec.get("learning_rate"),
+            "decoding": scored.get("decoding"),  # what the evaluation's reviews were written with
             "evaluation": report["evaluation"]["id"],
         },
         evaluation=_numbers(scored),

@@ -18,7 +18,7 @@ import jinja2
 
 from reviewstack.common.store import ArtifactStore
 from reviewstack.experiment import plots
-from reviewstack.experiment.spec import ExperimentSpec, sweep_name
+from reviewstack.experiment.spec import ExperimentSpec, SystemSpec, sweep_name
 
 REPORT_FORMAT = "reviewstack.experiment.report/1"
 
@@ -73,6 +73,7 @@ def build_report(
                 "name": name,
                 "model": f"run {system.run}" if system.run else f"base ({system.base})",
                 "refusal_penalty": system.refusal_penalty,
+                "decoding": _decoding(spec, steps, name, system),
                 "papers": scored["overall"]["papers"],
                 "hits": scored["overall"]["hits"],
                 "precision": scored["overall"]["precision"],
@@ -101,6 +102,11 @@ def build_report(
         {"run": name, "parameters": sorted(run.select), **_selection(steps.get(f"select:{name}", {}))}
         for name, run in spec.runs.items()
         if run.select
+    ]
+    decoding_choices = [
+        {"system": name, **{k: step.get(k) for k in ("by", "chosen", "candidates")}}
+        for name in systems_spec
+        if (step := steps.get(f"choose:{name}"))
     ]
     sweep = None
     if spec.sweep is not None:
@@ -139,6 +145,7 @@ def build_report(
         "comparisons": comparisons,
         "runs": runs,
         "selections": selections,
+        "decoding_choices": decoding_choices,
         "sweep": sweep,
         "skipped": sorted(skipped),
         "steps": steps,
@@ -152,6 +159,12 @@ def planned_steps(state: dict[str, Any]) -> dict[str, Any]:
     plan = state.get("plan")
     steps = state.get("steps", {})
     return steps if plan is None else {name: steps[name] for name in plan if name in steps}
+
+
+def _decoding(spec: ExperimentSpec, steps: dict[str, Any], name: str, system: SystemSpec) -> dict[str, Any]:
+    """The decoding the system reviewed the evaluation papers with: the one its `choose:` step kept."""
+    chosen = steps.get(f"choose:{name}", {}).get("chosen")
+    return chosen if chosen is not None else spec.decoding_of(system).model_dump(mode="json")
 
 
 def _well_formed(stats: dict[str, Any]) -> dict[str, Any] | None:
@@ -219,7 +232,7 @@ def _selection(step: dict[str, Any]) -> dict[str, Any]:
         "by": step.get("by"),
         "chosen": step.get("chosen"),
         "candidates": [
-            {k: c.get(k) for k in ("label", "values", "run", "best", "steps")}
+            {k: c.get(k) for k in ("label", "values", "run", "best", "steps", "validation")}
             | {"chosen": c["run"] == chosen}
             for c in step.get("candidates", [])
         ],

@@ -28,11 +28,12 @@ import yaml
 from rich.console import Console
 from rich.markup import escape
 
-from reviewstack.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from reviewstack.common.errors import FailedPrecondition, InvalidArgument, NotFound, ReviewStackError
 from reviewstack.common.progress import ProgressDisplay
 from reviewstack.common.prompt import paper_from_messages
+from reviewstack.common.review_record import is_well_formed, reached_budget, unwritten_aspects
 from reviewstack.common.store import ArtifactStore, LocalStore
-from reviewstack.experiment.spec import EMBEDDED, ExperimentSpec, SystemSpec, fingerprint
+from reviewstack.experiment.spec import EMBEDDED, ExperimentSpec, SystemSpec, decoding_label, fingerprint
 from reviewstack.experiment.verbs import Verbs
 
 STATE_FORMAT = "reviewstack.experiment.state/1"
@@ -109,6 +110,7 @@ class ExperimentRunner:
         self.console = console or Console(stderr=True)
         self.state = State.load(store, spec.id)
         self._targets: dict[str, tuple[str, int]] = {}  # step → (its run or review folder, papers)
+        self._model_locks: dict[str, threading.Lock] = {}  # run id → held while its model is fetched
         self._check_only()
 
     # ---------------------------------------------------------------- the plan
@@ -128,15 +130,15 @@ class ExperimentRunner:
         datasets = sorted({self.spec.runs[r].dataset for r in runs} | {self.spec.evaluation.human})
         built = {name: self._dataset(name) for name in datasets}
         human = built[self.spec.evaluation.human]
-        papers = self._papers(human)
+        evaluation = self.spec.evaluation
+        papers = self._papers(human, evaluation.split, evaluation.max_papers)
         for name in runs:  # a test paper in a run's training split would be scored as unseen
             self._check_disjoint(name, built[self.spec.runs[name].dataset], papers)
         if self.options.until == "data":
             return self.state.data
         steps = self._training_steps(runs)
-        for name, system in systems.items() if self.options.until != "train" else ():
-            needs = (self._run_step(system.run),) if system.run else ()
-            steps.append(Step(f"review:{name}", partial(self._review, name, system, papers), needs))
+        if self.options.until != "train":
+            steps += self._review_steps(systems, papers)
         made = self._schedule(steps)
         if self.options.until in ("train", "review") or self.options.only:
             return self.state.data
@@ -159,13 +161,33 @@ class ExperimentRunner:
         return [
             *(f"data:{name}" for name in datasets),
             *(step.name for step in self._training_steps(sorted(self.spec.runs))),
-            *(f"review:{name}" for name in self.spec.all_systems()),
+            *(step.name for step in self._review_steps(self.spec.all_systems(), None)),
             "eval",
         ]
 
+    def _review_steps(
+        self, systems: dict[str, SystemSpec], papers: tuple[Path, list[str]] | None
+    ) -> list[Step]:
+        """A review of the evaluation papers per system, after its run; a system with candidate decodings
+        first has each review the run's validation papers and a `choose:` step keep the best formed."""
+        steps = []
+        for name, system in systems.items():
+            needs = (self._run_step(system.run),) if system.run else ()
+            if system.decodings:
+                labels = [f"{name}[{decoding_label(d)}]" for d in system.decodings]
+                for index, label in enumerate(labels):
+                    trial = partial(self._validate_decoding, system, index, label)
+                    steps.append(Step(f"validate:{label}", trial, needs))
+                choose_ = partial(self._choose_decoding, name, system, labels)
+                steps.append(Step(f"choose:{name}", choose_, tuple(f"validate:{label}" for label in labels)))
+                needs = (*needs, f"choose:{name}")
+            steps.append(Step(f"review:{name}", partial(self._review, name, system, papers), needs))
+        return steps
+
     def _training_steps(self, runs: list[str]) -> list[Step]:
-        """A run trains once; a run with `select` trains each candidate, then a `select:` step keeps the
-        lowest validation loss; a run with `selection_of` trains once that selection is made."""
+        """A run trains once; a run with `select` trains each candidate (and, selecting by form, has it
+        review the validation papers), then a `select:` step chooses; a run with `selection_of` trains
+        once that selection is made."""
         steps = []
         for name in runs:
             run = self.spec.runs[name]
@@ -173,11 +195,18 @@ class ExperimentRunner:
                 taken = partial(self._train_with_selection, name, run.selection_of)
                 steps.append(Step(f"train:{name}", taken, (f"select:{run.selection_of}",)))
                 continue
-            for label, values in self.spec.candidates(name):
+            candidates = self.spec.candidates(name)
+            for label, values in candidates:
                 steps.append(Step(f"train:{label}", partial(self._train, name, values, label)))
-            if run.select:
-                needs = tuple(f"train:{label}" for label, _ in self.spec.candidates(name))
-                steps.append(Step(f"select:{name}", partial(self._select, name), needs))
+            if not run.select:
+                continue
+            needs = [f"train:{label}" for label, _ in candidates]
+            if run.select_by == "well_formed":
+                for label, _ in candidates:
+                    review = partial(self._validation_reviews, name, label)
+                    steps.append(Step(f"validate:{label}", review, (f"train:{label}",)))
+                needs += [f"validate:{label}" for label, _ in candidates]
+            steps.append(Step(f"select:{name}", partial(self._select, name), tuple(needs)))
         return steps
 
     def _run_step(self, name: str) -> str:
@@ -335,7 +364,8 @@ class ExperimentRunner:
         return self._train(name, chosen, name, made)
 
     def _select(self, name: str, made: dict[str, str]) -> str:
-        """The candidate with the lowest validation loss (at its best step) becomes the run."""
+        """The candidate `select_by` prefers becomes the run (validation loss at each one's best step)."""
+        run = self.spec.runs[name]
         candidates = []
         for label, values in self.spec.candidates(name):
             run_id = made[f"train:{label}"]
@@ -346,17 +376,19 @@ class ExperimentRunner:
                     f"select:{name}: {label} recorded no validation loss; selection needs a dataset with a "
                     "validation split and a config that evaluates (eval_steps)"
                 )
-            candidates.append(
-                {
-                    "label": label,
-                    "values": values,
-                    "run": f"runs/{run_id}",
-                    "best": best,
-                    "steps": status.get("step"),
-                }
-            )
-        chosen = min(candidates, key=lambda c: c["best"]["val_loss"])
-        step, print_ = f"select:{name}", fingerprint([c["run"] for c in candidates])
+            candidate = {
+                "label": label,
+                "values": values,
+                "run": f"runs/{run_id}",
+                "best": best,
+                "steps": status.get("step"),
+            }
+            if run.select_by == "well_formed":
+                candidate["validation"] = self._form_of(made[f"validate:{label}"])
+            candidates.append(candidate)
+        chosen = choose(candidates, run.select_by)
+        inputs = [(c["run"], c.get("validation", {}).get("reviews")) for c in candidates]
+        step, print_ = f"select:{name}", fingerprint(inputs)
         if self.state.done(step, print_):
             self._say(step, f"reused {chosen['run']}")
             return chosen["run"].removeprefix("runs/")
@@ -364,17 +396,38 @@ class ExperimentRunner:
             step,
             {
                 "fingerprint": print_,
-                "by": "lowest validation loss",
+                "by": SELECTED_BY[run.select_by],
                 "chosen": chosen["values"],
                 **{k: chosen[k] for k in ("run", "best", "steps")},
                 "candidates": candidates,
             },
         )
+        form = chosen.get("validation")
+        formed = f", {form['well_formed']} of {form['papers']} well formed" if form else ""
         self._say(
             f"select:{name}",
-            f"{chosen['label']} ({chosen['run']}, validation loss {chosen['best']['val_loss']:.4f})",
+            f"{chosen['label']} ({chosen['run']}, validation loss {chosen['best']['val_loss']:.4f}{formed})",
         )
         return chosen["run"].removeprefix("runs/")
+
+    def _validation_reviews(self, name: str, label: str, made: dict[str, str]) -> str:
+        """A candidate's reviews of its dataset's validation papers, written as a system of the run would
+        write them (the experiment's decoding, λ 0), so its form can be judged before any test paper."""
+        run_id = made[f"train:{label}"]
+        papers = self._papers(self._recorded_dataset(self.spec.runs[name].dataset), "val", None)
+        return self._reviews_by(f"validate:{label}", f"{run_id}.val", run_id, SystemSpec(run=name), papers)
+
+    def _form_of(self, prefix: str) -> dict[str, Any]:
+        """How many of a candidate's validation reviews are well formed (reviewstack.common.review_record)."""
+        keys = [ref.key for ref in self.store.list(prefix) if ref.key.endswith(".json")]
+        records = [json.loads(self.store.get_bytes(key)) for key in keys]
+        return {
+            "reviews": prefix,
+            "papers": len(records),
+            "well_formed": sum(map(is_well_formed, records)),
+            "cut_short": sum(map(reached_budget, records)),
+            "unwritten_aspects": sum(len(unwritten_aspects(r)) for r in records),
+        }
 
     def _record_run(
         self, step: str, print_: str, run_id: str, seconds: float | None, values: dict[str, Any]
@@ -394,12 +447,63 @@ class ExperimentRunner:
         self._say(step, f"runs/{run_id} best {status.get('best')}")
 
     def _review(
-        self, name: str, system: SystemSpec, papers: tuple[Path, list[str]], made: dict[str, str]
+        self, name: str, system: SystemSpec, papers: tuple[Path, list[str]] | None, made: dict[str, str]
     ) -> str:
         """reviews/<id>.<system>-<fp>/: every evaluation paper reviewed by this system."""
+        run_id = made[self._run_step(system.run)] if system.run else None
+        if system.decodings:  # the decoding its `choose:` step kept
+            chosen = system.decodings[int(made[f"choose:{name}"])]
+            system = system.model_copy(update={"decoding": chosen, "decodings": []})
+        if papers is None:  # only the plan lists steps without papers, and it never runs them
+            raise FailedPrecondition(f"review:{name} was planned without the evaluation papers")
+        return self._reviews_by(f"review:{name}", f"{self.spec.id}.{name}", run_id, system, papers)
+
+    def _validate_decoding(self, system: SystemSpec, index: int, label: str, made: dict[str, str]) -> str:
+        """A candidate decoding's reviews of the system's run's validation papers (its λ kept)."""
+        run_id = made[self._run_step(system.run)]
+        trial = system.model_copy(update={"decoding": system.decodings[index], "decodings": []})
+        papers = self._papers(self._recorded_dataset(self.spec.runs[system.run].dataset), "val", None)
+        return self._reviews_by(f"validate:{label}", f"{run_id}.val", run_id, trial, papers)
+
+    def _choose_decoding(self, name: str, system: SystemSpec, labels: list[str], made: dict[str, str]) -> str:
+        """The index of the decoding with the most well-formed validation reviews (a tie: the first)."""
+        candidates = [
+            {
+                "label": label,
+                "decoding": d.model_dump(mode="json"),
+                "validation": self._form_of(made[f"validate:{label}"]),
+            }
+            for label, d in zip(labels, system.decodings, strict=True)
+        ]
+        index = most_well_formed([c["validation"] for c in candidates])
+        step, print_ = f"choose:{name}", fingerprint([c["validation"]["reviews"] for c in candidates])
+        if not self.state.done(step, print_):
+            self.state.record(
+                step,
+                {
+                    "fingerprint": print_,
+                    "by": "most well-formed reviews of the validation papers, then the first listed",
+                    "chosen": candidates[index]["decoding"],
+                    "index": index,
+                    "candidates": candidates,
+                },
+            )
+        form = candidates[index]["validation"]
+        self._say(step, f"{labels[index]} ({form['well_formed']} of {form['papers']} well formed)")
+        return str(index)
+
+    def _reviews_by(
+        self,
+        step: str,
+        folder_name: str,
+        run_id: str | None,
+        system: SystemSpec,
+        papers: tuple[Path, list[str]],
+    ) -> str:
+        """reviews/<folder_name>-<fp>/: `papers` reviewed by the system's model (`run_id`'s when trained),
+        the fingerprint of model, settings and papers in the folder's name."""
         folder, ids = papers
         decoding = self.spec.decoding_of(system)
-        run_id = made[self._run_step(system.run)] if system.run else None
         model = f"runs/{run_id}" if run_id else f"base:{system.base}"
         aspects = self._aspects_of(system)
         print_ = fingerprint(
@@ -411,8 +515,7 @@ class ExperimentRunner:
                 "papers": ids,
             }
         )
-        prefix = f"reviews/{self.spec.id}.{name}-{print_[:6]}"
-        step = f"review:{name}"
+        prefix = f"reviews/{folder_name}-{print_[:6]}"
         self._targets[step] = (prefix, len(ids))
         missing = [p for p in ids if not self.store.exists(f"{prefix}/{p}.json")]
         if not missing:
@@ -516,8 +619,14 @@ class ExperimentRunner:
                     name = running.pop(future)
                     try:
                         made[name] = future.result()
-                    except Exception as exc:
+                    except ReviewStackError as exc:
                         failure = failure or exc
+                    except Exception as exc:  # a bug: named by its step, the traceback under --debug
+                        failure = failure or FailedPrecondition(
+                            f"{name} failed: {type(exc).__name__}: {exc}; what finished is recorded and a "
+                            "rerun resumes from there (--debug shows the traceback)"
+                        )
+                        failure.__cause__ = exc
                 for step in steps:
                     progress.update(step.name, *self._progress_of(step.name, step.name in made))
         if failure is not None:
@@ -571,6 +680,11 @@ class ExperimentRunner:
         store once), merged again from its best adapter when only that is left, or a base model."""
         if not run_id or not system.run:
             return Path(self._base_model(system.base or EMBEDDED))
+        # several steps review with one run at once (its validation decodings): one fetches, the rest wait
+        with self._model_locks.setdefault(run_id, threading.Lock()):
+            return self._fetch_model(run_id, system.run)
+
+    def _fetch_model(self, run_id: str, run: str) -> Path:
         prefix = f"runs/{run_id}/merged"
         if self._complete(prefix):
             if isinstance(self.store, LocalStore):  # the engine reads the folder where it is
@@ -580,7 +694,7 @@ class ExperimentRunner:
                 shutil.rmtree(target, ignore_errors=True)
                 self.store.download_dir(prefix, target)
             return target
-        return self._merge_again(run_id, self.spec.runs[system.run].base_model)
+        return self._merge_again(run_id, self.spec.runs[run].base_model)
 
     def _complete(self, prefix: str) -> bool:
         """Every file a publication's manifest lists is there (a store copied without weights is not)."""
@@ -597,6 +711,8 @@ class ExperimentRunner:
 
         run = f"runs/{run_id}"
         target = self.work / "models" / run_id
+        if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+            return target  # merged by an earlier step of this invocation or an earlier one
         needed = (f"{run}/best/adapter_config.json", f"{run}/merged/manifest.json", f"{run}/spec.json")
         if not all(self.store.exists(key) for key in needed):
             raise FailedPrecondition(
@@ -627,17 +743,16 @@ class ExperimentRunner:
             return self.spec.datasets[self.spec.evaluation.human].aspects
         return self.spec.datasets[self.spec.runs[system.run].dataset].aspects
 
-    def _papers(self, human: str) -> tuple[Path, list[str]]:
-        """The evaluation papers as files for `reviewstack review --batch`: the dataset's own (cleaned)
-        text of each paper of the chosen split, so every system reads what training read."""
-        evaluation = self.spec.evaluation
-        records = _records(self.store, f"{human}/{evaluation.split}.jsonl")
+    def _papers(self, dataset: str, split: str, max_papers: int | None) -> tuple[Path, list[str]]:
+        """A split's papers as files for `reviewstack review --batch`: the dataset's own (cleaned) text of
+        each, so every system reads what training read."""
+        records = _records(self.store, f"{dataset}/{split}.jsonl")
         records.sort(key=lambda r: r["paper_id"])
-        if evaluation.max_papers:
-            records = records[: evaluation.max_papers]
+        if max_papers:
+            records = records[:max_papers]
         if not records:
-            raise FailedPrecondition(f"{human} has no {evaluation.split} papers to review")
-        folder = self.work / "papers" / fingerprint([human, evaluation.split, evaluation.max_papers])
+            raise FailedPrecondition(f"{dataset} has no {split} papers to review")
+        folder = self.work / "papers" / fingerprint([dataset, split, max_papers])
         folder.mkdir(parents=True, exist_ok=True)
         for record in records:
             path = folder / f"{record['paper_id']}.md"
@@ -663,8 +778,34 @@ class ExperimentRunner:
         self.console.print(f"[bold]{escape(step)}[/] {escape(message)}", soft_wrap=True)
 
 
+SELECTED_BY = {
+    "validation_loss": "lowest validation loss",
+    "well_formed": "most well-formed reviews of the validation papers, then lowest validation loss",
+}
+
+
+def choose(candidates: list[dict[str, Any]], by: str) -> dict[str, Any]:
+    """The preferred candidate: lowest validation loss, or, by form, the largest share of well-formed
+    validation reviews with the lower loss breaking a tie (candidates review the same papers)."""
+    if by == "well_formed":
+        return max(
+            candidates,
+            key=lambda c: (
+                c["validation"]["well_formed"] / max(1, c["validation"]["papers"]),
+                -c["best"]["val_loss"],
+            ),
+        )
+    return min(candidates, key=lambda c: c["best"]["val_loss"])
+
+
+def most_well_formed(forms: list[dict[str, Any]]) -> int:
+    """Index of the validation review set with the largest well-formed share; the first on a tie."""
+    shares = [form["well_formed"] / max(1, form["papers"]) for form in forms]
+    return shares.index(max(shares))
+
+
 def _records(store: ArtifactStore, key: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in store.get_bytes(key).decode().splitlines() if line.strip()]
 
 
-__all__ = ["STAGES", "ExperimentRunner", "Options", "State"]
+__all__ = ["SELECTED_BY", "STAGES", "ExperimentRunner", "Options", "State", "choose", "most_well_formed"]

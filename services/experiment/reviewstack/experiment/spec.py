@@ -70,7 +70,14 @@ class RunSpec(_Strict):
     select: dict[str, list[Any]] = Field(
         default_factory=dict,
         description="config keys (dotted) → candidate values: each combination is trained and the one "
-        "with the lowest validation loss becomes the run (e.g. learning_rate: [1.0e-4, 5.0e-4])",
+        "chosen by `select_by` becomes the run (e.g. learning_rate: [1.0e-4, 5.0e-4])",
+    )
+    select_by: Literal["validation_loss", "well_formed"] = Field(
+        "validation_loss",
+        description="how `select` chooses: the lowest validation loss, or the largest share of "
+        "well-formed reviews of the validation papers (each candidate reviews them with the experiment's "
+        "decoding and λ 0; the lower validation loss breaks a tie): a small model's loss does not say "
+        "whether it ends its reviews",
     )
     selection_of: str | None = Field(
         None,
@@ -106,11 +113,21 @@ class SystemSpec(_Strict):
     base: str | None = None
     refusal_penalty: float = Field(0.0, ge=0.0, le=100.0)
     decoding: Decoding | None = Field(None, description="default: the experiment's decoding")
+    decodings: list[Decoding] = Field(
+        default_factory=list,
+        max_length=8,
+        description="candidate decodings of a trained system: each reviews its run's validation papers and "
+        "the one with the most well-formed reviews reviews the evaluation papers (a tie: the first listed)",
+    )
 
     @model_validator(mode="after")
     def _one_model(self) -> SystemSpec:
         if (self.run is None) == (self.base is None):
             raise ValueError("name exactly one of run (a run of this spec) or base ('embedded' or a folder)")
+        if self.decodings and (self.decoding is not None or self.run is None or len(self.decodings) < 2):
+            raise ValueError(
+                "decodings: 2 to 8 candidates for a trained system (run: …), instead of decoding: one"
+            )
         return self
 
 
@@ -178,6 +195,8 @@ class ExperimentSpec(_Strict):
         for name, run in self.runs.items():
             if run.dataset not in self.datasets:
                 problems.append(f"runs.{name}.dataset: no dataset {run.dataset!r}")
+            if run.select_by != "validation_loss" and not run.select:
+                problems.append(f"runs.{name}.select_by: a run without a select block chooses nothing")
             both = sorted(set(run.select) & set(run.overrides))
             if both:
                 problems.append(f"runs.{name}: {', '.join(both)} both selected and overridden")
@@ -232,7 +251,7 @@ class ExperimentSpec(_Strict):
         made = []
         for combination in itertools.product(*(run.select[k] for k in keys)):
             values = dict(zip(keys, combination, strict=True))
-            label = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+            label = ",".join(f"{k}={_shown(v)}" for k, v in values.items())
             made.append((f"{name}[{label}]", values))
         return made
 
@@ -257,6 +276,21 @@ class ExperimentSpec(_Strict):
 
 def sweep_name(system: str, value: float) -> str:
     return f"{system}-l{value:g}".replace(".", "p")
+
+
+def decoding_label(decoding: Decoding) -> str:
+    """A candidate decoding as a step shows it: the settings it gives (`temperature=1,top_p=0.9`)."""
+    given = decoding.model_dump(exclude_defaults=True)
+    return ",".join(f"{k}={_shown(v)}" for k, v in given.items()) or "greedy"
+
+
+def _shown(value: Any) -> str:
+    """A candidate value as its label shows it: 0.0005 as 5e-04's short form, a list as JSON."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | dict):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return str(value)
 
 
 def fingerprint(data: Any) -> str:
