@@ -127,6 +127,7 @@ def test_the_experiment_runs_end_to_end(experiment: dict[str, Path], first_run) 
                           *DECODINGS, "choose:full", "review:lora", "review:full", "review:lora-l2",
                           "eval"}  # fmt: skip
     assert set(state["plan"]) == set(steps)  # every step of the spec, and no other
+    assert state["report"]["html"] == "experiments/tiny/report.html"  # a key: the state travels
     for step in (*CANDIDATES, "train:full"):
         status = json.loads((store / steps[step]["run"] / "status.json").read_text())
         assert status["state"] == "succeeded" and status["best"]["step"] == 1

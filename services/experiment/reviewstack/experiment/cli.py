@@ -97,7 +97,7 @@ def run(
         return
     _print_steps(state)
     if "report" in state and not only and until == "report":
-        out.print(f"report: {state['report']['html']}", soft_wrap=True)
+        out.print(f"report: {artifacts.uri_for(state['report']['html'])}", soft_wrap=True)
 
 
 @app.command()

@@ -281,7 +281,7 @@ def _sweep_point(system: dict[str, Any]) -> dict[str, Any]:
 def write_report(
     store: ArtifactStore, spec: ExperimentSpec, state: dict[str, Any], evaluation_key: str
 ) -> dict[str, str]:
-    """Write experiments/<id>/{report.json, report.html, plots/*.png}; their URIs."""
+    """Write experiments/<id>/{report.json, report.html, plots/*.png}; their store keys."""
     evaluation = json.loads(store.get_bytes(f"{evaluation_key}/report.json"))
     metrics = {}
     for label, _ in _trainings(spec):
@@ -300,4 +300,5 @@ def write_report(
     )
     store.put_bytes(f"{prefix}/report.json", json.dumps(report, indent=1).encode())
     store.put_bytes(f"{prefix}/report.html", html.encode())
-    return {"json": store.uri_for(f"{prefix}/report.json"), "html": store.uri_for(f"{prefix}/report.html")}
+    # store keys, not URIs: state.json travels with the store (to another machine, into a repository)
+    return {"json": f"{prefix}/report.json", "html": f"{prefix}/report.html"}

@@ -149,8 +149,7 @@ class ExperimentRunner:
         from reviewstack.experiment.report import write_report
 
         with self.console.status("writing the experiment report…"):
-            uris = write_report(self.store, self.spec, self.state.data, evaluation)
-        self.state.data["report"] = uris
+            self.state.data["report"] = write_report(self.store, self.spec, self.state.data, evaluation)
         self.state.save()
         return self.state.data
 
