@@ -165,6 +165,9 @@ def _token_indices(spec: TrainSpec) -> list[int]:
     return sorted(indices)
 
 
+_TOKEN_ROWS = "trainable_tokens_delta"  # PEFT's name for the rows trainable tokens train
+
+
 def parameter_groups(model: Any, spec: TrainSpec) -> list[dict[str, Any]]:
     """The trainable weights as optimizer groups: the trainable token rows in a group of their own when
     `lora.trainable_tokens_learning_rate` gives them their own rate (the schedule scales both alike)."""
@@ -173,9 +176,6 @@ def parameter_groups(model: Any, spec: TrainSpec) -> list[dict[str, Any]]:
     rows = [p for name, p in trainable if _TOKEN_ROWS in name] if rows_rate is not None else []
     rest = [p for name, p in trainable if not (rows and _TOKEN_ROWS in name)]
     return [{"params": rest}] + ([{"params": rows, "lr": rows_rate}] if rows else [])
-
-
-_TOKEN_ROWS = "trainable_tokens_delta"  # PEFT's name for the rows trainable tokens train
 
 
 def trainable_parameters(model: Any) -> int:

@@ -412,9 +412,14 @@ class ExperimentRunner:
     def _validation_reviews(self, name: str, label: str, made: dict[str, str]) -> str:
         """A candidate's reviews of its dataset's validation papers, written as a system of the run would
         write them (the experiment's decoding, λ 0), so its form can be judged before any test paper."""
-        run_id = made[f"train:{label}"]
-        papers = self._papers(self._recorded_dataset(self.spec.runs[name].dataset), "val", None)
-        return self._reviews_by(f"validate:{label}", f"{run_id}.val", run_id, SystemSpec(run=name), papers)
+        step, run_id = f"validate:{label}", made[f"train:{label}"]
+        return self._review_validation(step, name, run_id, SystemSpec(run=name))
+
+    def _review_validation(self, step: str, run: str, run_id: str, system: SystemSpec) -> str:
+        """reviews/<run-id>.val-<fp>/: the run's validation papers reviewed by `system` (a candidate run
+        or a candidate decoding); the same settings find the same folder, so nothing is reviewed twice."""
+        papers = self._papers(self._recorded_dataset(self.spec.runs[run].dataset), "val", None)
+        return self._reviews_by(step, f"{run_id}.val", run_id, system, papers)
 
     def _form_of(self, prefix: str) -> dict[str, Any]:
         """How many of a candidate's validation reviews are well formed (reviewstack.common.review_record)."""
@@ -459,10 +464,9 @@ class ExperimentRunner:
 
     def _validate_decoding(self, system: SystemSpec, index: int, label: str, made: dict[str, str]) -> str:
         """A candidate decoding's reviews of the system's run's validation papers (its λ kept)."""
-        run_id = made[self._run_step(system.run)]
         trial = system.model_copy(update={"decoding": system.decodings[index], "decodings": []})
-        papers = self._papers(self._recorded_dataset(self.spec.runs[system.run].dataset), "val", None)
-        return self._reviews_by(f"validate:{label}", f"{run_id}.val", run_id, trial, papers)
+        run = str(system.run)  # a system with decodings is a trained one (SystemSpec checks)
+        return self._review_validation(f"validate:{label}", run, made[self._run_step(run)], trial)
 
     def _choose_decoding(self, name: str, system: SystemSpec, labels: list[str], made: dict[str, str]) -> str:
         """The index of the decoding with the most well-formed validation reviews (a tie: the first)."""
@@ -787,20 +791,18 @@ def choose(candidates: list[dict[str, Any]], by: str) -> dict[str, Any]:
     """The preferred candidate: lowest validation loss, or, by form, the largest share of well-formed
     validation reviews with the lower loss breaking a tie (candidates review the same papers)."""
     if by == "well_formed":
-        return max(
-            candidates,
-            key=lambda c: (
-                c["validation"]["well_formed"] / max(1, c["validation"]["papers"]),
-                -c["best"]["val_loss"],
-            ),
-        )
+        return max(candidates, key=lambda c: (_well_formed_share(c["validation"]), -c["best"]["val_loss"]))
     return min(candidates, key=lambda c: c["best"]["val_loss"])
 
 
 def most_well_formed(forms: list[dict[str, Any]]) -> int:
     """Index of the validation review set with the largest well-formed share; the first on a tie."""
-    shares = [form["well_formed"] / max(1, form["papers"]) for form in forms]
+    shares = [_well_formed_share(form) for form in forms]
     return shares.index(max(shares))
+
+
+def _well_formed_share(form: dict[str, Any]) -> float:
+    return form["well_formed"] / max(1, form["papers"])
 
 
 def _records(store: ArtifactStore, key: str) -> list[dict[str, Any]]:

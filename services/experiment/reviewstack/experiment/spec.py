@@ -285,7 +285,7 @@ def decoding_label(decoding: Decoding) -> str:
 
 
 def _shown(value: Any) -> str:
-    """A candidate value as its label shows it: 0.0005 as 5e-04's short form, a list as JSON."""
+    """A candidate value as its label shows it: a float in its shortest form (0.0005), a list as JSON."""
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, list | dict):
