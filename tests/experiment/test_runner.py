@@ -540,7 +540,8 @@ def test_a_failed_step_lets_running_ones_finish_and_starts_no_queued_one(tmp_pat
     with pytest.raises(
         FailedPrecondition, match="a failed: RuntimeError: a failed; what finished is recorded"
     ):
-        runner._schedule(_steps(started, fail="a"))  # an unexpected error is named by its step
+        # b outlasts a by 0.6 s, so a's failure is seen while b still runs (an equal pair raced in CI)
+        runner._schedule(_steps(started, fail="a", slow="b"))  # an unexpected error is named by its step
     assert sorted(started) == ["a", "b"]  # b was running and finished; c and d, queued, never started
 
 
