@@ -1,5 +1,7 @@
 # review-stack — `make demo` and `make test` are the two entry points (see README.md).
-# Everything installs into .venv/ in the repo root; nothing is installed system-wide.
+# Python packages install into .venv/ (and .venv-vllm/) in the repo root. Only the full `make test`
+# installs system-wide, through images/install-tools.sh (root or sudo): Docker's engine and debootstrap for
+# the container test, Chromium and chromedriver for the report tests; FAST=1 skips them.
 
 SHELL := /bin/bash
 PYTHON ?= python3
