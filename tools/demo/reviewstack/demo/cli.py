@@ -1,17 +1,4 @@
-"""`reviewstack demo`: the whole method on one machine, through the gRPC services.
-
-bundled sample → dataset (DataPrep service) → a short LoRA + Position-Interpolation fine-tune of the
-embedded SmolLM2-135M-Instruct (Training service, local launcher), which shows the training machinery →
-its merged model, and the shipped reviewer (the seed table's best adapter, `models/`, merged onto the
-same base at start-up), each served by the embedded engine behind a Review service → the sample's test
-papers reviewed by the CPU fine-tune, and by the shipped reviewer at λ = 0 and at λ > 0 → all three
-evaluated against the human reviews and compared (Evaluation service) → report.html.
-
-Each service runs as its own process on loopback with a bearer token, as it would in a cluster, and each
-stage is the CLI verb a user would type (`reviewstack data build --server …`), so the progress shown is
-theirs. Nothing here imports a service: only their entry points and command lines are used. A second run
-reuses what the first finished (the dataset version, a succeeded training run, papers already reviewed).
-"""
+"""The `reviewstack demo` command: each stage is the CLI verb a user would type."""
 
 from __future__ import annotations
 
@@ -20,175 +7,33 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from reviewstack.common import errors
-from reviewstack.common.grpc.client import make_channel, wait_until_serving
+from reviewstack.demo.stack import Stack, Stages, console, program
 
-console = Console()
-REPO_SAMPLE = Path("data/neurips2025-sample")
-TRAIN_CONFIG = Path("training-job/configs/smollm2-cpu-pi.yaml")
-SHIPPED_REVIEWER = Path("models/smollm2-135m-reviewer-lora")
 RUN_ID = "demo-smollm2-pi"
 DATASET_NAME = "neurips2025-sample"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _checkout() -> Path:
+    """The checkout this package was installed from (editable, as `make` installs it), so the demo runs
+    from any directory; installed any other way, the working directory, and the options name the paths."""
+    installed_from = Path(__file__).resolve().parents[4]  # tools/demo/reviewstack/demo/cli.py
+    return installed_from if (installed_from / "data" / DATASET_NAME).is_dir() else Path.cwd()
 
 
-def _program(name: str) -> str:
-    """A console script of this environment (the venv's bin/ first, then PATH)."""
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.exists() else shutil.which(name)
-    if found is None:
-        raise errors.FailedPrecondition(
-            f"{name} is not installed in this environment: run `make install` (it installs every service)"
-        )
-    return found
-
-
-class Stack:
-    """The services' processes: started on free loopback ports, logged to files, stopped on exit."""
-
-    def __init__(self, work: Path, store: Path, token: str) -> None:
-        self.logs = work / "logs"
-        self.logs.mkdir(parents=True, exist_ok=True)
-        self.store = store
-        self.token = token
-        self._processes: list[tuple[str, subprocess.Popen]] = []
-
-    def start(self, program: str, env: dict[str, str], name: str | None = None) -> int:
-        """Start `program` on a free loopback port (its settings come from the environment); the port.
-        `name` (default: the program's) names its log and its failures: two engines keep theirs apart."""
-        port = _free_port()
-        name = name or program
-        log = (self.logs / f"{name}.log").open("ab")
-        settings = {
-            "REVIEWSTACK_HOST": "127.0.0.1",
-            "REVIEWSTACK_PORT": str(port),
-            "REVIEWSTACK_STORE": str(self.store),
-            "REVIEWSTACK_AUTH_TOKEN": self.token,
-            "REVIEWSTACK_LOG_FORMAT": "json",
-        }
-        process = subprocess.Popen(
-            [_program(program)],
-            env={**os.environ, **settings, **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # a Ctrl-C in the terminal reaches the demo, which stops them in order
-        )
-        self._processes.append((name, process))
-        return port
-
-    def serve(self, name: str, model: Path, lineage: str, max_prompt: int, max_new: int, slots: int) -> str:
-        """`model` on the embedded engine behind a Review service of its own; the Review service's
-        address. `lineage` is what its reviews name as their model (a store key, not a local path)."""
-        prompt = max_prompt + 32  # the engine may tokenize the text a little longer
-        engine = {
-            "REVIEWSTACK_MODEL": str(model),
-            "REVIEWSTACK_MAX_INPUT_TOKENS": str(prompt),
-            "REVIEWSTACK_MAX_TOTAL_TOKENS": str(prompt + max_new),
-            "REVIEWSTACK_MAX_BATCH_SIZE": str(slots),  # the static KV cache: this many slots of that length
-        }
-        backend = self.wait_http(
-            f"{name}-engine", self.start("reviewstack-generation", engine, f"{name}-engine")
-        )
-        review = {
-            "REVIEWSTACK_BACKEND_URL": backend,
-            "REVIEWSTACK_BACKEND_AUTH_TOKEN": self.token,  # the engine checks it too
-            "REVIEWSTACK_TOKENIZER": str(model),
-            "REVIEWSTACK_SERVED_MODEL": lineage,
-            "REVIEWSTACK_MAX_PROMPT_LENGTH": str(max_prompt),
-            "REVIEWSTACK_MAX_NEW_TOKENS": str(max_new),
-        }
-        address = self.wait_grpc(f"{name}-review", self.start("reviewstack-review", review, f"{name}-review"))
-        console.print(f"{name}: engine {backend} · review service {address}")
-        return address
-
-    def wait_grpc(self, program: str, port: int, timeout: float = 180.0) -> str:
-        """`program` (its start name) serving gRPC health on `port`; its address."""
-        target = f"127.0.0.1:{port}"
-        self._check_alive(program)
-        with make_channel(target, self.token) as channel:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    wait_until_serving(channel, timeout=5.0)
-                    return target
-                except errors.Unavailable:
-                    self._check_alive(program)
-                    if time.monotonic() > deadline:
-                        raise self._failed(program, f"not serving after {timeout:.0f} s") from None
-
-    def wait_http(self, program: str, port: int, timeout: float = 300.0) -> str:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + timeout
-        while True:
-            self._check_alive(program)
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
-                    if response.status == 200:
-                        return url
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise self._failed(program, f"not healthy after {timeout:.0f} s")
-            time.sleep(1.0)
-
-    def _check_alive(self, program: str) -> None:
-        for name, process in self._processes:
-            if name == program and process.poll() is not None:
-                raise self._failed(program, f"exited with status {process.returncode}")
-
-    def _failed(self, program: str, what: str) -> errors.Unavailable:
-        log = self.logs / f"{program}.log"
-        tail = log.read_text(errors="replace").splitlines()[-5:] if log.exists() else []
-        return errors.Unavailable(f"{program} {what}; its log is {log}:\n" + "\n".join(tail))
-
-    def stop(self) -> None:
-        for _, process in reversed(self._processes):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for _, process in reversed(self._processes):
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-class Stages:
-    """Numbered stage headers with the time each took, so a long run shows where it is."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.number = 0
-        self.started = time.monotonic()
-        self.timings: list[tuple[str, float]] = []
-
-    @contextmanager
-    def stage(self, title: str) -> Iterator[None]:
-        self.number += 1
-        console.rule(f"[bold]{self.number}/{self.total} · {title}")
-        began = time.monotonic()
-        yield
-        took = time.monotonic() - began
-        self.timings.append((title, took))
-        console.print(f"[dim]{title}: {took:.0f} s (total {time.monotonic() - self.started:.0f} s)[/]")
+CHECKOUT = _checkout()
+SAMPLE = CHECKOUT / "data" / DATASET_NAME
+TRAIN_CONFIG = CHECKOUT / "training-job" / "configs" / "smollm2-cpu-pi.yaml"
+SHIPPED_REVIEWER = CHECKOUT / "models" / "smollm2-135m-reviewer-lora"
 
 
 def _cli(*args: str, token: str) -> None:
@@ -196,11 +41,13 @@ def _cli(*args: str, token: str) -> None:
     _run("reviewstack", *args, env={"REVIEWSTACK_TOKEN": token})
 
 
-def _run(program: str, *args: str, env: dict[str, str] | None = None) -> None:
-    console.print(f"[cyan]$ {program} {' '.join(args)}[/]", soft_wrap=True)
-    result = subprocess.run([_program(program), *args], env={**os.environ, **(env or {})}, check=False)
+def _run(executable: str, *args: str, env: dict[str, str] | None = None) -> None:
+    console.print(f"[cyan]$ {executable} {' '.join(args)}[/]", soft_wrap=True)
+    result = subprocess.run([program(executable), *args], env={**os.environ, **(env or {})}, check=False)
     if result.returncode != 0:
-        raise errors.ReviewStackError(f"`{program} {' '.join(args[:2])}` failed (exit {result.returncode})")
+        raise errors.ReviewStackError(
+            f"`{executable} {' '.join(args[:2])}` failed (exit {result.returncode})"
+        )
 
 
 def _latest(pattern: str, root: Path) -> Path:
@@ -232,10 +79,13 @@ def _sampling(temperature: float, top_p: float, repetition_penalty: float) -> tu
 
 
 def demo(
-    out: Annotated[Path, typer.Option(help="working folder: store, logs, the reviewed papers")] = Path(
-        "out/demo"
-    ),
-    sample: Annotated[Path, typer.Option(help="source folder of papers and reviews")] = REPO_SAMPLE,
+    out: Annotated[Path, typer.Option(help="working folder: store, logs, the reviewed papers")] = CHECKOUT
+    / "out"
+    / "demo",
+    sample: Annotated[Path, typer.Option(help="source folder of papers and reviews")] = SAMPLE,
+    train_config: Annotated[
+        Path, typer.Option(help="the CPU fine-tune's training spec (`reviewstack-train` YAML)")
+    ] = TRAIN_CONFIG,
     steps: Annotated[int, typer.Option(min=1, help="optimizer steps of the fine-tune")] = 14,
     batch_size: Annotated[int, typer.Option(min=1, help="sequences per optimizer step")] = 4,
     penalty: Annotated[float, typer.Option(min=0.0, help="the λ > 0 the reviews are compared at")] = 2.0,
@@ -272,6 +122,11 @@ def demo(
 
     if not (sample / "papers").is_dir():
         raise errors.InvalidArgument(f"{sample} has no papers/ folder: pass --sample a source folder")
+    if not train_config.is_file():
+        raise errors.InvalidArgument(
+            f"no training spec at {train_config}: pass --train-config (the checkout has "
+            "training-job/configs/smollm2-cpu-pi.yaml)"
+        )
     if reviewer is None and (SHIPPED_REVIEWER / "reviewstack-adapter.json").is_file():
         reviewer = SHIPPED_REVIEWER
     if reviewer is not None and not (reviewer / "reviewstack-adapter.json").is_file():
@@ -323,7 +178,7 @@ def demo(
                     "reviewstack-training", stack.start("reviewstack-training", local_runs)
                 )
                 _cli(
-                    "train", "submit", str(TRAIN_CONFIG.resolve()), f"run_id={RUN_ID}",
+                    "train", "submit", str(train_config.resolve()), f"run_id={RUN_ID}",
                     f"dataset={dataset}", f"base_model={base}", f"output={store}",
                     f"max_steps={steps}", f"effective_batch_size={batch_size}",
                     f"eval_steps={max(1, steps // 2)}", f"save_steps={max(1, steps // 2)}",
