@@ -4,6 +4,7 @@ swept λ), one evaluation and the experiment report; then a rerun that resumes i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -231,6 +232,9 @@ def test_a_system_exports_as_an_adapter_folder_that_merges(experiment: dict[str,
     assert card["lineage"]["run"] == steps["select:lora"]["run"]
     assert card["lineage"]["learning_rate"] == steps["select:lora"]["chosen"]["learning_rate"]
     assert card["evaluation"]["papers"] == 2 and "low" in card["evaluation"]["hits"]
+    weights = (folder / "adapter_model.safetensors").read_bytes()  # the card names the file it ships
+    assert card["lineage"]["weights"]["sha256"] == hashlib.sha256(weights).hexdigest()
+    assert card["lineage"]["weights"]["dtypes"] == ["F32"]  # trained in fp32 here and shipped as stored
     config = json.loads((folder / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "tiny-llama"  # a name, not the training machine's path
     readme = (folder / "README.md").read_text()

@@ -10,6 +10,7 @@ intervals, beside the untrained base and the human reviewers of the same papers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,7 @@ def export_adapter(
             "steps": status.get("step"),
             "learning_rate": run_spec.get("learning_rate"),
             "decoding": scored.get("decoding"),  # what the evaluation's reviews were written with
+            "weights": _weights_of(out / WEIGHTS),
             "evaluation": report["evaluation"]["id"],
         },
         evaluation=_numbers(scored),
@@ -112,6 +114,16 @@ def export_adapter(
     )
     (out / "README.md").write_text(readme)
     return card
+
+
+def _weights_of(path: Path) -> dict[str, Any]:
+    """The shipped file's own hash and tensor types: a GPU run brings its adapters back in bf16, so they
+    are not the fp32 file the run's manifest lists, and the card says which one the reviews came from."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as weights:
+        dtypes = sorted({weights.get_slice(name).get_dtype() for name in weights.keys()})  # noqa: SIM118 (not iterable)
+    return {"file": WEIGHTS, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "dtypes": dtypes}
 
 
 def _numbers(scored: dict[str, Any]) -> dict[str, Any]:
