@@ -10,7 +10,6 @@ intervals, beside the untrained base and the human reviewers of the same papers.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -71,7 +70,7 @@ def export_adapter(
     dataset = spec.datasets[spec.runs[chosen.run].dataset]
 
     out.mkdir(parents=True, exist_ok=True)
-    store.download(f"{run}/best/{WEIGHTS}", out / WEIGHTS)
+    weights = store.download(f"{run}/best/{WEIGHTS}", out / WEIGHTS)  # verified against its hash
     config = json.loads(store.get_bytes(f"{run}/best/adapter_config.json"))
     embedded = spec.runs[chosen.run].base_model == "embedded"
     published = EMBEDDED_BASE_NAME if embedded else Path(str(config["base_model_name_or_path"])).name
@@ -95,7 +94,7 @@ def export_adapter(
             "steps": status.get("step"),
             "learning_rate": run_spec.get("learning_rate"),
             "decoding": scored.get("decoding"),  # what the evaluation's reviews were written with
-            "weights": _weights_of(out / WEIGHTS),
+            "weights": {"file": WEIGHTS, "sha256": weights.sha256, "dtypes": _dtypes_of(out / WEIGHTS)},
             "evaluation": report["evaluation"]["id"],
         },
         evaluation=_numbers(scored),
@@ -116,14 +115,13 @@ def export_adapter(
     return card
 
 
-def _weights_of(path: Path) -> dict[str, Any]:
-    """The shipped file's own hash and tensor types: a GPU run brings its adapters back in bf16, so they
-    are not the fp32 file the run's manifest lists, and the card says which one the reviews came from."""
+def _dtypes_of(path: Path) -> list[str]:
+    """The shipped file's tensor types: a GPU run brings its adapters back in bf16, so they are not the
+    fp32 file the run's manifest lists, and the card says which one the reviews came from."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as weights:
-        dtypes = sorted({weights.get_slice(name).get_dtype() for name in weights.keys()})  # noqa: SIM118 (not iterable)
-    return {"file": WEIGHTS, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "dtypes": dtypes}
+        return sorted({weights.get_slice(name).get_dtype() for name in weights.keys()})  # noqa: SIM118 (not iterable)
 
 
 def _numbers(scored: dict[str, Any]) -> dict[str, Any]:
