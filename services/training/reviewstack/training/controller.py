@@ -33,12 +33,12 @@ from dataclasses import dataclass, field
 from reviewstack.common import errors
 from reviewstack.common.grpc import OperationRegistry, ProgressReporter
 from reviewstack.common.logging import get_logger
-from reviewstack.common.runspec import TrainSpec
+from reviewstack.common.runspec import TrainSpec, validate_train_spec
 from reviewstack.common.store import ArtifactStore, open_store
 from reviewstack.training.launchers import Launcher, LaunchState
 from reviewstack.training.preflight import check_dataset, check_output, local_path_of
 from reviewstack.training.settings import LauncherSettings
-from reviewstack.training.specs import Resources, spec_json, spec_to_pb, validate_spec
+from reviewstack.training.specs import Resources, spec_json, spec_to_pb
 from reviewstack.training.status import JobStatus, published_artifacts, read_status, run_prefix, spec_key
 from reviewstack.training.views import SUBMIT_KIND, run_stage, stored_run, synthetic_operation
 from reviewstack.v1 import operations_pb2, training_pb2
@@ -404,7 +404,7 @@ def stored_spec(store: ArtifactStore, run_id: str) -> TrainSpec | None:
     except errors.FailedPrecondition as exc:  # corrupt: it does not match its recorded hash
         raise _unreadable_spec(store, run_id, str(exc)) from None
     try:
-        return validate_spec(json.loads(data))
+        return validate_train_spec(json.loads(data))
     except (ValueError, errors.InvalidArgument) as exc:
         raise _unreadable_spec(store, run_id, str(exc)) from None
 
