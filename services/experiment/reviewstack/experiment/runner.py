@@ -30,7 +30,7 @@ from rich.markup import escape
 from reviewstack.common.errors import FailedPrecondition, InvalidArgument, NotFound, ReviewStackError
 from reviewstack.common.progress import ProgressDisplay
 from reviewstack.common.prompt import paper_from_messages
-from reviewstack.common.review_record import is_well_formed, reached_budget, unwritten_aspects
+from reviewstack.common.review_record import ReviewRecord
 from reviewstack.common.runspec import read_spec_source, validate_train_spec, with_values
 from reviewstack.common.store import ArtifactStore, LocalStore
 from reviewstack.experiment.spec import EMBEDDED, ExperimentSpec, SystemSpec, decoding_label, fingerprint
@@ -407,13 +407,13 @@ class ExperimentRunner:
     def _form_of(self, prefix: str) -> dict[str, Any]:
         """How many of a candidate's validation reviews are well formed (reviewstack.common.review_record)."""
         keys = [ref.key for ref in self.store.list(prefix) if ref.key.endswith(".json")]
-        records = [json.loads(self.store.get_bytes(key)) for key in keys]
+        records = [ReviewRecord.from_json(self.store.get_bytes(key)) for key in keys]
         return {
             "reviews": prefix,
             "papers": len(records),
-            "well_formed": sum(map(is_well_formed, records)),
-            "cut_short": sum(map(reached_budget, records)),
-            "unwritten_aspects": sum(len(unwritten_aspects(r)) for r in records),
+            "well_formed": sum(r.well_formed for r in records),
+            "cut_short": sum(r.reached_budget for r in records),
+            "unwritten_aspects": sum(len(r.unwritten_aspects) for r in records),
         }
 
     def _record_run(
@@ -541,7 +541,7 @@ class ExperimentRunner:
         if timing is not None:
             took, written = timing
             tokens = sum(
-                json.loads(self.store.get_bytes(f"{prefix}/{p}.json")).get("generated_tokens", 0)
+                ReviewRecord.from_json(self.store.get_bytes(f"{prefix}/{p}.json")).generated_tokens or 0
                 for p in written
             )
             entry |= {
