@@ -408,7 +408,8 @@ def test_finished_runs_beyond_the_limit_are_forgotten_and_read_from_the_store(lo
         controller.submit(local.spec(f"run-{i}"), request_id=f"req-{i}")
         wait_end(controller, f"run-{i}")
     assert sorted(controller._runs) == ["run-2", "run-3", "run-4"]  # 2 finished kept + the newest
-    assert sorted(controller._by_request) == ["req-2", "req-3", "req-4"]
+    assert controller.find_request("req-0") is None  # forgotten with its run
+    assert controller.find_request("req-3").run_id == "run-3"
     assert len(controller.launcher._runs) == 3
     old = controller.get("run-0")  # from the store now
     assert old.spec.run_id == "run-0" and old.uri.endswith("/runs/run-0")

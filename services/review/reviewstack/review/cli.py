@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Callable
+import signal
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -87,10 +88,27 @@ def review(
     # the embedded engine gets one KV-cache slot per review written at once
     source = _Source(server, token, backend, engine_model, tokenizer, timeout, backend_token, concurrency)
     if paper is not None:
-        asyncio.run(_one(source, _request(paper, schema, parameters), as_json))
+        _run_until_stopped(_one(source, _request(paper, schema, parameters), as_json))
     else:
         assert batch is not None
-        asyncio.run(_batch(source, batch, system, store, concurrency, schema, parameters))
+        _run_until_stopped(_batch(source, batch, system, store, concurrency, schema, parameters))
+
+
+def _run_until_stopped(work: Coroutine[Any, Any, None]) -> None:
+    """Run `work`; SIGTERM (a `timeout`, a job runner, a pod stopping) cancels it as Ctrl-C does, so the
+    engine it may have started is stopped on the way out instead of left running without a parent."""
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        await work
+
+    try:
+        asyncio.run(main())
+    except asyncio.CancelledError:
+        err.print("stopped (SIGTERM); papers already reviewed stay in the store")
+        raise typer.Exit(128 + signal.SIGTERM) from None
 
 
 def _request(
