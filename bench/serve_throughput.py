@@ -16,9 +16,11 @@ running request's KV cache.
     python bench/serve_throughput.py [--out FILE] [--tokenizer DIR]
     python bench/serve_throughput.py --tiny   # a CPU smoke run of every code path on a tiny model
 
-Needs a CUDA GPU, this repository's packages importable, the Llama-3 tokenizer (`make tokenizer`; on a
-bare machine pass --tokenizer), ~16 GB of disk for the random model. Prints a table and writes the JSON
-(card, commit, baseline_bs1_tok_s, bs1_tok_s, agg16_tok_s, penalty_overhead_pct, ...).
+Needs a CUDA GPU, this repository's packages importable (`make install`; on a bare GPU machine `make
+gpu-bundle` here, then `source bench/gpu_bundle.sh env` there: PYTHONPATH=~/gpu/site, and the commit
+recorded from the bundle), the Llama-3 tokenizer (`make tokenizer`; from the bundle: --tokenizer
+.gpu/bundle/tokenizer), ~16 GB of disk for the random model. Prints a table and writes the JSON (card,
+commit, baseline_bs1_tok_s, bs1_tok_s, agg16_tok_s, penalty_overhead_pct, ...).
 """
 
 from __future__ import annotations

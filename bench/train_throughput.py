@@ -14,8 +14,9 @@ per GPU on two). Variants, each in its own process so that peak memory is its ow
     python bench/train_throughput.py [--variants baseline,ours,zero3-2gpu] [--effective-batch 16] [--out FILE]
     python bench/train_throughput.py --tiny   # a CPU smoke run of every code path on a tiny model
 
-Needs CUDA GPUs (two for zero3-2gpu), the packages deepspeed and liger-kernel, this repository's
-packages importable (`make install`, or PYTHONPATH=services/common:training-job after `make proto`),
+Needs CUDA GPUs (two for zero3-2gpu), the packages deepspeed and liger-kernel and this repository's
+packages importable (`make install`; on a bare GPU machine `make gpu-bundle` here, then `source
+bench/gpu_bundle.sh env` there: PYTHONPATH=~/gpu/site, and the commit recorded from the bundle),
 ~20 GB of disk for the random model and ~1 minute per variant.
 
 To try DeepSpeed settings without editing its config, BENCH_ZERO3_OPTIONS (JSON) is merged into the
