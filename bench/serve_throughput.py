@@ -74,7 +74,7 @@ def baseline(model: Any, prompt: list[int], new: int) -> dict[str, float]:
 
 async def engine_run(engine: Any, batch: list[list[int]], new: int, penalty: float) -> dict[str, float]:
     """Submit every prompt at once; decode is timed from the moment all have their first token."""
-    from reviewstack.generation.engine import Request
+    from reviewstack.generation.engine import EndEvent, ErrorEvent, Request
     from reviewstack.generation.sampling import RowSampling
 
     loop = asyncio.get_running_loop()
@@ -85,13 +85,13 @@ async def engine_run(engine: Any, batch: list[list[int]], new: int, penalty: flo
     async def follow(handle: Any) -> None:
         first = True
         while True:
-            kind, payload = await handle.events.get()
-            if kind == "error":
-                raise RuntimeError(payload)
+            event = await handle.events.get()
+            if isinstance(event, ErrorEvent):
+                raise RuntimeError(event.message)
             if first:
                 firsts.append(time.perf_counter())
                 first = False
-            if kind == "end":
+            if isinstance(event, EndEvent):
                 ends.append(time.perf_counter())
                 return
 
