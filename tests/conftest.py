@@ -18,6 +18,8 @@ from reviewstack.common.child_process import ChildProcess, free_port, grpc_ready
 from reviewstack.common.settings import StoreSettings
 from reviewstack.common.store import ArtifactStore, open_store
 
+from . import assets
+
 
 @dataclass(frozen=True)
 class S3Server:
@@ -105,6 +107,11 @@ def s3_store(s3_server: S3Server) -> ArtifactStore:
 @pytest.fixture
 def local_store(tmp_path: Path) -> ArtifactStore:
     return open_store(str(tmp_path / "store"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Derived models (the embedded SmolLM2, the matcher's static model) come from the test asset cache."""
+    assets.use_cached_models()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -208,23 +215,21 @@ def refuser_engine(refuser_model: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="session")
-def refuser_model(request: pytest.FixtureRequest, tmp_path_factory) -> Path:
-    """A tiny Llama trained to write 7-aspect reviews that mostly refuse (tests/refuser.py).
-
-    Kept in pytest's cache, keyed by the recipe's source: a local rerun skips the minute of training.
-    """
-    import hashlib
+def refuser_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama trained to write 7-aspect reviews that mostly refuse (tests/refuser.py), built once per
+    recipe and versions into the test asset cache (tests/assets.py): minutes saved on every later run."""
     import shutil
 
     from . import refuser
 
-    digest = hashlib.sha256(Path(refuser.__file__).read_bytes()).hexdigest()[:12]
-    cached = request.config.cache.mkdir(f"refuser-{digest}")
+    cached = assets.refuser_model_dir()
     if not (cached / "tokenizer_config.json").is_file():
         built = refuser.make_refuser(tmp_path_factory.mktemp("refuser"))
-        staging = cached.with_name(cached.name + ".partial")
+        staging = cached.with_name(f".{cached.name}.partial-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(built, staging)
-        shutil.rmtree(cached)
-        staging.rename(cached)  # whole or not at all
+        try:
+            staging.rename(cached)  # whole or not at all; a process that built it first wins
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
     return cached
