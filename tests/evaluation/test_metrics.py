@@ -233,17 +233,17 @@ def test_records_without_token_counts_read_as_not_cut() -> None:
 def test_the_experiments_form_check_counts_what_the_evaluation_counts() -> None:
     """An experiment chooses candidates by reviewstack.common.review_record on validation reviews; the
     evaluation reports well-formed reviews of test papers: the same records must count the same."""
-    from reviewstack.common.review_record import is_well_formed, unwritten_aspects
+    from reviewstack.common.review_record import ReviewRecord
 
     whole = [{"name": a.criterion, "items": [f"point on {a.key}"]} for a in SEVEN_ASPECTS]
     declined = [{**whole[0], "items": ["<No related terms>"], "empty": True}, *whole[1:]]
     unreached = [*whole[:-1], {"name": SEVEN_ASPECTS[-1].criterion, "items": [], "missing": True}]
     records = [_record(700, whole), _record(1150, whole), _record(640, declined), _record(900, unreached)]
     reviews = [review_from_record(r, "p1", {}) for r in records]
-    assert [is_well_formed(json.loads(r)) for r in records] == [True, False, True, False]
+    assert [ReviewRecord.from_json(r).well_formed for r in records] == [True, False, True, False]
     assert review_statistics(reviews)["well_formed_reviews"] == 2
-    assert unwritten_aspects(json.loads(records[3])) == [SEVEN_ASPECTS[-1].criterion]
-    assert not is_well_formed({"review": {"text": "free text, no aspects"}})
+    assert ReviewRecord.from_json(records[3]).unwritten_aspects == [SEVEN_ASPECTS[-1].criterion]
+    assert not ReviewRecord.model_validate({"review": {"text": "free text, no aspects"}}).well_formed
 
 
 def test_free_text_reviews_say_so_instead_of_zeros() -> None:

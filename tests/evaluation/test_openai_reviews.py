@@ -56,7 +56,7 @@ def _service_record() -> dict:
     response = review_pb2.ReviewResponse(
         review=common_pb2.StructuredReview(aspects=[aspect], text="t"), lineage=lineage
     )
-    return _record(Path("p.md"), review_pb2.ReviewRequest(paper=paper), response, "s")
+    return json.loads(_record(Path("p.md"), review_pb2.ReviewRequest(paper=paper), response, "s").to_json())
 
 
 def _overloaded(engine: str) -> float:

@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from reviewstack.common.tokenizer import load_tokenizer
-from reviewstack.generation.engine import Engine, Finished, Request
+from reviewstack.generation.engine import EndEvent, Engine, ErrorEvent, Finished, Request
 from reviewstack.generation.runner import DecoderRunner
 from reviewstack.generation.sampling import RowSampling
 
@@ -45,11 +45,11 @@ async def _outcome(engine: Engine, request: Request) -> tuple[str, Any]:
     """("end", Finished) or ("error", message)."""
     handle = engine.submit(request, asyncio.get_running_loop())
     while True:
-        kind, payload = await asyncio.wait_for(handle.events.get(), timeout=60)
-        if kind == "error":
-            return kind, payload
-        if kind == "end":
-            return kind, payload[2]
+        event = await asyncio.wait_for(handle.events.get(), timeout=60)
+        if isinstance(event, ErrorEvent):
+            return "error", event.message
+        if isinstance(event, EndEvent):
+            return "end", event.finished
 
 
 def _run(engine: Engine, *requests: Request) -> list[tuple[str, Any]]:

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from reviewstack.common.prompt import PromptBuilder
 from reviewstack.common.tokenizer import load_tokenizer
-from reviewstack.generation.engine import Engine, Request
+from reviewstack.generation.engine import EndEvent, Engine, ErrorEvent, Request
 from reviewstack.generation.runner import DecoderRunner
 from reviewstack.generation.sampling import RowSampling
 
@@ -107,9 +107,10 @@ def test_engine_serves_concurrent_requests_as_generate_does_one_by_one(refuser_m
     async def run(prompt: list[int]) -> list[int]:
         handle = engine.submit(Request(prompt, 60, RowSampling()), asyncio.get_running_loop())
         while True:
-            kind, payload = await handle.events.get()
-            if kind == "end":
-                return [t.id for t in payload[2].tokens]
+            event = await handle.events.get()
+            assert not isinstance(event, ErrorEvent), event.message
+            if isinstance(event, EndEvent):
+                return [t.id for t in event.finished.tokens]
 
     async def all_at_once() -> list[list[int]]:
         return await asyncio.gather(*(run(p) for p in prompts))  # 3 requests, 2 slots: one waits

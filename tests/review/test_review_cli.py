@@ -158,3 +158,36 @@ def test_the_local_budget_of_a_pi_model_is_its_extended_context_once(tmp_path: P
 def test_batch_concurrency_is_bounded_before_an_engine_allocates_its_slots(tmp_path: Path) -> None:
     result = _run("--batch", str(tmp_path), "--concurrency", "999")
     assert result.returncode == 2 and "less than or equal to 256" in result.stdout + result.stderr
+
+
+def test_sigterm_stops_the_batch_and_the_engine_it_started(refuser_model, tmp_path: Path) -> None:
+    """A batch stopped by SIGTERM (a job runner, `timeout`, a pod ending) takes its local engine with it:
+    the engine is a child that holds a port and a model's memory, and nothing else would stop it."""
+    import time
+
+    import psutil
+
+    folder = tmp_path / "papers"
+    folder.mkdir()
+    rng = random.Random(9)
+    for number in range(40):
+        (folder / f"p{number}.md").write_text(paper_text(rng))
+    command = [CLI, "review", "--batch", str(folder), "--store", str(tmp_path / "store")]
+    command += ["--engine-model", str(refuser_model), "--concurrency", "1", "--max-new-tokens", "256"]
+    cli = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    engines: list[psutil.Process] = []
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "store/reviews/reviewstack/p0.json").is_file():  # the engine is serving
+        assert cli.poll() is None and time.monotonic() < deadline, cli.communicate()
+        time.sleep(0.2)
+    engines = [
+        p for p in psutil.Process(cli.pid).children() if "reviewstack-generation" in " ".join(p.cmdline())
+    ]
+    assert len(engines) == 1
+    cli.terminate()
+    _, stderr = cli.communicate(timeout=120)
+    assert cli.returncode == 143, stderr
+    assert "stopped (SIGTERM)" in stderr and "Traceback" not in stderr
+    psutil.wait_procs(engines, timeout=30)
+    assert not engines[0].is_running()
+    assert len(list((tmp_path / "store/reviews/reviewstack").glob("*.json"))) < 40  # it stopped midway

@@ -11,9 +11,10 @@ import pytest
 from kubernetes import client as k8s
 
 from reviewstack.common.errors import FailedPrecondition, PermissionDenied
+from reviewstack.common.runspec import validate_train_spec
 from reviewstack.training.launchers import kubernetes as launcher_module
 from reviewstack.training.manifests import render_run
-from reviewstack.training.specs import Resources, validate_spec
+from reviewstack.training.specs import Resources
 
 from .conftest import spec_data
 from .kube_fake import FakeCluster, launcher_on
@@ -29,7 +30,7 @@ def cluster(monkeypatch) -> FakeCluster:
 
 def test_a_run_is_created_followed_resubmitted_and_cancelled(cluster):
     launcher = launcher_on(cluster)
-    spec = validate_spec(spec_data("s3://b/datasets/x/v1", "s3://b", run_id="big"))
+    spec = validate_train_spec(spec_data("s3://b/datasets/x/v1", "s3://b", run_id="big"))
     launcher.launch(spec, SPEC_URI, Resources(4, 2))
     job, service = render_run("big", SPEC_URI, launcher.template, Resources(4, 2))
     assert cluster.bodies[("job", "ml", "big")] == job  # exactly what render_run (and so the validator) saw
@@ -62,7 +63,7 @@ def test_a_run_is_created_followed_resubmitted_and_cancelled(cluster):
 def test_api_failures_say_what_to_fix(cluster):
     launcher = launcher_on(cluster)
     cluster.fail_with = 403
-    spec = validate_spec(spec_data("s3://b/datasets/x/v1", "s3://b", run_id="denied"))
+    spec = validate_train_spec(spec_data("s3://b/datasets/x/v1", "s3://b", run_id="denied"))
     with pytest.raises(PermissionDenied, match="service account needs get/create/delete on jobs"):
         launcher.launch(spec, SPEC_URI, Resources(1))
     assert launcher.log_location("denied") == (

@@ -14,9 +14,10 @@ import pytest
 from kubernetes import client as k8s
 
 from reviewstack.common.errors import FailedPrecondition
+from reviewstack.common.runspec import validate_train_spec
 from reviewstack.training.launchers import kubernetes as launcher_module
 from reviewstack.training.manifests import APP_LABELS, RUN_LABEL, JobTemplate, render_kubectl_job
-from reviewstack.training.specs import Resources, validate_spec
+from reviewstack.training.specs import Resources
 
 from .conftest import spec_data
 from .kube_fake import FakeCluster, launcher_on
@@ -48,7 +49,7 @@ def cluster(monkeypatch) -> RacyCluster:
 
 
 def _spec(run_id: str = "r"):
-    return validate_spec(spec_data("s3://b/datasets/x/v1", "s3://b", run_id=run_id))
+    return validate_train_spec(spec_data("s3://b/datasets/x/v1", "s3://b", run_id=run_id))
 
 
 def _deletes(cluster: FakeCluster) -> list[str]:

@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from reviewstack.common.errors import FailedPrecondition
+from reviewstack.common.runspec import validate_train_spec
 from reviewstack.training.launchers import LaunchState
 from reviewstack.training.launchers.local import LocalLauncher
 from reviewstack.training.settings import LauncherSettings
-from reviewstack.training.specs import Resources, validate_spec
+from reviewstack.training.specs import Resources
 
 from .conftest import spec_data
 
@@ -37,7 +38,7 @@ def stand_in_launcher(tmp_path: Path, code: str, **settings: object) -> LocalLau
 
 
 def launch(launcher: LocalLauncher, run_id: str = "run-a") -> None:
-    spec = validate_spec(spec_data("/d", "/o", run_id=run_id))
+    spec = validate_train_spec(spec_data("/d", "/o", run_id=run_id))
     launcher.launch(spec, SPEC_URI, Resources(0))
 
 
@@ -194,7 +195,7 @@ def test_a_missing_entry_point_is_reported_before_launch(tmp_path):
         LauncherSettings(train_command="reviewstack-train-not-installed", local_log_dir=tmp_path),
         gpus_available=0,
     )
-    spec = validate_spec(spec_data("/d", "/o"))
+    spec = validate_train_spec(spec_data("/d", "/o"))
     with pytest.raises(FailedPrecondition, match="'reviewstack-train-not-installed' is not on PATH"):
         launcher.check(spec, Resources(0))
     assert os.listdir(tmp_path) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from reviewstack.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from reviewstack.common.runspec import validate_train_spec
 from reviewstack.common.settings import StoreSettings
 from reviewstack.training.preflight import (
     check_cluster_run,
@@ -13,13 +14,12 @@ from reviewstack.training.preflight import (
     check_output,
     visible_gpus,
 )
-from reviewstack.training.specs import validate_spec
 
 from .conftest import publish_dataset, spec_data
 
 
 def _spec(**fields):
-    return validate_spec(spec_data("/d", "/o", **fields))
+    return validate_train_spec(spec_data("/d", "/o", **fields))
 
 
 def test_a_published_dataset_passes(store, dataset):
@@ -84,5 +84,5 @@ def test_a_cluster_run_reads_and_writes_through_s3():
         check_cluster_run(_spec(), 1)
     s3 = {"dataset": "s3://b/datasets/x/v1", "output": "s3://b"}
     with pytest.raises(FailedPrecondition, match="device=cuda but the run asks for 0 GPUs"):
-        check_cluster_run(validate_spec({**spec_data("", ""), **s3, "device": "cuda"}), 0)
-    check_cluster_run(validate_spec({**spec_data("", ""), **s3}), 8)
+        check_cluster_run(validate_train_spec({**spec_data("", ""), **s3, "device": "cuda"}), 0)
+    check_cluster_run(validate_train_spec({**spec_data("", ""), **s3}), 8)

@@ -23,7 +23,7 @@ import pytest
 from kubernetes import client as k8s
 
 from reviewstack.common import errors
-from reviewstack.common.runspec import TrainSpec
+from reviewstack.common.runspec import TrainSpec, validate_train_spec
 from reviewstack.common.store import ArtifactStore, open_store
 from reviewstack.training import controller as controller_module
 from reviewstack.training.controller import RunOperations, TrainingController
@@ -32,7 +32,6 @@ from reviewstack.training.launchers.kubernetes import KubernetesLauncher
 from reviewstack.training.launchers.local import LocalLauncher
 from reviewstack.training.manifests import APP_LABELS
 from reviewstack.training.settings import LauncherSettings
-from reviewstack.training.specs import validate_spec
 from reviewstack.v1 import operations_pb2
 
 from .conftest import publish_dataset, spec_data
@@ -75,7 +74,7 @@ class Local:
         return controller
 
     def spec(self, run_id: str = "run-a", **fields: Any) -> TrainSpec:
-        return validate_spec(spec_data(self.dataset, self.store.uri, run_id=run_id, **fields))
+        return validate_train_spec(spec_data(self.dataset, self.store.uri, run_id=run_id, **fields))
 
     def release(self, run_id: str = "run-a") -> None:
         (self.root / f"runs/{run_id}/spec.json.release").touch()
@@ -111,7 +110,7 @@ class Cluster:
         return controller
 
     def spec(self, run_id: str = "run-a", output: str = "", **fields: Any) -> TrainSpec:
-        return validate_spec(spec_data(self.dataset, output or self.store.uri, run_id=run_id, **fields))
+        return validate_train_spec(spec_data(self.dataset, output or self.store.uri, run_id=run_id, **fields))
 
 
 @pytest.fixture
@@ -293,7 +292,7 @@ def test_two_replicas_submitting_a_new_run_id_at_once_one_wins(backend, same_spe
     else:
         assert all(isinstance(e, errors.AlreadyExists) for e in losers), losers
         assert all("with another spec — seed:" in str(e) for e in losers)
-    written = validate_spec(json.loads(stored(env.store)))
+    written = validate_train_spec(json.loads(stored(env.store)))
     assert written == specs[winners[0]]  # the winner's spec, whole
 
 
@@ -314,7 +313,7 @@ def test_replicas_submitting_different_specs_for_a_new_run_id_one_is_accepted(ba
     accepted = [i for i, r in enumerate(results) if not isinstance(r, Exception)]
     assert len(accepted) == 1, results
     assert all(isinstance(r, errors.AlreadyExists) for r in results if isinstance(r, Exception)), results
-    assert validate_spec(json.loads(stored(env.store))) == specs[accepted[0]]
+    assert validate_train_spec(json.loads(stored(env.store))) == specs[accepted[0]]
 
 
 def test_replicas_resuming_a_finished_run_at_once_start_one_job(cluster):
@@ -409,7 +408,8 @@ def test_finished_runs_beyond_the_limit_are_forgotten_and_read_from_the_store(lo
         controller.submit(local.spec(f"run-{i}"), request_id=f"req-{i}")
         wait_end(controller, f"run-{i}")
     assert sorted(controller._runs) == ["run-2", "run-3", "run-4"]  # 2 finished kept + the newest
-    assert sorted(controller._by_request) == ["req-2", "req-3", "req-4"]
+    assert controller.find_request("req-0") is None  # forgotten with its run
+    assert controller.find_request("req-3").run_id == "run-3"
     assert len(controller.launcher._runs) == 3
     old = controller.get("run-0")  # from the store now
     assert old.spec.run_id == "run-0" and old.uri.endswith("/runs/run-0")

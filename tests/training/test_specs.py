@@ -8,10 +8,9 @@ import pytest
 from google.protobuf import struct_pb2
 
 from reviewstack.common.errors import InvalidArgument, NotFound
+from reviewstack.common.runspec import parse_overrides, read_spec_source, with_values
 from reviewstack.training.specs import (
-    apply_overrides,
     load_spec,
-    read_spec_source,
     requested_resources,
     spec_from_pb,
     spec_json,
@@ -64,9 +63,16 @@ def test_bad_values_are_one_line_naming_the_field(tmp_path, overrides, expected)
 
 def test_malformed_overrides_and_sources(tmp_path):
     with pytest.raises(InvalidArgument, match="not key=value"):
-        apply_overrides({}, ["lora.r"])
+        parse_overrides(["lora.r"])
+    with pytest.raises(InvalidArgument, match="not key=value"):
+        parse_overrides(["lora..r=8"])
+    parsed = parse_overrides(["a.b=8", "c=[x, 0.5]", "d=", "e=: x"])
+    assert parsed == {"a.b": 8, "c": ["x", 0.5], "d": "", "e": ": x"}
     with pytest.raises(InvalidArgument, match="'lora' is a value"):
-        apply_overrides({"lora": 3}, ["lora.r=8"])
+        with_values({"lora": 3}, {"lora.r": 8})
+    data = {"lora": {"r": 16}}
+    assert with_values(data, {"lora.r": 8, "x.y": 1}) == {"lora": {"r": 8}, "x": {"y": 1}}
+    assert data == {"lora": {"r": 16}}  # a copy: the caller's settings stay as they were
     with pytest.raises(NotFound, match=r"missing\.yaml does not exist"):
         read_spec_source(str(tmp_path / "missing.yaml"))
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
@@ -119,6 +125,6 @@ def test_spec_json_is_what_the_job_validates():
 
 
 def load_spec_from(data):
-    from reviewstack.training.specs import validate_spec
+    from reviewstack.common.runspec import validate_train_spec
 
-    return validate_spec(data)
+    return validate_train_spec(data)

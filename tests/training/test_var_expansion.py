@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from reviewstack.common.runspec import validate_train_spec
 from reviewstack.training.launchers import kubernetes as launcher_module
 from reviewstack.training.launchers.kubernetes import KubernetesLauncher
 from reviewstack.training.manifests import (
@@ -21,7 +22,7 @@ from reviewstack.training.manifests import (
     render_run,
 )
 from reviewstack.training.settings import LauncherSettings
-from reviewstack.training.specs import Resources, validate_spec
+from reviewstack.training.specs import Resources
 
 from .conftest import spec_data
 from .kube_fake import SECRET, FakeCluster, as_run, expand
@@ -96,7 +97,7 @@ def test_the_launcher_creates_the_job_with_the_uri_as_written(monkeypatch):
     cluster = FakeCluster()
     settings = LauncherSettings(launcher="kubernetes", k8s_namespace="ml", s3_endpoint="minio:9000")
     launcher = KubernetesLauncher(settings, batch=cluster, core=cluster)
-    spec = validate_spec(spec_data("s3://bucket/datasets/x/v1", HOSTILE_OUTPUT))
+    spec = validate_train_spec(spec_data("s3://bucket/datasets/x/v1", HOSTILE_OUTPUT))
     launcher.launch(spec, HOSTILE_URI, Resources(2, 2))
     argv, _ = as_run(_container(cluster.bodies[("job", "ml", "run-a")]))
     assert argv[-1] == HOSTILE_URI

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from reviewstack.common.errors import FailedPrecondition
+from reviewstack.common.errors import FailedPrecondition, InvalidArgument
+from reviewstack.common.runspec import load_train_spec
 from reviewstack.trainjob import zero
-from reviewstack.trainjob.main import read_spec
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "training-job" / "configs").glob("*.yaml"))
 RUN_FIELDS = ["run_id=check", "dataset=/store/datasets/x/v1", "base_model=/models/m", "output=/store"]
@@ -16,40 +16,37 @@ RUN_FIELDS = ["run_id=check", "dataset=/store/datasets/x/v1", "base_model=/model
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_config_builds(path):
-    spec = read_spec(str(path), RUN_FIELDS)
+    spec = load_train_spec(str(path), RUN_FIELDS)
     assert spec.run_id == "check"
     assert path.read_text().startswith("# reviewstack-train training-job/configs/")  # opens with its command
 
 
 def test_reference_config_is_the_methods():
-    spec = read_spec(str(CONFIGS[[p.name for p in CONFIGS].index("llama3-8b-lora-12k.yaml")]), RUN_FIELDS)
+    reference = CONFIGS[[p.name for p in CONFIGS].index("llama3-8b-lora-12k.yaml")]
+    spec = load_train_spec(str(reference), RUN_FIELDS)
     assert (spec.target_context, spec.max_prompt_length, spec.max_response_length) == (12_288, 11_138, 1_150)
     assert (spec.effective_batch_size, spec.learning_rate, spec.epochs, spec.save_steps) == (16, 1e-4, 3, 100)
     assert spec.lora.r == 16 and len(spec.lora.target_modules) == 7
 
 
 def test_overrides_reach_nested_keys_and_bad_ones_are_refused():
-    from pydantic import ValidationError
-
-    spec = read_spec(str(CONFIGS[0]), [*RUN_FIELDS, "lora.r=4", "learning_rate=3e-5"])
+    spec = load_train_spec(str(CONFIGS[0]), [*RUN_FIELDS, "lora.r=4", "learning_rate=3e-5"])
     assert spec.lora.r == 4 and spec.learning_rate == 3e-5
-    with pytest.raises(ValidationError, match="lora_rank"):
-        read_spec(str(CONFIGS[0]), [*RUN_FIELDS, "lora_rank=4"])
+    with pytest.raises(InvalidArgument, match="lora_rank"):
+        load_train_spec(str(CONFIGS[0]), [*RUN_FIELDS, "lora_rank=4"])
 
 
 def test_trainable_tokens_are_a_list_override_and_only_beside_an_adapter():
-    from pydantic import ValidationError
-
-    spec = read_spec(str(CONFIGS[0]), [*RUN_FIELDS, 'lora.trainable_tokens=["<|im_end|>"]'])
+    spec = load_train_spec(str(CONFIGS[0]), [*RUN_FIELDS, 'lora.trainable_tokens=["<|im_end|>"]'])
     assert spec.lora.trainable_tokens == ["<|im_end|>"]
     for other in ("method=full", "deepspeed=zero3"):
-        with pytest.raises(ValidationError, match="trainable_tokens"):
-            read_spec(str(CONFIGS[0]), [*RUN_FIELDS, 'lora.trainable_tokens=["<|im_end|>"]', other])
+        with pytest.raises(InvalidArgument, match="trainable_tokens"):
+            load_train_spec(str(CONFIGS[0]), [*RUN_FIELDS, 'lora.trainable_tokens=["<|im_end|>"]', other])
 
 
 @pytest.mark.parametrize(("device", "dtype"), [("cuda", torch.bfloat16), ("cpu", torch.float32)])
 def test_deepspeed_config_is_filled_from_the_spec_and_device(device, dtype):
-    spec = read_spec(str(CONFIGS[0]), RUN_FIELDS)
+    spec = load_train_spec(str(CONFIGS[0]), RUN_FIELDS)
     config = zero.build_config(spec, 4, 2, torch.device(device), dtype)
     assert config["train_batch_size"] == spec.micro_batch_size * 4 * 2
     assert config["optimizer"]["params"]["lr"] == spec.learning_rate
@@ -63,6 +60,6 @@ def test_deepspeed_config_that_contradicts_the_spec_is_refused(tmp_path, monkeyp
     config["optimizer"]["params"]["lr"] = 0.5
     (tmp_path / "zero3.json").write_text(json.dumps(config))
     monkeypatch.setenv(zero.CONFIG_ENV, str(tmp_path / "zero3.json"))
-    spec = read_spec(str(CONFIGS[0]), RUN_FIELDS)
+    spec = load_train_spec(str(CONFIGS[0]), RUN_FIELDS)
     with pytest.raises(FailedPrecondition, match=r"optimizer\.params\.lr=0\.5 but the run needs"):
         zero.build_config(spec, 1, 1, torch.device("cpu"), torch.float32)

@@ -15,12 +15,9 @@ on, except on errors that would fail every paper alike (bad key, wrong URL or mo
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +25,22 @@ import openai
 
 from reviewstack.common.aspects import AspectSchema
 from reviewstack.common.errors import FailedPrecondition, InvalidArgument, ReviewStackError
-from reviewstack.common.papers import clean_paper, decode_paper, pdf_supported
-from reviewstack.common.prompt import MAX_PROMPT_LENGTH, MAX_RESPONSE_LENGTH, PROMPT_VERSION, PromptBuilder
-from reviewstack.common.review_format import is_empty, parse, render
+from reviewstack.common.papers import PAPER_SUFFIXES, decode_paper, pdf_supported
+from reviewstack.common.prompt import (
+    MAX_PROMPT_LENGTH,
+    MAX_RESPONSE_LENGTH,
+    PROMPT_VERSION,
+    Prompt,
+    PromptBuilder,
+    review_prompt,
+)
+from reviewstack.common.review_format import parse
+from reviewstack.common.review_record import ReviewBody, ReviewRecord
 from reviewstack.common.store import ArtifactStore, check_prefix
 from reviewstack.common.tokenizer import load_tokenizer
 from reviewstack.evaluation.model import Exclusion
 from reviewstack.evaluation.openai_endpoint import DEFAULT_API_KEY_ENV, FATAL, Endpoint, run_blocking
 
-PAPER_SUFFIXES = (".md", ".markdown", ".txt", ".pdf")  # the review service's
 STAGE = "reviewing"
 Progress = Callable[[str, int, int, str], None]
 
@@ -126,8 +130,9 @@ def generate_reviews(
                 async with gate:
                     try:
                         record = await writer.record(client, path)
-                        data = json.dumps(record, indent=1).encode()
-                        await asyncio.to_thread(store.put_bytes, f"{prefix}/{path.stem}.json", data)
+                        await asyncio.to_thread(
+                            store.put_bytes, f"{prefix}/{path.stem}.json", record.to_json()
+                        )
                     except FATAL:
                         raise
                     except ReviewStackError as exc:  # one paper's failure is reported, the batch goes on
@@ -171,7 +176,7 @@ class _Writer:
     def __init__(self, endpoint: Endpoint, decoding: Decoding, builder: PromptBuilder, system: str) -> None:
         self.endpoint, self.decoding, self.builder, self.system = endpoint, decoding, builder, system
 
-    async def record(self, client: openai.AsyncOpenAI, path: Path) -> dict[str, Any]:
+    async def record(self, client: openai.AsyncOpenAI, path: Path) -> ReviewRecord:
         data = await asyncio.to_thread(path.read_bytes)
         prompt, warnings = await asyncio.to_thread(self._prompt, path.name, data)
         try:
@@ -189,44 +194,21 @@ class _Writer:
             warnings.append(f"review cut at max_tokens={self.decoding.max_tokens}")
         parsed = parse(text, AspectSchema.SEVEN, strict=False)
         usage = reply.usage
-        return {
-            "paper_id": path.stem,
-            "system": self.system,
-            "source": {"file": path.name, "sha256": hashlib.sha256(data).hexdigest()},
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "review": {
-                "aspects": [
-                    {
-                        "name": a.criterion,
-                        "items": parsed.aspects[a.key],
-                        "empty": is_empty(parsed.aspects[a.key]),
-                        "missing": a.key in parsed.missing,
-                    }
-                    for a in AspectSchema.SEVEN.aspects
-                ],
-                "text": render(parsed.aspects, AspectSchema.SEVEN),
-                "raw_text": text,
-            },
-            "lineage": self._lineage(reply),
-            "warnings": warnings + [f"review format: {w}" for w in parsed.warnings],
-            "prompt_tokens": usage.prompt_tokens if usage else prompt.tokens,
-            "generated_tokens": usage.completion_tokens if usage else 0,
-        }
+        return ReviewRecord.of_paper(
+            path.name,
+            data,
+            self.system,
+            ReviewBody.from_parsed(parsed, text),
+            lineage=self._lineage(reply),
+            warnings=warnings + [f"review format: {w}" for w in parsed.warnings],
+            prompt_tokens=usage.prompt_tokens if usage else prompt.tokens,
+            generated_tokens=usage.completion_tokens if usage else 0,
+        )
 
-    def _prompt(self, name: str, data: bytes) -> tuple[Any, list[str]]:
+    def _prompt(self, name: str, data: bytes) -> tuple[Prompt, list[str]]:
         if name.lower().endswith(".pdf") and not pdf_supported():
             raise FailedPrecondition("PDF papers need the pypdf package; install it or give text/Markdown")
-        cleaned = clean_paper(decode_paper(name, data))
-        if not cleaned.text.strip():
-            raise InvalidArgument("the paper has no text left after cleaning (only front matter?)")
-        prompt = self.builder.build(cleaned.text)
-        warnings = []
-        if prompt.truncated:
-            warnings.append(
-                f"paper truncated to {prompt.paper_tokens_kept} of its {prompt.paper_tokens} tokens "
-                f"(max_prompt_length {self.builder.max_prompt_length})"
-            )
-        return prompt, warnings
+        return review_prompt(self.builder, decode_paper(name, data))
 
     def _lineage(self, reply: Any) -> dict[str, Any]:
         tokenizer = self.builder.tokenizer

@@ -1,5 +1,4 @@
-"""A review record of the review service's batch output (`reviews/<system>/<paper-id>.json`, written by
-`reviewstack review --batch`) → a Review.
+"""A review record (`reviews/<system>/<paper-id>.json`, `reviewstack.common.review_record`) → a Review.
 
 The record names each aspect by its full criterion text, as the model reads it; the evaluation counts by
 aspect key, so the criterion is mapped back through the schemas. Anything a record gets wrong raises
@@ -8,13 +7,12 @@ aspect key, so the criterion is mapped back through the schemas. Anything a reco
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from reviewstack.common.aspects import EMPTY_ASPECT, AspectSchema
-from reviewstack.common.review_record import reached_budget
+from reviewstack.common.review_record import AspectEntry, InvalidRecord, ReviewRecord
 from reviewstack.evaluation.model import Point, Review
 from reviewstack.evaluation.splitting import split_points
 
@@ -49,34 +47,26 @@ def review_from_record(data: bytes, paper_id: str, lineage: Mapping[str, Any]) -
     """Parse one record; `paper_id` is what its file name says. Items of empty aspects are no points; a
     review without aspects (never parsed) is cut into points from its text, with aspect None."""
     try:
-        record = json.loads(data)
-    except ValueError as exc:  # bad UTF-8 too
-        raise MalformedRecord(f"not JSON ({exc})") from None
-    if not isinstance(record, dict) or not isinstance(record.get("review"), dict):
+        record = ReviewRecord.from_json(data)
+    except InvalidRecord as exc:
+        raise MalformedRecord(str(exc)) from None
+    if record.paper_id is not None and record.paper_id != paper_id:
         raise MalformedRecord(
-            "not a review record: a JSON object with a 'review' object, as `reviewstack review --batch` "
-            "writes, was expected"
+            f"its paper_id {record.paper_id!r} does not match its file name {paper_id}.json"
         )
-    recorded_id = record.get("paper_id", paper_id)
-    if recorded_id != paper_id:
-        raise MalformedRecord(f"its paper_id {recorded_id!r} does not match its file name {paper_id}.json")
-    review = record["review"]
-    aspects = review.get("aspects") or []
-    text = review.get("text") or ""
-    if not isinstance(aspects, list) or not isinstance(text, str):
-        raise MalformedRecord("review.aspects must be a list and review.text a string")
-    record_lineage = record.get("lineage") if isinstance(record.get("lineage"), dict) else {}
-    details = {**record_lineage, **{k: record[k] for k in _LINEAGE_FIELDS if k in record}, **lineage}
-    cut_short = reached_budget(record)
-    if aspects:
-        return _structured(paper_id, aspects, details, cut_short)
-    points = tuple(Point(p) for p in split_points(text))
+    own = record.model_dump(mode="json", include=set(_LINEAGE_FIELDS), exclude_unset=True)
+    details = {**record.lineage, **own, **lineage}
+    if record.review.aspects:
+        return _structured(paper_id, record.review.aspects, details, record.reached_budget)
+    points = tuple(Point(p) for p in split_points(record.review.text))
     if not points:
         raise MalformedRecord("empty review: no aspects and no text")
-    return Review(paper_id=paper_id, points=points, lineage=details, cut_short=cut_short)
+    return Review(paper_id=paper_id, points=points, lineage=details, cut_short=record.reached_budget)
 
 
-def _structured(paper_id: str, aspects: list[Any], lineage: dict[str, Any], cut_short: bool) -> Review:
+def _structured(
+    paper_id: str, aspects: list[AspectEntry], lineage: dict[str, Any], cut_short: bool
+) -> Review:
     points: list[Point] = []
     keys: list[str] = []
     empty: list[str] = []
@@ -91,7 +81,7 @@ def _structured(paper_id: str, aspects: list[Any], lineage: dict[str, Any], cut_
         keys.append(key)
         if items:
             points.extend(Point(item, key) for item in items)
-        elif _flag(aspect, key, "missing"):
+        elif aspect.missing:
             missing.append(key)
         else:
             empty.append(key)
@@ -109,9 +99,9 @@ def _structured(paper_id: str, aspects: list[Any], lineage: dict[str, Any], cut_
     )
 
 
-def _aspect_key(aspect: Any, number: int) -> tuple[str, frozenset[AspectSchema]]:
-    name = aspect.get("name") if isinstance(aspect, dict) else None
-    if not isinstance(name, str) or not name.strip():
+def _aspect_key(aspect: AspectEntry, number: int) -> tuple[str, frozenset[AspectSchema]]:
+    name = aspect.name
+    if not name.strip():
         raise MalformedRecord(f"aspect {number} has no name (the criterion text)")
     found = _ASPECTS.get(_normalise(name))
     if found is None:
@@ -122,22 +112,10 @@ def _aspect_key(aspect: Any, number: int) -> tuple[str, frozenset[AspectSchema]]
     return found
 
 
-def _content(aspect: dict[str, Any], key: str) -> list[str]:
+def _content(aspect: AspectEntry, key: str) -> list[str]:
     """The aspect's points: its items without the empty marker; checked against its `empty` flag."""
-    items = aspect.get("items", [])
-    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-        raise MalformedRecord(f"aspect {key!r}: items must be a list of strings")
-    content = [" ".join(i.split()) for i in items if i.strip() and i.strip() != EMPTY_ASPECT]
+    content = [" ".join(i.split()) for i in aspect.items if i.strip() and i.strip() != EMPTY_ASPECT]
     for flag in ("empty", "missing"):
-        if _flag(aspect, key, flag) and content:
+        if getattr(aspect, flag) and content:
             raise MalformedRecord(f"aspect {key!r} is marked {flag} but holds {len(content)} items")
     return content
-
-
-def _flag(aspect: dict[str, Any], key: str, name: str) -> bool:
-    """A boolean flag of the aspect (`empty`, `missing`); absent reads false (older records lack
-    `missing`)."""
-    value = aspect.get(name)
-    if value is not None and not isinstance(value, bool):
-        raise MalformedRecord(f"aspect {key!r}: {name!r} must be true or false, not {value!r}")
-    return bool(value)

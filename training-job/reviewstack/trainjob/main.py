@@ -18,44 +18,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
-from typing import Any
-
-import yaml
-from pydantic import ValidationError
 
 from reviewstack.common.errors import ReviewStackError
 from reviewstack.common.logging import configure_logging, get_logger
-from reviewstack.common.runspec import TrainSpec
+from reviewstack.common.runspec import TrainSpec, load_train_spec
 from reviewstack.common.settings import LoggingSettings, StoreSettings
 
 log = get_logger(__name__)
 BAD_INPUT, PREEMPTED = 2, 143
-
-
-def read_spec(source: str, overrides: list[str], settings: StoreSettings | None = None) -> TrainSpec:
-    """Load a spec from a file or store URI and apply `key=value` overrides; ValidationError if invalid."""
-    if "://" in source and not source.startswith("file://"):
-        from reviewstack.common.store import open_store
-
-        parent, _, name = source.rstrip("/").rpartition("/")
-        text = open_store(parent, settings).get_bytes(name).decode()
-    else:
-        path = Path(source.removeprefix("file://"))
-        if not path.is_file():
-            raise ReviewStackError(f"spec file {path} does not exist")
-        text = path.read_text()
-    data: dict[str, Any] = (json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)) or {}
-    for override in overrides:
-        key, sep, value = override.partition("=")
-        if not sep or not key:
-            raise ReviewStackError(f"override {override!r} is not key=value")
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    return TrainSpec.model_validate(data)
 
 
 def _record_failure(spec: TrainSpec, message: str) -> None:
@@ -87,21 +57,19 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(0 if args else BAD_INPUT)
     from reviewstack.trainjob.recipe import FineTuneRecipe, Preempted
 
-    spec: TrainSpec | None = None
     try:
-        spec = read_spec(args[0], args[1:], StoreSettings())
-        summary = FineTuneRecipe(spec).run()
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors())
-        log.error("invalid training spec", problems=problems)
+        spec = load_train_spec(args[0], args[1:], StoreSettings())
+    except ReviewStackError as exc:  # a spec that does not validate names no run to record it in
+        log.error("invalid training spec", problems=str(exc))
         raise SystemExit(BAD_INPUT) from None
+    try:
+        summary = FineTuneRecipe(spec).run()
     except Preempted as exc:
         log.warning(str(exc))
         raise SystemExit(PREEMPTED) from None
     except ReviewStackError as exc:
         log.error("cannot train", error=str(exc))
-        if spec is not None:
-            _record_failure(spec, str(exc))
+        _record_failure(spec, str(exc))
         raise SystemExit(BAD_INPUT) from None
     if os.environ.get("RANK", "0") == "0":  # one summary per run, not one per process
         log.info("training finished", **{k: v for k, v in summary.items() if v is not None})

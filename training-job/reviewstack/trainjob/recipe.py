@@ -1,19 +1,19 @@
-"""The fine-tuning recipe: one class, read top to bottom — __init__ → preflight → setup → train → finish.
+"""The fine-tuning recipe: one class, read top to bottom — __init__ → preflight → setup (data, model,
+resume) → train → finish.
 
 Supported: LoRA (default), QLoRA (bitsandbytes + GPU), full fine-tuning; Position Interpolation to the
 target context; flash attention 2 when importable, SDPA otherwise; gradient checkpointing; loss on the
 response only with logits only at labelled positions (Liger's fused kernel when installed); resume from
 the latest complete checkpoint of the same run id; best-by-validation-loss `best/`; `merged/` weights.
-DeepSpeed ZeRO-3 (deepspeed=zero3, zero.py): one or several processes started by torchrun, NCCL on
-GPUs, gloo on CPUs; weights partitioned as they load, the loss computed inside the engine's forward,
-each rank's data shard and optimizer shard, losses and counts summed over ranks, checkpoints holding
-every rank's shard (resumable by the same number of processes only). On SIGTERM all ranks stop after
-the same step and checkpoint; torchrun kills them 30 s after passing SIGTERM on, so give it
-`--shutdown-timeout` longer than a step plus a checkpoint.
-Not supported, refused at start: several processes without DeepSpeed ZeRO-3 (plain DDP would hold a
-full model copy per GPU, which 12k-token 8B training cannot afford); QLoRA without a GPU; QLoRA with
-ZeRO-3. GPU speed-ups that keep the maths (Liger kernels, LoRA in bf16 under autocast, cuDNN attention)
-are in kernels.py; under ZeRO-3 the loss uses the plain head instead of Liger's fused one.
+How the model is stepped, saved and restored is execution.py's: one process in plain PyTorch, or
+DeepSpeed ZeRO-3 over the processes torchrun started (deepspeed=zero3: NCCL on GPUs, gloo on CPUs, each
+rank's data and optimizer shard, losses and counts summed over ranks, checkpoints resumable by the same
+number of processes only). On SIGTERM all ranks stop after the same step and checkpoint; torchrun kills
+them 30 s after passing SIGTERM on, so give it `--shutdown-timeout` longer than a step plus a checkpoint.
+Not supported, refused at start: several processes without ZeRO-3 (plain DDP would hold a full model
+copy per GPU, which 12k-token 8B training cannot afford); QLoRA without a GPU; QLoRA with ZeRO-3. GPU
+speed-ups that keep the maths (Liger kernels, LoRA in bf16 under autocast, cuDNN attention) are in
+kernels.py.
 """
 
 from __future__ import annotations
@@ -46,9 +46,9 @@ from reviewstack.trainjob.data import (
     collate,
     open_dataset,
 )
-from reviewstack.trainjob.kernels import step_context, use_liger
-from reviewstack.trainjob.loss import ResponseLoss, ResponseLossModel
-from reviewstack.trainjob.model import check_base_model, load_model, parameter_groups
+from reviewstack.trainjob.execution import Execution, SingleProcess, Zero3
+from reviewstack.trainjob.kernels import step_context
+from reviewstack.trainjob.model import check_base_model
 from reviewstack.trainjob.reporting import RunReporter
 from reviewstack.trainjob.rope import interpolation_factor
 
@@ -83,7 +83,6 @@ class FineTuneRecipe:
             zero.select_accelerator(self.device)
         _seed_everything(spec.seed)
         self._stop = False
-        self.engine: Any = None  # the DeepSpeed engine under ZeRO-3
 
     # -- before any training --------------------------------------------------------------------------
     def preflight(self) -> None:
@@ -130,8 +129,20 @@ class FineTuneRecipe:
                 ) from None
 
     def setup(self) -> None:
+        self._setup_data()  # first: the step count, and so the LR schedule, depends on it
+        self._setup_model()
+        self._resume()
+        log.info(
+            "setup done",
+            train=len(self.train_examples),
+            val=len(self.val_examples),
+            total_steps=self.total_steps,
+            accumulation=self.accumulation,
+            processes=self.world_size,
+        )
+
+    def _setup_data(self) -> None:
         spec = self.spec
-        # data before the model: the step count (and so the scheduler) depends on it
         builder = ExampleBuilder(
             self.tokenizer, self.dataset.schema, spec.max_prompt_length, spec.max_response_length
         )
@@ -142,66 +153,42 @@ class FineTuneRecipe:
             len(self.train_examples), spec.micro_batch_size, spec.seed, self.rank, self.world_size
         )
         self.accumulation = spec.effective_batch_size // (spec.micro_batch_size * self.world_size)
-        steps_per_epoch = max(1, self.sampler.batches_per_epoch // self.accumulation)
-        self.steps_per_epoch = steps_per_epoch
-        self.total_steps = math.ceil(spec.epochs * steps_per_epoch)
+        self.steps_per_epoch = max(1, self.sampler.batches_per_epoch // self.accumulation)
+        self.total_steps = math.ceil(spec.epochs * self.steps_per_epoch)
         if spec.max_steps:
             self.total_steps = min(self.total_steps, spec.max_steps)
+
+    def _setup_model(self) -> None:
+        """The model, its loss, optimizer and schedule, run as the spec's layout says (execution.py)."""
         from transformers import get_scheduler
 
         def schedule(optimizer: Any) -> Any:
             return get_scheduler(
-                spec.lr_scheduler,
+                self.spec.lr_scheduler,
                 optimizer,
-                num_warmup_steps=int(spec.warmup_ratio * self.total_steps),
+                num_warmup_steps=int(self.spec.warmup_ratio * self.total_steps),
                 num_training_steps=self.total_steps,
             )
 
-        # Liger's fused loss reads lm_head's weight outside the module, where ZeRO-3 has not gathered it;
-        # there the plain head on the response positions (as fast at ~1k labelled tokens) is used
-        fused_loss = use_liger(spec.liger, self.device) and not self.zero3
         if self.zero3:
-            from reviewstack.trainjob import zero
-
-            zero.init_distributed(self.device)
-            config = zero.build_config(spec, self.accumulation, self.world_size, self.device, self.dtype)
-            self._hf_ds_config = zero.hf_config(config)  # held: transformers keeps a weak reference
-            self.model, self.pi_factor = load_model(spec, self.device, self.dtype)
-            self.loss_model = ResponseLossModel(self.model, ResponseLoss(fused_loss))
-            self.engine, self.scheduler = zero.initialize(self.loss_model, config, schedule)
-        else:
-            self.model, self.pi_factor = load_model(spec, self.device, self.dtype)
-            self.loss_model = ResponseLossModel(self.model, ResponseLoss(fused_loss))
-            self.optimizer = torch.optim.AdamW(
-                parameter_groups(self.model, spec),
-                lr=spec.learning_rate,
-                weight_decay=spec.weight_decay,
-                fused=self.device.type == "cuda",
+            self.execution: Execution = Zero3(
+                self.spec, self.device, self.dtype, schedule, self.accumulation, self.rank, self.world_size
             )
-            self.scheduler = schedule(self.optimizer)
+        else:
+            self.execution = SingleProcess(self.spec, self.device, self.dtype, schedule)
+        self.model, self.pi_factor = self.execution.model, self.execution.pi_factor
         self.reporter = RunReporter(self.output, self.run_prefix, self.total_steps, enabled=self.rank == 0)
+
+    def _resume(self) -> None:
+        """From the latest complete checkpoint of this run id, if there is one."""
         self.state = checkpoint.TrainerState(0, self.sampler.state_dict(), None, None, 0)
-        if self.latest:
-            if self.engine is not None:
-                self.state = checkpoint.load_zero_checkpoint(
-                    self.output, self.latest, self.engine, self.model, self.rank
-                )
-            else:
-                self.state = checkpoint.load_checkpoint(
-                    self.output, self.latest, self.model, self.optimizer, self.scheduler
-                )
-            self.sampler.load_state_dict(self.state.sampler)
-            self.reporter.resume(self.state.step)
-            self.reporter.best = _best(self.state)
-            log.info("resumed", checkpoint=self.output.uri_for(self.latest), step=self.state.step)
-        log.info(
-            "setup done",
-            train=len(self.train_examples),
-            val=len(self.val_examples),
-            total_steps=self.total_steps,
-            accumulation=self.accumulation,
-            processes=self.world_size,
-        )
+        if not self.latest:
+            return
+        self.state = self.execution.load(self.output, self.latest)
+        self.sampler.load_state_dict(self.state.sampler)
+        self.reporter.resume(self.state.step)
+        self.reporter.best = _best(self.state)
+        log.info("resumed", checkpoint=self.output.uri_for(self.latest), step=self.state.step)
 
     # -- the loop ------------------------------------------------------------------------------------
     def train(self) -> None:
@@ -209,10 +196,12 @@ class FineTuneRecipe:
         batches = iter(self.sampler)
         pad_id = self.tokenizer.tokenizer.pad_token_id
         pad_id = self.tokenizer.tokenizer.eos_token_id if pad_id is None else pad_id
-        self.loss_model.train()
+        self.execution.loss_model.train()
         for step in range(self.state.step + 1, self.total_steps + 1):
             started = time.perf_counter()
-            lr = self.scheduler.get_last_lr()[0]  # the rate this step's update uses (read before it moves)
+            lr = self.execution.scheduler.get_last_lr()[
+                0
+            ]  # the rate this step's update uses (read before it moves)
             micro = [
                 [self.train_examples[i] for i in indices] for indices in islice(batches, self.accumulation)
             ]
@@ -229,7 +218,7 @@ class FineTuneRecipe:
             loss_sum = 0.0
             for batch in micro:
                 loss_sum += self._backward(batch, pad_id, scale)
-            grad_norm = self._optimizer_step()
+            grad_norm = self.execution.step()
             loss_sum, stopping = self._sum_over_ranks(loss_sum, float(self._stop))
             stop = stopping > 0  # agreed by all ranks: one that stopped alone would leave the others hanging
             self.state = checkpoint.TrainerState(
@@ -265,32 +254,9 @@ class FineTuneRecipe:
 
         Both inside the step context: gradient checkpointing re-runs block forwards during backward."""
         with step_context(self.device, self.dtype):
-            summed, _ = self._forward(batch, pad_id)
-            if self.engine is not None:
-                self.engine.backward(summed * scale, scale_wrt_gas=False)
-            else:
-                (summed * scale).backward()
-        if self.engine is not None:
-            self.engine.step()  # DeepSpeed applies the update at the last micro-batch only
+            summed, _ = self.execution.forward(_to(collate(batch, pad_id), self.device))
+            self.execution.backward(summed * scale)
         return float(summed.detach())
-
-    def _forward(self, batch: list[Example], pad_id: int) -> tuple[torch.Tensor, int]:
-        forward = self.engine if self.engine is not None else self.loss_model
-        return forward(**_to(collate(batch, pad_id), self.device))
-
-    def _optimizer_step(self) -> float:
-        """Clip, step and schedule (DeepSpeed did all three in its last `step()`); the gradient norm."""
-        if self.engine is not None:
-            if not self.engine.was_step_applied():
-                raise RuntimeError("DeepSpeed's accumulation boundary is out of step with the recipe's")
-            return float(self.engine.get_global_grad_norm())
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for p in self.model.parameters() if p.requires_grad], self.spec.max_grad_norm
-        )
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return float(grad_norm)
 
     def _sum_over_ranks(self, *values: float) -> list[float]:
         if self.world_size == 1:
@@ -308,15 +274,15 @@ class FineTuneRecipe:
         examples = self.val_examples or self.train_examples[: self.spec.max_eval_examples or 16]
         mine = examples[self.rank :: self.world_size]
         size = self.spec.micro_batch_size
-        self.loss_model.eval()
+        self.execution.loss_model.eval()
         total, tokens = 0.0, 0
         with step_context(self.device, self.dtype):
             for start in range(0, math.ceil(len(examples) / self.world_size), size):
                 batch = mine[start : start + size]
-                summed, n = self._forward(batch or examples[:1], pad_id)
+                summed, n = self.execution.forward(_to(collate(batch or examples[:1], pad_id), self.device))
                 if batch:
                     total, tokens = total + float(summed), tokens + n
-        self.loss_model.train()
+        self.execution.loss_model.train()
         total, tokens = self._sum_over_ranks(total, tokens)
         return total / max(tokens, 1)
 
@@ -325,25 +291,14 @@ class FineTuneRecipe:
             return  # the same decision on every rank: val_loss is summed over all of them
         self.state = checkpoint.TrainerState(step, self.state.sampler, step, val_loss, self.state.tokens_seen)
         self.reporter.best = _best(self.state)
-        weights = None
-        if self.engine is not None:  # partitioned: gathered by every rank, written by rank 0
-            from reviewstack.trainjob import zero
-
-            weights = zero.gathered_trainable_state(self.model, self.rank)
+        weights = self.execution.trainable_state()  # partitioned ones are gathered by every rank
         if self.rank == 0:
             checkpoint.save_best(
                 self.output, self.run_prefix, self.model, self.tokenizer.tokenizer, step, val_loss, weights
             )
 
     def save(self) -> None:
-        if self.engine is not None:
-            checkpoint.save_zero_checkpoint(
-                self.output, self.run_prefix, self.engine, self.model, self.state, self.rank, self.world_size
-            )
-        elif self.rank == 0:
-            checkpoint.save_checkpoint(
-                self.output, self.run_prefix, self.model, self.optimizer, self.scheduler, self.state
-            )
+        self.execution.save(self.output, self.run_prefix, self.state)
 
     # -- after the loop ------------------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
@@ -356,10 +311,7 @@ class FineTuneRecipe:
             "final_loss": self.reporter.latest.get("loss"),
             "pi_factor": self.pi_factor,
         }
-        if self.engine is not None:
-            from reviewstack.trainjob import zero
-
-            zero.release()  # rank 0's merge loads a whole base model, which ZeRO-3 must not partition
+        self.execution.release()  # rank 0's merge loads a whole base model, which must not be partitioned
         if self.rank == 0:
             if self.spec.merge:
                 lineage = {

@@ -34,7 +34,10 @@ from dataclasses import dataclass
 
 from reviewstack.common.errors import InvalidArgument
 
-__all__ = ["CleanedPaper", "clean_paper"]
+__all__ = ["PAPER_SUFFIXES", "CleanedPaper", "clean_paper", "decode_paper"]
+
+# the files a paper can be reviewed from (`decode_paper` reads each)
+PAPER_SUFFIXES = (".md", ".markdown", ".txt", ".pdf")
 
 
 @dataclass(frozen=True)

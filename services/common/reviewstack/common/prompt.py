@@ -1,5 +1,6 @@
-"""The reviewer prompt: one implementation shared by data-prep (training data) and the review service
-(inference), so the model is served exactly the prompt it was trained on.
+"""The reviewer prompt: one implementation shared by data-prep (training data), the review service
+(inference) and the OpenAI-compatible baseline, so the model is served exactly the prompt it was trained
+on and a baseline reads exactly the paper text the model reads.
 
 Bump `PROMPT_VERSION` whenever the instruction or the layout changes: datasets, runs and reviews record
 it, and a mismatch between training and serving is then visible in their lineage.
@@ -136,3 +137,21 @@ def _clean_cut(text: str, position: int, window: int = 400) -> int:
         if found > 0:
             return found + (1 if separator == ". " else 0)
     return position
+
+
+def review_prompt(builder: PromptBuilder, paper_text: str) -> tuple[Prompt, list[str]]:
+    """The prompt to review a paper's text: cleaned as data-prep cleans its papers, cut to the builder's
+    limit, and a warning that says how much was cut. Blocking (tokenizing a long paper takes seconds)."""
+    from reviewstack.common.papers import clean_paper
+
+    cleaned = clean_paper(paper_text)
+    if not cleaned.text.strip():
+        raise InvalidArgument("the paper has no text left after cleaning (only front matter?)")
+    prompt = builder.build(cleaned.text)
+    warnings = []
+    if prompt.truncated:
+        warnings.append(
+            f"paper truncated to {prompt.paper_tokens_kept} of its {prompt.paper_tokens} tokens "
+            f"(max_prompt_length {builder.max_prompt_length})"
+        )
+    return prompt, warnings

@@ -2,19 +2,30 @@
 CLI) and the training job that executes it.
 
 It lives here, not in the job, so that the controller can validate a spec and build a Job from it
-without importing the trainer. Defaults are the method's reference hyper-parameters (effective batch
-16, lr 1e-4, 3 epochs, save every 100 steps) and its context extension (Llama-3 8k → 12k by Position
-Interpolation, factor 1.5).
+without importing the trainer; so does its reader (`load_train_spec`: a file or store object, `a.b=v`
+overrides, one-line errors), which the job, the `reviewstack train` verbs and the experiment runner all
+use, so a spec means the same thing to each of them.
+
+Defaults are the method's reference hyper-parameters (effective batch 16, lr 1e-4, 3 epochs, save every
+100 steps) and its context extension (Llama-3 8k → 12k by Position Interpolation, factor 1.5).
 """
 
 from __future__ import annotations
 
+import copy
 import re
-from typing import Literal
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from reviewstack.common.errors import InvalidArgument, NotFound
 from reviewstack.common.prompt import MAX_PROMPT_LENGTH, MAX_RESPONSE_LENGTH
+
+if TYPE_CHECKING:
+    from reviewstack.common.settings import StoreSettings
 
 _RUN_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # a DNS label: it names Kubernetes objects
 MAX_EFFECTIVE_BATCH = 4096
@@ -131,3 +142,79 @@ class TrainSpec(BaseModel):
                 "(every row trains) nor deepspeed zero3 (partitioned embeddings); leave it empty there"
             )
         return self
+
+
+def read_spec_source(source: str, settings: StoreSettings | None = None) -> dict[str, Any]:
+    """The mapping in a JSON/YAML file or in a store object (`s3://bucket/.../spec.json`)."""
+    if "://" in source and not source.startswith("file://"):
+        from reviewstack.common.store import open_store
+
+        parent, _, name = source.rstrip("/").rpartition("/")
+        text = open_store(parent, settings).get_bytes(name).decode()  # NotFound names the URI
+    else:
+        path = Path(source.removeprefix("file://")).expanduser()
+        if not path.is_file():
+            raise NotFound(f"spec file {path} does not exist; pass a JSON/YAML file or a store URI")
+        text = path.read_text()
+    try:
+        data = yaml.safe_load(text)  # JSON is YAML: one parser for both
+    except yaml.YAMLError as exc:
+        raise InvalidArgument(f"spec {source} is neither JSON nor YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InvalidArgument(f"spec {source} must hold a mapping of settings, not a {type(data).__name__}")
+    return data
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """`["a.b=8", "c=[x]"]` as `{"a.b": 8, "c": ["x"]}`: values are YAML scalars, else the text as it is."""
+    values: dict[str, Any] = {}
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise InvalidArgument(f"override {override!r} is not key=value (nested keys: lora.r=8)")
+        try:
+            values[key] = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            values[key] = raw
+    return values
+
+
+def with_values(data: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of `data` with each dotted key of `values` set (`lora.r` reaches into `lora`)."""
+    result = copy.deepcopy(dict(data))
+    for key, value in values.items():
+        node = result
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise InvalidArgument(f"{key}: {part!r} is a value, not a group of settings")
+            node = child
+        node[leaf] = value
+    return result
+
+
+def validate_train_spec(data: Mapping[str, Any], where: str = "run spec") -> TrainSpec:
+    """A TrainSpec, or InvalidArgument naming every bad field on one line (`invalid <where>: …`)."""
+    try:
+        return TrainSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+        raise InvalidArgument(f"invalid {where}: {problems}") from None
+
+
+def read_with_overrides(
+    source: str, overrides: list[str], settings: StoreSettings | None = None
+) -> dict[str, Any]:
+    """The settings in `source` with `key=value` overrides applied, not yet validated."""
+    return with_values(read_spec_source(source, settings), parse_overrides(overrides))
+
+
+def load_train_spec(source: str, overrides: list[str], settings: StoreSettings | None = None) -> TrainSpec:
+    """Read `source`, apply `key=value` overrides and validate: what the training job runs."""
+    return validate_train_spec(read_with_overrides(source, overrides, settings))

@@ -24,14 +24,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from rich.console import Console
 from rich.markup import escape
 
 from reviewstack.common.errors import FailedPrecondition, InvalidArgument, NotFound, ReviewStackError
 from reviewstack.common.progress import ProgressDisplay
 from reviewstack.common.prompt import paper_from_messages
-from reviewstack.common.review_record import is_well_formed, reached_budget, unwritten_aspects
+from reviewstack.common.review_record import ReviewRecord
+from reviewstack.common.runspec import read_spec_source, validate_train_spec, with_values
 from reviewstack.common.store import ArtifactStore, LocalStore
 from reviewstack.experiment.spec import EMBEDDED, ExperimentSpec, SystemSpec, decoding_label, fingerprint
 from reviewstack.experiment.verbs import Verbs
@@ -239,32 +239,15 @@ class ExperimentRunner:
         """A run's config with its overrides, checked as the training job will check it (TrainSpec),
         plus the one check that needs the dataset: its prompts and responses fit the run's context.
         A variant that cannot train fails here, in seconds, not after the runs before it."""
-        from pydantic import ValidationError
-
-        from reviewstack.common.runspec import TrainSpec
-
         run = self.spec.runs[name]
         config = self.spec.path(run.config)
         if not config.is_file():
             raise NotFound(f"runs.{name}.config: {config} does not exist")
-        data = yaml.safe_load(config.read_text()) or {}
-        for key, value in {**values, **run.overrides}.items():
-            *parents, leaf = key.split(".")
-            node = data
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = value
+        data = with_values(read_spec_source(str(config)), {**values, **run.overrides})
         placeholders = {"run_id": "check", "dataset": "check", "base_model": "check", "output": "check"}
-        try:
-            checked = TrainSpec(**{**data, **placeholders})
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"] for e in exc.errors()
-            )
-            given = ", ".join(f"{k}={v}" for k, v in values.items())
-            raise InvalidArgument(
-                f"runs.{name} ({run.config} + overrides{' + ' + given if given else ''}): {problems}"
-            ) from None
+        given = "".join(f" + {k}={v}" for k, v in values.items())
+        where = f"runs.{name} ({run.config} + overrides{given})"
+        checked = validate_train_spec({**data, **placeholders}, where)
         dataset = self.spec.datasets[run.dataset]
         if dataset.max_prompt_length + dataset.max_response_length > checked.target_context:
             raise InvalidArgument(
@@ -322,7 +305,7 @@ class ExperimentRunner:
         config = self.spec.path(run.config)
         if not config.is_file():
             raise NotFound(f"runs.{name}.config: {config} does not exist")
-        settings = yaml.safe_load(config.read_text())  # its settings, not its comments, name the run
+        settings = read_spec_source(str(config))  # its settings, not its comments, name the run
         overrides = {**values, **run.overrides}
         print_ = fingerprint(
             {"config": settings, "overrides": overrides, "dataset": dataset, "base_model": run.base_model}
@@ -424,13 +407,13 @@ class ExperimentRunner:
     def _form_of(self, prefix: str) -> dict[str, Any]:
         """How many of a candidate's validation reviews are well formed (reviewstack.common.review_record)."""
         keys = [ref.key for ref in self.store.list(prefix) if ref.key.endswith(".json")]
-        records = [json.loads(self.store.get_bytes(key)) for key in keys]
+        records = [ReviewRecord.from_json(self.store.get_bytes(key)) for key in keys]
         return {
             "reviews": prefix,
             "papers": len(records),
-            "well_formed": sum(map(is_well_formed, records)),
-            "cut_short": sum(map(reached_budget, records)),
-            "unwritten_aspects": sum(len(unwritten_aspects(r)) for r in records),
+            "well_formed": sum(r.well_formed for r in records),
+            "cut_short": sum(r.reached_budget for r in records),
+            "unwritten_aspects": sum(len(r.unwritten_aspects) for r in records),
         }
 
     def _record_run(
@@ -558,7 +541,7 @@ class ExperimentRunner:
         if timing is not None:
             took, written = timing
             tokens = sum(
-                json.loads(self.store.get_bytes(f"{prefix}/{p}.json")).get("generated_tokens", 0)
+                ReviewRecord.from_json(self.store.get_bytes(f"{prefix}/{p}.json")).generated_tokens or 0
                 for p in written
             )
             entry |= {

@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from reviewstack.generation.engine import Finished, Handle, TokenInfo
+from reviewstack.generation.engine import EndEvent, ErrorEvent, Finished, Handle
 from reviewstack.generation.protocol import ChatRequest, ValidationFailed, chat_messages
 
 _FINISH_REASONS = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
@@ -89,17 +89,18 @@ async def chat_events(chunk: ChatChunk, handle: Handle, include_usage: bool) -> 
     sent = ""
     try:
         while True:
-            kind, payload = await handle.events.get()
-            if kind == "error":  # the OpenAI client raises on an event carrying "error"
-                yield _sse({"error": {"message": payload, "type": "generation", "param": None, "code": None}})
+            event = await handle.events.get()
+            if isinstance(event, ErrorEvent):  # the OpenAI client raises on an event carrying "error"
+                message = {"message": event.message, "type": "generation", "param": None, "code": None}
+                yield _sse({"error": message})
                 return
-            token: TokenInfo = payload[0]
-            if kind == "token":
+            token = event.token
+            if not isinstance(event, EndEvent):
                 text = "" if token.special else token.text
                 sent += text
                 yield _sse(chunk.delta(text, None))
                 continue
-            finished: Finished = payload[2]
+            finished = event.finished
             final = finished.generated_text
             rest = final[len(sent) :] if final.startswith(sent) else ("" if token.special else token.text)
             yield _sse(chunk.delta(rest, _reason(finished)))

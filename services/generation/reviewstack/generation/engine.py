@@ -60,6 +60,31 @@ class Finished:
     top_tokens: list[list[TokenInfo]]
 
 
+@dataclass(frozen=True)
+class TokenEvent:
+    """A token the request generated, with its top alternatives when it asked for them."""
+
+    token: TokenInfo
+    top: list[TokenInfo] | None
+
+
+@dataclass(frozen=True)
+class EndEvent(TokenEvent):
+    """The request's last token, and how it ended."""
+
+    finished: Finished
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    """The request failed; nothing follows."""
+
+    message: str
+
+
+EngineEvent = TokenEvent | EndEvent | ErrorEvent
+
+
 @dataclass
 class Request:
     """A validated generation request, as the HTTP layer hands it to the engine."""
@@ -93,12 +118,12 @@ class Handle:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.events: asyncio.Queue[EngineEvent] = asyncio.Queue()
         self.cancelled = threading.Event()
 
-    def emit(self, kind: str, payload: Any) -> None:  # called from the engine thread
+    def emit(self, event: EngineEvent) -> None:  # called from the engine thread
         try:
-            self._loop.call_soon_threadsafe(self.events.put_nowait, (kind, payload))
+            self._loop.call_soon_threadsafe(self.events.put_nowait, event)
         except RuntimeError:  # the caller's event loop is closed: nobody is listening any more
             self.cancel()
 
@@ -187,7 +212,7 @@ class Engine:
             self.error = f"{type(exc).__name__}: {exc}"
             log.exception("engine loop stopped")
             for item in [*self._waiting, *self._running.values()]:
-                item.handle.emit("error", f"the generation engine stopped: {self.error}")
+                item.handle.emit(ErrorEvent(f"the generation engine stopped: {self.error}"))
 
     def _turn(self) -> None:
         self._drain_inbox()
@@ -312,7 +337,7 @@ class Engine:
             item.text += text
         reason = self._finish_reason(item, token)
         if reason is None:
-            item.handle.emit("token", (info, item.top_tokens[-1] if sampling.top_n_tokens else None))
+            item.handle.emit(TokenEvent(info, item.top_tokens[-1] if sampling.top_n_tokens else None))
             return
         del self._running[item.slot]
         generated = self.tokenizer.decode(item.generated, skip_special_tokens=True)
@@ -331,7 +356,7 @@ class Engine:
         metrics.GENERATED_TOKENS.observe(len(item.generated))
         metrics.REQUEST_DURATION.observe(time.monotonic() - item.queued_at)
         self._release(item, success=True)  # before the caller hears: its next request finds the room
-        item.handle.emit("end", (info, item.top_tokens[-1] if sampling.top_n_tokens else None, finished))
+        item.handle.emit(EndEvent(info, item.top_tokens[-1] if sampling.top_n_tokens else None, finished))
 
     def _finish_reason(self, item: _Running, token: int) -> str | None:
         if token in self.eos_ids:
@@ -358,11 +383,11 @@ class Engine:
         self._probe()
         message = f"generation failed in {stage}: {type(exc).__name__}: {exc}"
         for item in items:
-            item.handle.emit("error", message)
+            item.handle.emit(ErrorEvent(message))
 
     def _fail(self, item: _Running, message: str) -> None:
         self._forget(item)
-        item.handle.emit("error", message)
+        item.handle.emit(ErrorEvent(message))
 
     def _forget(self, item: _Running) -> None:
         """Give the request's slot and its place in the count back."""

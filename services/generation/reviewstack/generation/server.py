@@ -29,7 +29,15 @@ from reviewstack.common.generation_params import MAX_STOP_SEQUENCES
 from reviewstack.common.grpc.auth import TokenSource
 from reviewstack.generation import metrics
 from reviewstack.generation.chat import ChatChunk, chat_events, chat_prompt, openai_error
-from reviewstack.generation.engine import Engine, Finished, Handle, Overloaded, TokenInfo
+from reviewstack.generation.engine import (
+    EndEvent,
+    Engine,
+    ErrorEvent,
+    Finished,
+    Handle,
+    Overloaded,
+    TokenInfo,
+)
 from reviewstack.generation.guards import BearerAuth, BodyLimit
 from reviewstack.generation.protocol import (
     REFUSAL_PENALTY_HEADER,
@@ -131,11 +139,11 @@ def create_app(
     async def finish(handle: Handle) -> Finished | Failure:
         try:
             while True:
-                kind, payload = await handle.events.get()
-                if kind == "error":
-                    return Failure(500, payload, "generation")
-                if kind == "end":
-                    return payload[2]
+                event = await handle.events.get()
+                if isinstance(event, ErrorEvent):
+                    return Failure(500, event.message, "generation")
+                if isinstance(event, EndEvent):
+                    return event.finished
         finally:
             handle.cancel()  # a client that went away frees its slot; a finished request ignores it
 
@@ -269,21 +277,20 @@ async def _events(body: GenerateRequest, handle: Handle) -> AsyncIterator[str]:
     index = 0
     try:
         while True:
-            kind, payload = await handle.events.get()
+            got = await handle.events.get()
             index += 1
-            if kind == "error":
-                yield _sse({"error": payload, "error_type": "generation"})
+            if isinstance(got, ErrorEvent):
+                yield _sse({"error": got.message, "error_type": "generation"})
                 return
-            token, top = payload[0], payload[1]
             event: dict[str, Any] = {
                 "index": index,
-                "token": _token(token),
-                "top_tokens": [_token(t) for t in top] if top else None,
+                "token": _token(got.token),
+                "top_tokens": [_token(t) for t in got.top] if got.top else None,
                 "generated_text": None,
                 "details": None,
             }
-            if kind == "end":
-                finished: Finished = payload[2]
+            if isinstance(got, EndEvent):
+                finished = got.finished
                 event["generated_text"] = _full_text(body, finished.generated_text)
                 event["details"] = {
                     "finish_reason": finished.finish_reason,

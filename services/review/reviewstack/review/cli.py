@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
-import json
-from collections.abc import AsyncIterator, Callable
+import signal
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,7 +27,8 @@ from rich.console import Console
 from rich.table import Table
 
 from reviewstack.common.errors import FailedPrecondition, InvalidArgument
-from reviewstack.review.reviewer import PAPER_SUFFIXES
+from reviewstack.common.papers import PAPER_SUFFIXES
+from reviewstack.common.review_record import AspectEntry, ReviewBody, ReviewRecord
 from reviewstack.v1 import common_pb2, review_pb2
 
 out = Console()
@@ -89,10 +88,27 @@ def review(
     # the embedded engine gets one KV-cache slot per review written at once
     source = _Source(server, token, backend, engine_model, tokenizer, timeout, backend_token, concurrency)
     if paper is not None:
-        asyncio.run(_one(source, _request(paper, schema, parameters), as_json))
+        _run_until_stopped(_one(source, _request(paper, schema, parameters), as_json))
     else:
         assert batch is not None
-        asyncio.run(_batch(source, batch, system, store, concurrency, schema, parameters))
+        _run_until_stopped(_batch(source, batch, system, store, concurrency, schema, parameters))
+
+
+def _run_until_stopped(work: Coroutine[Any, Any, None]) -> None:
+    """Run `work`; SIGTERM (a `timeout`, a job runner, a pod stopping) cancels it as Ctrl-C does, so the
+    engine it may have started is stopped on the way out instead of left running without a parent."""
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        await work
+
+    try:
+        asyncio.run(main())
+    except asyncio.CancelledError:
+        err.print("stopped (SIGTERM); papers already reviewed stay in the store")
+        raise typer.Exit(128 + signal.SIGTERM) from None
 
 
 def _request(
@@ -242,9 +258,7 @@ async def _batch(
                         failed.append(f"{path.name}: {_reason(exc)}")
                         return
                     record = _record(path, request, response, system)
-                    await asyncio.to_thread(
-                        store.put_bytes, f"{prefix}/{path.stem}.json", json.dumps(record, indent=1).encode()
-                    )
+                    await asyncio.to_thread(store.put_bytes, f"{prefix}/{path.stem}.json", record.to_json())
                     done += 1
                     progress.update("reviewing", done, len(papers), path.stem)
 
@@ -261,8 +275,8 @@ def _check_same_settings(
 ) -> None:
     """A resumed batch skips papers already reviewed: only right when they were written with the settings
     asked for now, or one system would mix two decodings and its evaluation would mean neither."""
-    stored = json.loads(store.get_bytes(f"{prefix}/{reviewed.stem}.json"))
-    had = stored.get("lineage", {}).get("parameters", {})
+    stored = ReviewRecord.from_json(store.get_bytes(f"{prefix}/{reviewed.stem}.json"))
+    had = stored.lineage.get("parameters", {})
     asked = json_format.MessageToDict(parameters, preserving_proto_field_name=True)
     differ = [f"{k} {had[k]} → {v}" for k, v in asked.items() if k in had and float(had[k]) != float(v)]
     if differ:
@@ -280,26 +294,26 @@ def _reason(exc: Exception) -> str:
 
 def _record(
     path: Path, request: review_pb2.ReviewRequest, response: review_pb2.ReviewResponse, system: str
-) -> dict[str, Any]:
+) -> ReviewRecord:
     """What the evaluation service reads: the review by aspect, its text, and where it came from."""
-    return {
-        "paper_id": path.stem,
-        "system": system,
-        "source": {"file": path.name, "sha256": hashlib.sha256(request.paper.file.content).hexdigest()},
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "review": {
-            "aspects": [
-                {"name": a.name, "items": list(a.items), "empty": a.empty, "missing": a.missing}
-                for a in response.review.aspects
-            ],
-            "text": response.review.text,
-            "raw_text": response.raw_text,
-        },
+    body = ReviewBody(
+        aspects=[
+            AspectEntry(name=a.name, items=list(a.items), empty=a.empty, missing=a.missing)
+            for a in response.review.aspects
+        ],
+        text=response.review.text,
+        raw_text=response.raw_text,
+    )
+    return ReviewRecord.of_paper(
+        path.name,
+        request.paper.file.content,
+        system,
+        body,
         # defaults written out: λ = 0 and temperature 0 are settings a sweep must see, not absences
-        "lineage": json_format.MessageToDict(
+        lineage=json_format.MessageToDict(
             response.lineage, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
         ),
-        "warnings": list(response.warnings),
-        "prompt_tokens": response.prompt_tokens,
-        "generated_tokens": response.generated_tokens,
-    }
+        warnings=list(response.warnings),
+        prompt_tokens=response.prompt_tokens,
+        generated_tokens=response.generated_tokens,
+    )

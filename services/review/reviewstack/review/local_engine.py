@@ -12,18 +12,15 @@ import json
 import os
 import secrets
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import aiohttp
 from rich.console import Console
 
-from reviewstack.common.errors import FailedPrecondition
+from reviewstack.common.child_process import ChildProcess, find_program, free_port, http_ready
+from reviewstack.common.errors import FailedPrecondition, Unavailable
 from reviewstack.common.prompt import MAX_RESPONSE_LENGTH
 
 READY_TIMEOUT_S = 600.0
@@ -60,15 +57,9 @@ async def embedded_engine(
     if not (model / "config.json").is_file():
         raise FailedPrecondition(f"{model} is not a model directory (no config.json)")
     prompt, new = budget(model)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    program = "reviewstack-generation"  # this environment's, else the one on PATH (a --target install)
-    found = shutil.which(program, path=str(Path(sys.executable).parent)) or shutil.which(program)
-    if found is None:
-        raise FailedPrecondition(f"{program} is not installed: install reviewstack-generation beside the CLI")
+    port = free_port()
     command = [
-        found,
+        find_program("reviewstack-generation", "install reviewstack-generation beside the CLI"),
         *("--model", str(model), "--host", "127.0.0.1", "--port", str(port)),
         *("--max-total-tokens", str(prompt + new), "--max-input-tokens", str(prompt)),
         *("--max-batch-size", str(slots)),
@@ -77,56 +68,19 @@ async def embedded_engine(
     env = {k: v for k, v in os.environ.items() if k != "REVIEWSTACK_AUTH_TOKEN_FILE"}
     env["REVIEWSTACK_AUTH_TOKEN"] = token
     logs = Path(tempfile.mkdtemp(prefix="reviewstack-engine-"))
-    with open(logs / "engine.log", "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=log, env=env)
+    engine = ChildProcess("the generation engine", command, logs / "engine.log", env)
     url = f"http://127.0.0.1:{port}"
     keep_log = False
     try:
         with console.status(f"starting the generation engine on {model.name}…"):
             try:
-                await _wait_healthy(url, process, logs / "engine.log")
-            except FailedPrecondition:
+                await asyncio.to_thread(engine.wait_ready, http_ready(url), READY_TIMEOUT_S, 0.5)
+            except Unavailable:
                 keep_log = True  # the message names it
                 raise
         yield url, model, token
     finally:
-        process.terminate()
-        try:
-            await asyncio.to_thread(process.wait, 30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        engine.terminate()
+        await asyncio.to_thread(engine.wait, 30)
         if not keep_log:
             shutil.rmtree(logs, ignore_errors=True)
-
-
-async def _wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + READY_TIMEOUT_S
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
-        while True:
-            if process.poll() is not None:
-                raise FailedPrecondition(
-                    f"the generation engine exited with {process.returncode} before it was ready: "
-                    f"{_last_error(log)}\n(full log: {log})"
-                )
-            try:
-                async with session.get(f"{url}/health") as reply:
-                    if reply.status == 200:
-                        return
-            except (aiohttp.ClientError, TimeoutError):
-                pass
-            if loop.time() > deadline:
-                raise FailedPrecondition(
-                    f"the generation engine did not start within {READY_TIMEOUT_S:.0f} s (log: {log})"
-                )
-            await asyncio.sleep(0.5)
-
-
-def _last_error(log: Path) -> str:
-    """What the engine died of: its last exception without the stack frames, else the log's last lines."""
-    lines = log.read_text(errors="replace").splitlines()
-    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
-    if starts:  # frames are indented; the exception and its message are not
-        lines = [line for line in lines[starts[-1] + 1 :] if line and not line[0].isspace()]
-    text = "\n".join(line for line in lines if line.strip())
-    return text[-1500:] or "(it wrote nothing)"

@@ -25,8 +25,14 @@ from reviewstack.common.generation_params import (
     check_seed,
     finite,
 )
-from reviewstack.common.papers import clean_paper, decode_paper, pdf_supported
-from reviewstack.common.prompt import MAX_RESPONSE_LENGTH, PROMPT_VERSION, Prompt, PromptBuilder
+from reviewstack.common.papers import PAPER_SUFFIXES, decode_paper, pdf_supported
+from reviewstack.common.prompt import (
+    MAX_RESPONSE_LENGTH,
+    PROMPT_VERSION,
+    Prompt,
+    PromptBuilder,
+    review_prompt,
+)
 from reviewstack.common.review_format import is_empty, parse, render, run_on_marker
 from reviewstack.common.store import ArtifactStore
 from reviewstack.common.store.scope import StoreScope
@@ -35,7 +41,6 @@ from reviewstack.review.backend import Backend, Decoding
 from reviewstack.v1 import common_pb2, review_pb2
 
 MAX_REPETITION_PENALTY = 3.0  # beyond it a model cannot repeat even the aspect headings it must write
-PAPER_SUFFIXES = (".md", ".markdown", ".txt", ".pdf")
 MAX_PAPER_BYTES = 32 * 2**20  # a PDF with figures; Markdown papers are a few hundred KB
 MAX_PAPER_CHARS = 2_000_000  # ~500k tokens, 45x the prompt: tokenizing it takes ~2 s and ~1 GB at most
 _READ_CHUNK = 1 << 20
@@ -90,17 +95,7 @@ class Reviewer:
 
     def _prompt(self, paper: common_pb2.Paper, schema: AspectSchema) -> tuple[Prompt, list[str]]:
         """The paper's prompt and what was cut from it: blocking work, run in a worker thread."""
-        cleaned = clean_paper(self._paper_text(paper))
-        if not cleaned.text.strip():
-            raise InvalidArgument("the paper has no text left after cleaning (only front matter?)")
-        prompt = self._builders[schema].build(cleaned.text)
-        warnings = []
-        if prompt.truncated:
-            warnings.append(
-                f"paper truncated to {prompt.paper_tokens_kept} of its {prompt.paper_tokens} tokens "
-                f"(max_prompt_length {self.limits.max_prompt_length})"
-            )
-        return prompt, warnings
+        return review_prompt(self._builders[schema], self._paper_text(paper))
 
     def _paper_text(self, paper: common_pb2.Paper) -> str:
         kind = paper.WhichOneof("content")

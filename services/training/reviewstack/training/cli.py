@@ -128,10 +128,10 @@ def submit(
     as_json: JsonOpt = False,
 ) -> None:
     """Send a run to a Training server (its launcher: a Kubernetes Job or a process there)."""
-    from reviewstack.training.specs import apply_overrides, read_spec_source
+    from reviewstack.common.runspec import read_with_overrides
     from reviewstack.v1 import training_pb2
 
-    data = apply_overrides(read_spec_source(spec, _settings()), overrides or [])
+    data = read_with_overrides(spec, overrides or [], _settings())
     pb = _run_spec_pb(data)
     if gpus is not None:
         pb.resources.gpus_per_node = gpus

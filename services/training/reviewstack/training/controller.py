@@ -33,28 +33,26 @@ from dataclasses import dataclass, field
 from reviewstack.common import errors
 from reviewstack.common.grpc import OperationRegistry, ProgressReporter
 from reviewstack.common.logging import get_logger
-from reviewstack.common.runspec import TrainSpec
+from reviewstack.common.runspec import TrainSpec, validate_train_spec
 from reviewstack.common.store import ArtifactStore, open_store
 from reviewstack.training.launchers import Launcher, LaunchState
 from reviewstack.training.preflight import check_dataset, check_output, local_path_of
 from reviewstack.training.settings import LauncherSettings
-from reviewstack.training.specs import Resources, spec_json, spec_to_pb, validate_spec
+from reviewstack.training.specs import Resources, spec_json, spec_to_pb
 from reviewstack.training.status import JobStatus, published_artifacts, read_status, run_prefix, spec_key
 from reviewstack.training.views import SUBMIT_KIND, run_stage, stored_run, synthetic_operation
 from reviewstack.v1 import operations_pb2, training_pb2
 
 log = get_logger(__name__)
-_KEEP_FINISHED = 1000  # finished runs answered from memory; older ones are read from the store again
+_KEEP_FINISHED = 1000  # finished runs (and operations) answered from memory; older runs: from the store
 
 
 class RunOperations(OperationRegistry):
     """The operation registry, with a hook that runs first when the server shuts down."""
 
-    def __init__(
-        self, max_workers: int, on_shutdown: Callable[[], None] | None = None, max_pending: int = 16
-    ) -> None:
-        super().__init__(max_workers=max_workers, max_pending=max_pending)
-        self.on_shutdown = on_shutdown
+    def __init__(self, max_workers: int, keep_finished: int = 1000, max_pending: int = 16) -> None:
+        super().__init__(max_workers=max_workers, keep_finished=keep_finished, max_pending=max_pending)
+        self.on_shutdown: Callable[[], None] | None = None
 
     def shutdown(self, cancel_running: bool = True) -> None:
         if self.on_shutdown is not None:
@@ -70,7 +68,6 @@ class _Run:
     resources: Resources
     spec_uri: str
     run_uri: str
-    request_id: str
     store: ArtifactStore
     created: float = field(default_factory=time.time)
     operation_id: str = ""
@@ -90,20 +87,22 @@ class TrainingController:
         workers = settings.max_concurrent_runs or (64 if launcher.name == "kubernetes" else 1)
         # runs waiting for a worker are bounded: the server's settings say how many (the CLI's have none)
         pending = getattr(settings, "max_pending_operations", 16)
-        self.operations = operations or RunOperations(workers, max_pending=pending)
+        self.operations = operations or RunOperations(workers, _KEEP_FINISHED, pending)
         self.operations.on_shutdown = self._on_shutdown
         self._lock = threading.Lock()
         self._submit_lock = threading.Lock()  # one submission at a time: run ids and request ids stay unique
         self._runs: dict[str, _Run] = {}
-        self._by_request: dict[str, str] = {}
         self._detached = False
 
     # ---- submit ---------------------------------------------------------------------------------------
     def find_request(self, request_id: str) -> training_pb2.Run | None:
-        """The run a client's request id already started (a retried SubmitRun), if any."""
+        """The run a client's request id already started (a retried SubmitRun), if any: the operation
+        registry knows the request ids, each run its operation."""
+        operation = self.operations.find(SUBMIT_KIND, request_id)
+        if operation is None:
+            return None
         with self._lock:
-            run_id = self._by_request.get(request_id) if request_id else None
-            run = self._runs.get(run_id) if run_id else None
+            run = next((r for r in self._runs.values() if r.operation_id == operation.id), None)
         return self._to_pb(run) if run is not None else None
 
     def submit(
@@ -139,7 +138,6 @@ class TrainingController:
                 resources=resources,
                 spec_uri=spec_uri,
                 run_uri=store.uri_for(run_prefix(spec.run_id)),
-                request_id=request_id,
                 store=store,
             )
             try:
@@ -151,8 +149,6 @@ class TrainingController:
             with self._lock:
                 run.operation_id = operation.id
                 self._runs[spec.run_id] = run
-                if request_id:
-                    self._by_request[request_id] = spec.run_id
             self._forget_finished()
             log.info(
                 "run accepted", run_id=spec.run_id, launcher=self.launcher.name, gpus=resources.gpus_per_node
@@ -185,19 +181,18 @@ class TrainingController:
             )
 
     def _forget_finished(self) -> None:
-        """Bound the memory of a long-lived server: the oldest finished runs beyond _KEEP_FINISHED (and
-        their request ids) are dropped; GetRun and ListRuns read them from the store from then on."""
+        """Bound the memory of a long-lived server: a finished run is forgotten with its operation (the
+        registry keeps the newest _KEEP_FINISHED finished ones), so a retried request id finds its run
+        whenever it finds its operation; GetRun and ListRuns read forgotten runs from the store."""
+        kept = {operation.id for operation in self.operations.list(SUBMIT_KIND)}
         with self._lock:
-            if len(self._runs) <= _KEEP_FINISHED:
-                return
-            oldest_first = sorted(self._runs.values(), key=lambda r: r.created)
-        finished = [r for r in oldest_first if self._finished(r)]
-        with self._lock:
-            for run in finished[: max(0, len(finished) - _KEEP_FINISHED)]:
+            runs = [r for r in self._runs.values() if r.operation_id not in kept]
+        for run in runs:
+            if not self._finished(run):
+                continue
+            with self._lock:
                 if self._runs.get(run.spec.run_id) is run:
                     del self._runs[run.spec.run_id]
-                if run.request_id and self._by_request.get(run.request_id) == run.spec.run_id:
-                    del self._by_request[run.request_id]
 
     # ---- following a run (operation worker thread) ----------------------------------------------------
     def _follow(self, run: _Run, reporter: ProgressReporter) -> training_pb2.Run:
@@ -404,7 +399,7 @@ def stored_spec(store: ArtifactStore, run_id: str) -> TrainSpec | None:
     except errors.FailedPrecondition as exc:  # corrupt: it does not match its recorded hash
         raise _unreadable_spec(store, run_id, str(exc)) from None
     try:
-        return validate_spec(json.loads(data))
+        return validate_train_spec(json.loads(data))
     except (ValueError, errors.InvalidArgument) as exc:
         raise _unreadable_spec(store, run_id, str(exc)) from None
 

@@ -1,25 +1,22 @@
-"""Run specs at the controller's edge: read one (file or store URI), apply `key=value` overrides,
-validate it as a `TrainSpec`, and convert it to and from the wire (`RunSpec`).
+"""Run specs at the controller's edge: what a controller fills in (a run id, its own store as the
+output), and the wire form (`RunSpec`). Reading a spec and its `key=value` overrides is
+`reviewstack.common.runspec`'s, shared with the training job.
 
-Every way in ends in `TrainSpec` validation, so a misspelt key or a bad value is refused the same way
+Every way in ends in `validate_train_spec`, so a misspelt key or a bad value is refused the same way
 — one line naming the field — whether it came from a YAML file, the CLI or a gRPC client.
 """
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import yaml
 from google.protobuf import json_format, struct_pb2
-from pydantic import ValidationError
 
-from reviewstack.common.errors import InvalidArgument, NotFound
-from reviewstack.common.runspec import TrainSpec
+from reviewstack.common.errors import InvalidArgument
+from reviewstack.common.runspec import TrainSpec, read_with_overrides, validate_train_spec
 from reviewstack.common.settings import StoreSettings
 from reviewstack.v1 import training_pb2
 
@@ -54,63 +51,6 @@ def new_run_id() -> str:
     return f"run-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
 
 
-def read_spec_source(source: str, settings: StoreSettings | None = None) -> dict[str, Any]:
-    """The mapping in a JSON/YAML file or in a store object (`s3://bucket/.../spec.json`)."""
-    if "://" in source and not source.startswith("file://"):
-        from reviewstack.common.store import open_store
-
-        parent, _, name = source.rstrip("/").rpartition("/")
-        text = open_store(parent, settings).get_bytes(name).decode()  # NotFound names the URI
-    else:
-        path = Path(source.removeprefix("file://")).expanduser()
-        if not path.is_file():
-            raise NotFound(f"spec file {path} does not exist; pass a JSON/YAML file or a store URI")
-        text = path.read_text()
-    try:
-        data = yaml.safe_load(text)  # JSON is YAML: one parser for both
-    except yaml.YAMLError as exc:
-        raise InvalidArgument(f"spec {source} is neither JSON nor YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise InvalidArgument(f"spec {source} must hold a mapping of settings, not a {type(data).__name__}")
-    return data
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """A copy of `data` with `a.b=value` overrides applied; values are YAML scalars (8, 1e-4, true, [x])."""
-    result = json.loads(json.dumps(data))  # deep copy; a spec is plain JSON data
-    for override in overrides:
-        key, sep, raw = override.partition("=")
-        if not sep or not key or any(not part for part in key.split(".")):
-            raise InvalidArgument(f"override {override!r} is not key=value (nested keys: lora.r=8)")
-        try:
-            value = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError:
-            value = raw  # not YAML: take the text as it is
-        node = result
-        *parents, leaf = key.split(".")
-        for part in parents:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise InvalidArgument(f"override {override!r}: {part!r} is a value, not a group of settings")
-            node = child
-        node[leaf] = value
-    return result
-
-
-def validate_spec(data: dict[str, Any]) -> TrainSpec:
-    """A TrainSpec, or InvalidArgument listing every bad field on one line."""
-    try:
-        return TrainSpec.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}"
-            for e in exc.errors(include_url=False)
-        )
-        raise InvalidArgument(f"invalid run spec: {problems}") from None
-
-
 def fill_defaults(data: dict[str, Any], default_output: str) -> dict[str, Any]:
     """Fill in what a controller may choose: a new run id, and its own store as the output."""
     return {
@@ -124,8 +64,8 @@ def load_spec(
     source: str, overrides: list[str], default_output: str, settings: StoreSettings | None = None
 ) -> TrainSpec:
     """Read, override, fill in and validate a spec: what `reviewstack train run|submit|render-job` do."""
-    data = apply_overrides(read_spec_source(source, settings), overrides)
-    return validate_spec(fill_defaults(data, default_output))
+    data = read_with_overrides(source, overrides, settings)
+    return validate_train_spec(fill_defaults(data, default_output))
 
 
 def spec_from_pb(pb: training_pb2.RunSpec, default_output: str) -> TrainSpec:
@@ -136,7 +76,7 @@ def spec_from_pb(pb: training_pb2.RunSpec, default_output: str) -> TrainSpec:
         raise InvalidArgument(f"set {', '.join(clash)} in RunSpec's own fields, not in RunSpec.config")
     data = {**config, "run_id": pb.run_id, "dataset": pb.dataset, "base_model": pb.base_model}
     data["output"] = pb.output
-    return validate_spec(fill_defaults(data, default_output))
+    return validate_train_spec(fill_defaults(data, default_output))
 
 
 def spec_to_pb(spec: TrainSpec, resources: Resources | None = None) -> training_pb2.RunSpec:

@@ -11,9 +11,10 @@ import json
 import grpc
 
 from reviewstack.common import errors
+from reviewstack.common.runspec import validate_train_spec
 from reviewstack.common.store import ArtifactStore
 from reviewstack.training.launchers import LaunchState
-from reviewstack.training.specs import spec_to_pb, validate_spec
+from reviewstack.training.specs import spec_to_pb
 from reviewstack.training.status import JobStatus, published_artifacts, read_status, run_prefix
 from reviewstack.v1 import operations_pb2, training_pb2
 
@@ -58,7 +59,7 @@ def stored_run(
     )
     if has_spec:
         try:
-            spec = validate_spec(json.loads(store.get_bytes(f"{prefix}/spec.json")))
+            spec = validate_train_spec(json.loads(store.get_bytes(f"{prefix}/spec.json")))
             pb.spec.CopyFrom(spec_to_pb(spec))
         except (errors.ReviewStackError, ValueError):
             pb.spec.run_id = run_id  # a spec this version cannot read: report the run anyway

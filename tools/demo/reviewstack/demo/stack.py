@@ -3,40 +3,21 @@
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
 
-from reviewstack.common import errors
-from reviewstack.common.grpc.client import make_channel, wait_until_serving
+from reviewstack.common.child_process import ChildProcess, find_program, free_port, grpc_ready, http_ready
 
 console = Console()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def program(name: str) -> str:
     """A console script of this environment (the venv's bin/ first, then PATH)."""
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.exists() else shutil.which(name)
-    if found is None:
-        raise errors.FailedPrecondition(
-            f"{name} is not installed in this environment: run `make install` (it installs every service)"
-        )
-    return found
+    return find_program(name, "run `make install` (it installs every service)")
 
 
 class Stack:
@@ -47,14 +28,13 @@ class Stack:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.store = store
         self.token = token
-        self._processes: list[tuple[str, subprocess.Popen]] = []
+        self._children: dict[str, ChildProcess] = {}
 
     def start(self, executable: str, env: dict[str, str], name: str | None = None) -> int:
         """Start `executable` on a free loopback port (its settings come from the environment); the port.
         `name` (default: the executable's) names its log and its failures: two engines keep theirs apart."""
-        port = _free_port()
+        port = free_port()
         name = name or executable
-        log = (self.logs / f"{name}.log").open("ab")
         settings = {
             "REVIEWSTACK_HOST": "127.0.0.1",
             "REVIEWSTACK_PORT": str(port),
@@ -62,14 +42,13 @@ class Stack:
             "REVIEWSTACK_AUTH_TOKEN": self.token,
             "REVIEWSTACK_LOG_FORMAT": "json",
         }
-        process = subprocess.Popen(
+        self._children[name] = ChildProcess(
+            name,
             [program(executable)],
-            env={**os.environ, **settings, **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # a Ctrl-C in the terminal reaches the demo, which stops them in order
+            self.logs / f"{name}.log",
+            {**os.environ, **settings, **env},
+            own_session=True,  # a Ctrl-C in the terminal reaches the demo, which stops them in order
         )
-        self._processes.append((name, process))
         return port
 
     def serve(self, name: str, model: Path, lineage: str, max_prompt: int, max_new: int, slots: int) -> str:
@@ -97,56 +76,25 @@ class Stack:
         console.print(f"{name}: engine {backend} · review service {address}")
         return address
 
-    def wait_grpc(self, program: str, port: int, timeout: float = 180.0) -> str:
-        """`program` (its start name) serving gRPC health on `port`; its address."""
+    def wait_grpc(self, name: str, port: int, timeout: float = 180.0) -> str:
+        """`name` (its start name) serving gRPC health on `port`; its address."""
         target = f"127.0.0.1:{port}"
-        self._check_alive(program)
-        with make_channel(target, self.token) as channel:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    wait_until_serving(channel, timeout=5.0)
-                    return target
-                except errors.Unavailable:
-                    self._check_alive(program)
-                    if time.monotonic() > deadline:
-                        raise self._failed(program, f"not serving after {timeout:.0f} s") from None
+        self._children[name].wait_ready(grpc_ready(target, self.token), timeout)
+        return target
 
-    def wait_http(self, program: str, port: int, timeout: float = 300.0) -> str:
+    def wait_http(self, name: str, port: int, timeout: float = 300.0) -> str:
+        """`name` (its start name) answering /health on `port`; its URL."""
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + timeout
-        while True:
-            self._check_alive(program)
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
-                    if response.status == 200:
-                        return url
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise self._failed(program, f"not healthy after {timeout:.0f} s")
-            time.sleep(1.0)
-
-    def _check_alive(self, program: str) -> None:
-        for name, process in self._processes:
-            if name == program and process.poll() is not None:
-                raise self._failed(program, f"exited with status {process.returncode}")
-
-    def _failed(self, program: str, what: str) -> errors.Unavailable:
-        log = self.logs / f"{program}.log"
-        tail = log.read_text(errors="replace").splitlines()[-5:] if log.exists() else []
-        return errors.Unavailable(f"{program} {what}; its log is {log}:\n" + "\n".join(tail))
+        self._children[name].wait_ready(http_ready(url), timeout, interval_s=1.0)
+        return url
 
     def stop(self) -> None:
-        for _, process in reversed(self._processes):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for _, process in reversed(self._processes):
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        """SIGTERM to all (the last started first), then wait for each: they drain side by side."""
+        children = list(reversed(self._children.values()))
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.wait(timeout_s=20)
 
 
 class Stages:
