@@ -68,7 +68,7 @@ def record(
             id=paper_id, file=common_pb2.PaperFile(filename=f"{paper_id}.md", content=b"x")
         )
     )
-    return json.dumps(_record(Path(f"{paper_id}.md"), request, response, system), indent=1).encode()
+    return _record(Path(f"{paper_id}.md"), request, response, system).to_json()
 
 
 def write_batch(store: ArtifactStore, system: str = "ours", penalty: float = 0.5) -> None:
@@ -198,7 +198,7 @@ def test_malformed_records_are_excluded_with_reasons(local_store: ArtifactStore)
     assert "appears twice" in reasons["twice.json"]
     assert "mix the criteria" in reasons["mixed.json"]
     assert reasons["blank.json"] == "empty review: no aspects and no text"
-    assert "list of strings" in reasons["items.json"]
+    assert "review.aspects.0.items: Input should be a valid list" in reasons["items.json"]
     assert "not a review record" in reasons["README.txt"] and "sub-folder" in reasons["old"]
     assert {e.paper_id for e in system.exclusions if e.what.endswith(".json")} == set(bad)
 
