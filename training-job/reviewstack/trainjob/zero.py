@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import torch
 
+from reviewstack.common.child_process import free_port
 from reviewstack.common.errors import FailedPrecondition
 from reviewstack.common.runspec import TrainSpec
 
@@ -37,7 +37,7 @@ def init_distributed(device: torch.device) -> None:
     select_accelerator(device)
     for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(key, value)
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
     # torch 2.13 deprecates collectives DeepSpeed still calls: one warning per call, every step
     warnings.filterwarnings("ignore", r"`torch\.distributed\.\w+` is deprecated", FutureWarning)
     import deepspeed
@@ -162,9 +162,3 @@ def release() -> None:
     unset_hf_deepspeed_config()
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
