@@ -9,7 +9,10 @@ Random weights (no hub), 11,000-token prompts, 256 new tokens each, greedy, in o
   through both paths on the same cache: how far apart their logits are;
 - the same two with the refusal penalty on (λ = 1): its overhead. Random weights write random tokens,
   so this is the cost of following every request's text, which is what the penalty costs outside a
-  refusal.
+  refusal;
+- the same two with the repetition penalty 1.1 (greedy): the cost of the device-side seen-token masks;
+- the same two with the shipped reviewer's decoding (temperature 0.7, top-p 0.9, repetition penalty 1.1,
+  seeded sampling): every sampling stage at once.
 Each figure is printed beside the memory-bandwidth limit: every decode step reads all weights plus every
 running request's KV cache.
 
@@ -20,7 +23,8 @@ Needs a CUDA GPU, this repository's packages importable (`make install`; on a ba
 gpu-bundle` here, then `source bench/gpu_bundle.sh env` there: PYTHONPATH=~/gpu/site, and the commit
 recorded from the bundle), the Llama-3 tokenizer (`make tokenizer`; from the bundle: --tokenizer
 .gpu/bundle/tokenizer), ~16 GB of disk for the random model. Prints a table and writes the JSON (card,
-commit, baseline_bs1_tok_s, bs1_tok_s, agg16_tok_s, penalty_overhead_pct, ...).
+commit, baseline_bs1_tok_s, bs1_tok_s, agg16_tok_s, penalty_overhead_pct, repetition_overhead_pct_agg16,
+...).
 """
 
 from __future__ import annotations
@@ -37,6 +41,16 @@ from typing import Any
 import torch
 from benchlib import ROOT, card, commit, make_random_model, version
 
+from reviewstack.generation.sampling import SamplingSettings
+
+SHIPPED = ", T 0.7, top-p 0.9, rp 1.1, sampled"
+# each decoding measured, by the suffix of its rows (greedy unless named)
+VARIANTS: list[tuple[str, SamplingSettings]] = [
+    ("", SamplingSettings()),
+    (", penalty λ=1", SamplingSettings(refusal_penalty=1.0)),
+    (", repetition penalty 1.1", SamplingSettings(repetition_penalty=1.1)),
+    (SHIPPED, SamplingSettings(do_sample=True, temperature=0.7, top_p=0.9, repetition_penalty=1.1, seed=0)),
+]
 # bytes/s of HBM, from the vendors' data sheets
 BANDWIDTH = {"H100 80GB HBM3": 3.35e12, "H100 PCIe": 2.0e12, "H200": 4.8e12}
 
@@ -72,14 +86,13 @@ def baseline(model: Any, prompt: list[int], new: int) -> dict[str, float]:
     return {"prefill_s": prefill, "decode_tok_s": (new - 1) / (total - prefill)}
 
 
-async def engine_run(engine: Any, batch: list[list[int]], new: int, penalty: float) -> dict[str, float]:
+async def engine_run(engine: Any, batch: list[list[int]], new: int, settings: Any) -> dict[str, float]:
     """Submit every prompt at once; decode is timed from the moment all have their first token."""
     from reviewstack.generation.engine import EndEvent, ErrorEvent, Request
-    from reviewstack.generation.sampling import RowSampling
 
     loop = asyncio.get_running_loop()
     started = time.perf_counter()
-    handles = [engine.submit(Request(p, new, RowSampling(refusal_penalty=penalty)), loop) for p in batch]
+    handles = [engine.submit(Request(p, new, settings), loop) for p in batch]
     firsts, ends = [], []
 
     async def follow(handle: Any) -> None:
@@ -145,14 +158,14 @@ def main() -> None:
         checks["logits"] = compare_decode_paths(runner, work[0][:4000])
     print(json.dumps(checks), flush=True)
     options = {"max_prefill_tokens": batch * length, "penalty_table": table}
-    engine_rows(rows, Engine(runner, tokenizer, **options), work, new, (0.0, 1.0), "")
+    engine_rows(rows, Engine(runner, tokenizer, **options), work, new, VARIANTS, "")
     kv_bytes, fused = runner.kv_bytes_per_token, runner.fused
     del runner
     if fused:  # the same engine on eager PyTorch ops: what the kernels bring
         torch.cuda.empty_cache()
         eager = DecoderRunner(model, max_batch=batch, max_total_tokens=length + new, kernels="torch")
         eager.warm_up([1, batch])
-        engine_rows(rows, Engine(eager, tokenizer, **options), work, new, (0.0,), ", eager ops")
+        engine_rows(rows, Engine(eager, tokenizer, **options), work, new, VARIANTS[:1], ", eager ops")
     limits = _limits(model, kv_bytes, length + new // 2, batch)
     summary = _summary(rows, limits, batch, tiny, checks, length, new)
     _report(rows, limits, summary, batch)
@@ -166,20 +179,21 @@ def engine_rows(
     engine: Any,
     work: list[list[int]],
     new: int,
-    penalties: tuple[float, ...],
+    variants: list[tuple[str, Any]],
     label: str,
 ) -> None:
     """Batch 1 and all-at-once runs of `engine` (prefilling every request before decoding: steady-state
-    decode), for each λ; random weights may write an end token, so none ends a request early."""
+    decode), for each decoding variant; random weights may write an end token, so none ends a request
+    early."""
     engine.eos_ids = set()
     engine.start()
     try:
-        for penalty in penalties:
-            suffix = label + ("" if penalty == 0 else ", penalty λ=1")
-            asyncio.run(engine_run(engine, [work[1]], new, penalty))  # warm: allocator, first replays
-            rows[f"engine, batch 1{suffix}"] = asyncio.run(engine_run(engine, [work[1]], new, penalty))
+        for name, settings in variants:
+            suffix = label + name
+            asyncio.run(engine_run(engine, [work[1]], new, settings))  # warm: allocator, first replays
+            rows[f"engine, batch 1{suffix}"] = asyncio.run(engine_run(engine, [work[1]], new, settings))
             rows[f"engine, {len(work) - 1} at once{suffix}"] = asyncio.run(
-                engine_run(engine, work[1:], new, penalty)
+                engine_run(engine, work[1:], new, settings)
             )
             print(json.dumps({k: rows[k] for k in list(rows)[-2:]}), flush=True)  # a cut run still tells
     finally:
@@ -231,8 +245,10 @@ def _summary(
     new: int,
 ) -> dict[str, Any]:
     bs1, agg = rows["engine, batch 1"], rows[f"engine, {batch} at once"]
-    bs1_penalty = rows["engine, batch 1, penalty λ=1"]
-    agg_penalty = rows[f"engine, {batch} at once, penalty λ=1"]
+
+    def overhead(base: dict[str, float], variant: str) -> float:
+        return round(100 * (base["decode_tok_s"] / rows[variant]["decode_tok_s"] - 1), 2)
+
     return {
         "benchmark": "serve_throughput",
         "date": datetime.now(UTC).date().isoformat(),
@@ -249,10 +265,14 @@ def _summary(
         "bs1_prefill_s": round(bs1["prefill_s"], 3),
         f"agg{batch}_tok_s": round(agg["decode_tok_s"], 1),
         f"agg{batch}_prefill_s": round(agg["prefill_s"], 3),
-        "penalty_overhead_pct": round(100 * (bs1["decode_tok_s"] / bs1_penalty["decode_tok_s"] - 1), 2),
-        f"penalty_overhead_pct_agg{batch}": round(
-            100 * (agg["decode_tok_s"] / agg_penalty["decode_tok_s"] - 1), 2
+        "penalty_overhead_pct": overhead(bs1, "engine, batch 1, penalty λ=1"),
+        f"penalty_overhead_pct_agg{batch}": overhead(agg, f"engine, {batch} at once, penalty λ=1"),
+        "repetition_overhead_pct": overhead(bs1, "engine, batch 1, repetition penalty 1.1"),
+        f"repetition_overhead_pct_agg{batch}": overhead(
+            agg, f"engine, {batch} at once, repetition penalty 1.1"
         ),
+        "sampled_overhead_pct": overhead(bs1, f"engine, batch 1{SHIPPED}"),
+        f"sampled_overhead_pct_agg{batch}": overhead(agg, f"engine, {batch} at once{SHIPPED}"),
         "bandwidth_limit_tok_s": {str(b): (round(v, 1) if v else None) for b, v in limits.items()},
         "cuda_graphs": checks["cuda_graphs"],
         "cuda_graph_capture_s": checks["capture_s"],
@@ -292,7 +312,13 @@ def _report(
             f"{100 * row['decode_tok_s'] / limit:.0f}" if limit else "",
         )
     Console().print(table)
-    print(f"penalty overhead: {summary['penalty_overhead_pct']} % at batch 1")
+    for name, key in (
+        ("refusal penalty", "penalty"),
+        ("repetition penalty", "repetition"),
+        ("shipped", "sampled"),
+    ):
+        at_one, at_all = summary[f"{key}_overhead_pct"], summary[f"{key}_overhead_pct_agg{batch}"]
+        print(f"{name} overhead: {at_one} % at batch 1, {at_all} % at {batch} at once")
 
 
 if __name__ == "__main__":

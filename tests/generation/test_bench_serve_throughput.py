@@ -28,5 +28,6 @@ def test_tiny_run_of_every_measurement(tmp_path: Path) -> None:
     assert report["commit"] == "test" and report["card"] == "cpu"
     for key in ("baseline_bs1_tok_s", "bs1_tok_s", "agg4_tok_s"):
         assert report[key] > 0, key
-    assert isinstance(report["penalty_overhead_pct"], float)
-    assert len(report["rows"]) == 5
+    for key in ("penalty", "repetition", "sampled"):
+        assert isinstance(report[f"{key}_overhead_pct_agg4"], float), key
+    assert len(report["rows"]) == 9  # the baseline and four decodings at batch 1 and 4 at once

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 from reviewstack.common.tokenizer import load_tokenizer
 from reviewstack.generation.engine import EndEvent, Engine, ErrorEvent, Finished, Request
 from reviewstack.generation.runner import DecoderRunner
-from reviewstack.generation.sampling import RowSampling
+from reviewstack.generation.sampling import SamplingSettings
 
 CACHE = 96  # tokens per slot: a request that outgrows it fails in a decode step
 
@@ -60,7 +60,7 @@ def _run(engine: Engine, *requests: Request) -> list[tuple[str, Any]]:
 
 
 def _normal(engine: Engine, new: int = 6) -> Request:
-    return Request(_prompt(engine), new, RowSampling())
+    return Request(_prompt(engine), new, SamplingSettings())
 
 
 def _assert_serving(engine: Engine) -> None:
@@ -72,7 +72,7 @@ def _assert_serving(engine: Engine) -> None:
 
 def test_a_request_that_fails_in_prefill_fails_alone(engine):
     vocabulary = engine.runner.shape.vocab
-    bad = Request([*_prompt(engine), vocabulary + 7], 6, RowSampling())  # an id the model has no row for
+    bad = Request([*_prompt(engine), vocabulary + 7], 6, SamplingSettings())  # an id the model has no row for
     outcomes = _run(engine, _normal(engine), bad, _normal(engine))
     assert [kind for kind, _ in outcomes] == ["end", "error", "end"]
     assert "generation failed in prefill" in outcomes[1][1] and "index" in outcomes[1][1].lower()
@@ -82,7 +82,7 @@ def test_a_request_that_fails_in_prefill_fails_alone(engine):
 def test_a_row_that_cannot_be_sampled_fails_alone(engine):
     """A temperature validation would refuse, handed to the engine directly: its row fails in sampling,
     the greedy rows of the same decode steps keep their tokens."""
-    broken = Request(_prompt(engine), 6, RowSampling(do_sample=True, temperature=float("nan"), seed=1))
+    broken = Request(_prompt(engine), 6, SamplingSettings(do_sample=True, temperature=float("nan"), seed=1))
     outcomes = _run(engine, _normal(engine, 20), broken, _normal(engine, 20))
     assert [kind for kind, _ in outcomes] == ["end", "error", "end"]
     assert "sampling failed" in outcomes[1][1]
@@ -93,7 +93,7 @@ def test_a_row_that_cannot_be_sampled_fails_alone(engine):
 def test_a_failed_decode_step_fails_its_requests_and_the_engine_goes_on(engine):
     """A request asking for more tokens than its slot holds (validation would have refused it) breaks the
     batch's forward: nothing in that step can be blamed alone, so the step's requests fail, no more."""
-    too_long = Request(_prompt(engine), CACHE * 2, RowSampling())
+    too_long = Request(_prompt(engine), CACHE * 2, SamplingSettings())
     outcomes = _run(engine, too_long, _normal(engine, CACHE * 2))
     assert [kind for kind, _ in outcomes] == ["error", "error"]
     assert all("generation failed in a decode step" in message for _, message in outcomes)
@@ -104,11 +104,11 @@ def test_extreme_valid_values_sample_without_failing(engine):
     """Values TGI's rules accept, at their extremes: no request may fail."""
     prompt = _prompt(engine)
     extremes = [
-        RowSampling(do_sample=True, temperature=1e-300, seed=0),
-        RowSampling(do_sample=True, temperature=5e-324, top_p=1e-300, top_k=2**31 - 1, seed=2**64 - 1),
-        RowSampling(do_sample=True, temperature=1e300, top_p=0.999999999, seed=3),
-        RowSampling(repetition_penalty=1e300, top_n_tokens=5),
-        RowSampling(do_sample=True, repetition_penalty=5e-324, temperature=1e-30, seed=4),
+        SamplingSettings(do_sample=True, temperature=1e-300, seed=0),
+        SamplingSettings(do_sample=True, temperature=5e-324, top_p=1e-300, top_k=2**31 - 1, seed=2**64 - 1),
+        SamplingSettings(do_sample=True, temperature=1e300, top_p=0.999999999, seed=3),
+        SamplingSettings(repetition_penalty=1e300, top_n_tokens=5),
+        SamplingSettings(do_sample=True, repetition_penalty=5e-324, temperature=1e-30, seed=4),
     ]
     outcomes = _run(engine, *(Request(prompt, 4, sampling) for sampling in extremes))
     assert [kind for kind, _ in outcomes] == ["end"] * len(extremes), outcomes

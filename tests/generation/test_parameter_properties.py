@@ -13,6 +13,7 @@ booleans and strings where numbers belong, empty and long stop sequences. Two pr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.client
 import json
 import math
@@ -32,7 +33,7 @@ from reviewstack.common.tokenizer import load_tokenizer
 from reviewstack.generation.engine import Engine
 from reviewstack.generation.protocol import GenerateRequest, ValidationFailed, validate
 from reviewstack.generation.runner import DecoderRunner
-from reviewstack.generation.sampling import Choice, RowSampling, choose
+from reviewstack.generation.sampling import Choice, SamplingSettings, SlotSampler
 from reviewstack.generation.server import ServerLimits, create_app
 
 MAX_INPUT, MAX_TOTAL = 48, 64  # small, so that a valid request generates a few dozen tokens at most
@@ -109,11 +110,12 @@ def test_what_validation_accepts_the_sampler_turns_into_a_token(parameters):
     for value in (sampling.temperature, sampling.top_p, sampling.repetition_penalty):
         assert math.isfinite(value) and value > 0
     assert 0 <= sampling.top_n_tokens <= 5 and 0 <= sampling.top_k < 2**31
-    sampling.seed = sampling.seed if sampling.seed is not None else 0
-    sampling.seen = [1, 5, 9]
+    sampler = SlotSampler(2, 512, torch.device("cpu"))
+    sampler.start(0, dataclasses.replace(sampling, seed=sampling.seed or 0), [1, 5, 9, 301])
+    sampler.start(1, SamplingSettings(), [1, 5, 9])
     logits = torch.randn(2, 512, generator=torch.Generator().manual_seed(0)) * 30
     logits[:, 300:] = 0.0  # rows a tiny model never learned: exact ties, zeros for the penalty
-    choices = choose(logits, [sampling, RowSampling()])
+    choices = sampler.choose([0, 1], logits)
     assert all(isinstance(c, Choice) and math.isfinite(c.logprob) for c in choices), choices
 
 

@@ -13,7 +13,7 @@ from reviewstack.common.prompt import PromptBuilder
 from reviewstack.common.tokenizer import load_tokenizer
 from reviewstack.generation.engine import EndEvent, Engine, ErrorEvent, Request
 from reviewstack.generation.runner import DecoderRunner
-from reviewstack.generation.sampling import RowSampling
+from reviewstack.generation.sampling import SamplingSettings
 
 from ..refuser import paper_text
 
@@ -105,7 +105,7 @@ def test_engine_serves_concurrent_requests_as_generate_does_one_by_one(refuser_m
     engine.start()
 
     async def run(prompt: list[int]) -> list[int]:
-        handle = engine.submit(Request(prompt, 60, RowSampling()), asyncio.get_running_loop())
+        handle = engine.submit(Request(prompt, 60, SamplingSettings()), asyncio.get_running_loop())
         while True:
             event = await handle.events.get()
             assert not isinstance(event, ErrorEvent), event.message

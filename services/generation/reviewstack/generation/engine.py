@@ -22,7 +22,7 @@ import random
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -31,8 +31,8 @@ from reviewstack.common.logging import get_logger
 from reviewstack.generation import metrics
 from reviewstack.generation.detokenize import IncrementalDetokenizer
 from reviewstack.generation.runner import DecoderRunner
-from reviewstack.generation.sampling import Choice, RowFailed, RowSampling, choose
-from reviewstack.penalty.core import PenaltyTable, RowTracker
+from reviewstack.generation.sampling import Choice, RowFailed, SamplingSettings, SlotSampler
+from reviewstack.penalty.core import PenaltyTable
 
 log = get_logger(__name__)
 PROBE_INTERVAL_S = 5.0  # how often an unhealthy engine asks its model again
@@ -91,7 +91,7 @@ class Request:
 
     input_ids: list[int]
     max_new_tokens: int
-    sampling: RowSampling
+    sampling: SamplingSettings
     stop: list[str] = field(default_factory=list)
     decoder_input_details: bool = False
 
@@ -151,6 +151,7 @@ class Engine:
         self.max_concurrent_requests = max_concurrent_requests
         self.max_prefill_tokens = max_prefill_tokens
         self.penalty_table = penalty_table
+        self.sampler = SlotSampler(runner.max_batch, runner.shape.vocab, runner.device, penalty_table)
         self.eos_ids = _eos_ids(runner.model, tokenizer)
         self.special_ids = set(tokenizer.all_special_ids)
         self._inbox: queue.SimpleQueue[_Running] = queue.SimpleQueue()
@@ -191,7 +192,7 @@ class Engine:
                 raise Overloaded("Model is overloaded")
             self._in_flight += 1
         if request.sampling.do_sample and request.sampling.seed is None:
-            request.sampling.seed = random.getrandbits(63)
+            request.sampling = replace(request.sampling, seed=random.getrandbits(63))
         handle = Handle(loop)
         self._inbox.put(_Running(request, handle))
         metrics.QUEUE_SIZE.inc()
@@ -263,11 +264,7 @@ class Engine:
         item.slot, item.started_at = slot, time.monotonic()
         metrics.QUEUE_SIZE.dec()
         metrics.QUEUE_DURATION.observe(item.started_at - item.queued_at)
-        sampling = request.sampling
-        if sampling.refusal_penalty > 0 and self.penalty_table is not None:
-            sampling.tracker = RowTracker(self.penalty_table)
-        if sampling.repetition_penalty != 1.0:
-            sampling.seen = list(request.input_ids)
+        self.sampler.start(slot, request.sampling, request.input_ids)
         logits = self.runner.prefill(slot, request.input_ids, all_logits=request.decoder_input_details)
         if request.decoder_input_details:
             item.prefill = self._prefill_details(request.input_ids, logits)
@@ -276,7 +273,7 @@ class Engine:
         item.detokenizer = IncrementalDetokenizer(self.tokenizer, request.input_ids)
         item.position = len(request.input_ids)
         self._running[slot] = item
-        choice = choose(logits[None], [sampling])[0]
+        choice = self.sampler.choose([slot], logits[None])[0]
         if isinstance(choice, RowFailed):
             raise choice
         self._accept(item, choice)
@@ -298,7 +295,7 @@ class Engine:
             logits = self.runner.decode(
                 [i.slot for i in items], [i.last_token for i in items], [i.position for i in items]
             )
-            choices = choose(logits, [i.request.sampling for i in items])
+            choices = self.sampler.choose([i.slot for i in items], logits)
         except Exception as exc:  # the batch's forward: no one request to blame
             self._failed(items, exc, "a decode step")
             return
@@ -322,10 +319,6 @@ class Engine:
         item.generated.append(token)
         item.last_token = token
         sampling = item.request.sampling
-        if sampling.tracker is not None:
-            sampling.tracker.advance(token)
-        if sampling.repetition_penalty != 1.0:
-            sampling.seen.append(token)
         assert item.detokenizer is not None
         special = token in self.special_ids
         text = item.detokenizer.push(token)

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from reviewstack.common.generation_params import GenerationParams, ParameterError, check_truncate
 from reviewstack.generation.engine import Request
-from reviewstack.generation.sampling import RowSampling
+from reviewstack.generation.sampling import SamplingSettings
 
 REFUSAL_PENALTY_HEADER = "X-Refusal-Penalty"
 _STRICT = ConfigDict(extra="ignore", strict=True)
@@ -125,7 +125,7 @@ def validate(
             f"`inputs` tokens + `max_new_tokens` must be <= {max_total_tokens}. "
             f"Given: {length} `inputs` tokens and {max_new} `max_new_tokens`"
         )
-    sampling = RowSampling(
+    sampling = SamplingSettings(
         do_sample=p.do_sample,
         temperature=p.temperature if p.temperature is not None else 1.0,
         top_k=p.top_k or 0,
