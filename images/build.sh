@@ -4,7 +4,10 @@
 #   images/build.sh                  # every image that can be built here (list below)
 #   images/build.sh review generation-cpu    # some of them; `images/build.sh --list` names them all
 #
-# Images (context: the repository root; VERSION defaults to 0.1.0):
+# Images (context: the repository root; VERSION defaults to 0.1.0). The ones with torch build on a shared
+# runtime image, review-stack/runtime:VERSION-cpu (or -cuda; images/runtime/Dockerfile: the base, the user
+# and /opt/venv with torch), built here first when one of them is asked for, so that torch is installed
+# and stored once instead of once per image:
 #   dataprep           review-stack/dataprep:VERSION          services/dataprep/Dockerfile
 #   training           review-stack/training:VERSION          services/training/Dockerfile (+ the job)
 #   training-job       review-stack/training-job:VERSION      training-job/Dockerfile         (CUDA base)
@@ -166,6 +169,21 @@ if [ ${#targets[@]} -eq 0 ]; then
     explicit=0
 fi
 cuda_ok=""
+runtimes=""
+runtime() { # VARIANT (cpu|cuda): review-stack/runtime:VERSION-VARIANT, once per run, before its images
+    local variant=$1 base=$BASE
+    case " $runtimes " in *" $variant "*) return 0 ;; esac
+    [ "$variant" = cuda ] && base=$CUDA_BASE
+    build "runtime-$variant" "review-stack/runtime:$VERSION-$variant" images/runtime/Dockerfile "$ROOT" \
+        --build-arg "BASE_IMAGE=$base" "${common[@]}"
+    runtimes="$runtimes $variant"
+}
+service=("${secret[@]}")
+[ -n "${LLAMA3_TOKENIZER_NPM:-}" ] && service+=(--build-arg "LLAMA3_TOKENIZER_NPM=$LLAMA3_TOKENIZER_NPM")
+on_runtime() { # VARIANT: the build args of an image on that runtime
+    runtime "$1"
+    service_args=(--build-arg "RUNTIME_IMAGE=review-stack/runtime:$VERSION-$1" "${service[@]}")
+}
 skip() { # NAME REASON: an explicit request fails, the default set only says so
     if [ "$explicit" = 1 ]; then
         log "$1: $2"
@@ -177,12 +195,12 @@ started=$(date +%s)
 for target in "${targets[@]}"; do
     case "$target" in
         dataprep)
-            build dataprep "review-stack/dataprep:$VERSION" services/dataprep/Dockerfile "$ROOT" \
-                --build-arg "BASE_IMAGE=$BASE" "${common[@]}"
+            on_runtime cpu
+            build dataprep "review-stack/dataprep:$VERSION" services/dataprep/Dockerfile "$ROOT" "${service_args[@]}"
             ;;
         training)
-            build training "review-stack/training:$VERSION" services/training/Dockerfile "$ROOT" \
-                --build-arg "BASE_IMAGE=$BASE" "${common[@]}"
+            on_runtime cpu
+            build training "review-stack/training:$VERSION" services/training/Dockerfile "$ROOT" "${service_args[@]}"
             ;;
         training-job | generation-cuda)
             if [ -z "$cuda_ok" ]; then
@@ -191,30 +209,33 @@ for target in "${targets[@]}"; do
             if [ "$cuda_ok" = 0 ]; then
                 skip "$target" "its CUDA base $CUDA_BASE can be neither found nor pulled"
             elif [ "$target" = training-job ]; then
+                on_runtime cuda
                 build training-job "review-stack/training-job:$VERSION" training-job/Dockerfile "$ROOT" \
-                    --build-arg "BASE_IMAGE=$CUDA_BASE" "${common[@]}"
+                    "${service_args[@]}"
             else
+                on_runtime cuda
                 build generation-cuda "review-stack/generation:$VERSION-cuda" services/generation/Dockerfile \
-                    "$ROOT" --build-arg VARIANT=cuda --build-arg "CUDA_BASE_IMAGE=$CUDA_BASE" "${common[@]}"
+                    "$ROOT" --build-arg VARIANT=cuda "${service_args[@]}"
             fi
             ;;
         training-job-cpu)
-            # the CUDA Dockerfile's code path on the CPU base (CPU torch), with the embedded base model
+            # the CUDA Dockerfile's code path on the CPU runtime (CPU torch), with the embedded base model
+            on_runtime cpu
             build training-job-cpu "review-stack/training-job:$VERSION-cpu" training-job/Dockerfile "$ROOT" \
-                --build-arg "BASE_IMAGE=$BASE" --build-arg TRAINJOB_EXTRAS=deepspeed \
-                --build-arg EMBEDDED_MODEL=1 "${common[@]}"
+                --build-arg TRAINJOB_EXTRAS=deepspeed --build-arg EMBEDDED_MODEL=1 "${service_args[@]}"
             ;;
         review)
             build review "review-stack/review:$VERSION" services/review/Dockerfile "$ROOT" \
                 --build-arg "BASE_IMAGE=$BASE" "${common[@]}"
             ;;
         generation-cpu)
+            on_runtime cpu
             build generation-cpu "review-stack/generation:$VERSION-cpu" services/generation/Dockerfile "$ROOT" \
-                --build-arg "CPU_BASE_IMAGE=$BASE" "${common[@]}"
+                "${service_args[@]}"
             ;;
         evaluation)
-            build evaluation "review-stack/evaluation:$VERSION" eval-service/Dockerfile "$ROOT" \
-                --build-arg "BASE_IMAGE=$BASE" "${common[@]}"
+            on_runtime cpu
+            build evaluation "review-stack/evaluation:$VERSION" eval-service/Dockerfile "$ROOT" "${service_args[@]}"
             ;;
         tgi)
             if usable_base "$TGI_BASE"; then

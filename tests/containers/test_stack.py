@@ -33,7 +33,7 @@ from .conftest import REPO, Progress, Stack, build_images, docker, parse_json_ou
 
 # a cold build of every image is most of it (~15 min on two cores); 40 min leaves the rest of a 90-minute
 # CI run room to finish and report instead of the whole run being killed
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 VERSION = os.environ.get("REVIEWSTACK_IMAGE_VERSION", "0.1.0")
 IMAGES = {
