@@ -9,7 +9,8 @@ embedded engine) → evaluate. Each stage checks what landed in S3. Run alone:
 
     .venv/bin/python -m pytest tests/containers
 
-The first run builds the images (tens of minutes on two cores); later runs take them from the build cache.
+The first run builds the images (about four minutes on two cores, the base image included); later runs
+take them from the build cache.
 """
 
 from __future__ import annotations
