@@ -104,15 +104,16 @@ class SlotSampler:
         in place), or why that row has none. An error of a stage that works on the whole batch is raised:
         it belongs to no one row."""
         settings = [self._settings[s] for s in slots]
-        index = torch.tensor(list(slots), dtype=torch.long, device=logits.device)
         repeating = any(s.repetition_penalty != 1.0 for s in settings)
+        sampled = [i for i, s in enumerate(settings) if s.do_sample]
+        if repeating or sampled:  # the greedy, unpenalised batch needs no per-slot state
+            index = torch.tensor(list(slots), dtype=torch.long, device=logits.device)
         if repeating:
             self._repetition_penalty(logits, index)
         self._refusal_penalty(logits, slots)
         logprobs = logits.log_softmax(-1)
         chosen = logprobs.argmax(-1)
         finite = torch.ones_like(chosen, dtype=torch.bool)
-        sampled = [i for i, s in enumerate(settings) if s.do_sample]
         if sampled:
             rows = slice(None) if len(sampled) == len(slots) else torch.tensor(sampled, device=logits.device)
             chosen[rows], finite[rows] = self._sample(logits[rows], index[rows], sampled, slots)
