@@ -2,6 +2,10 @@
 images/build.sh, from its build cache when nothing changed), and a stack of containers on a network of
 its own that is removed, whatever happens, at the end.
 
+When the stack test is selected with other tests, it runs last and its images start building as soon as
+the session is collected, beside the rest of the suite: a cold build is minutes of mostly one core (pip,
+disk, the base's debootstrap), which the other core then spends on tests instead of waiting.
+
 Nothing here skips: a machine that cannot run Docker fails the test with the reason (`make
 container-tools` installs the engine; CI runs on a clean clone).
 """
@@ -24,6 +28,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")  # Debian's client, the engine's own version
 LABEL = "review-stack.e2e"  # every container and network this test makes carries it
+STACK_TEST = Path(__file__).with_name("test_stack.py")
+STACK_IMAGES = ["moto", "dataprep", "training", "generation-cpu", "review", "evaluation"]
 
 Progress = Callable[[str], None]
 
@@ -55,32 +61,100 @@ def docker(*args: str, check: bool = True, timeout: float = 300) -> subprocess.C
     return result
 
 
-@pytest.fixture(scope="session")
-def docker_engine(progress: Progress) -> Iterator[None]:
-    """A Docker engine that answers: the running one, or one started by images/dockerd.sh (and stopped
-    again at the end of the session, if it was started here)."""
+@dataclass
+class _Engine:
+    """The Docker engine this session uses: whether it was started here, or why it could not be."""
+
+    started_here: bool = False
+    problem: str | None = None
+    ready: bool = False
+
+
+_ENGINE = _Engine()
+_EARLY_BUILD: tuple[subprocess.Popen[str], Path, float] | None = None  # process, log, started at
+
+
+def _ensure_engine() -> _Engine:
+    """Answer, or start one with images/dockerd.sh (once a session); the outcome is remembered."""
+    if _ENGINE.ready or _ENGINE.problem:
+        return _ENGINE
     if not Path(DOCKER).is_file() or shutil.which("dockerd", path="/usr/sbin:/usr/bin") is None:
-        pytest.fail(
+        _ENGINE.problem = (
             f"the container test needs Docker's engine and client ({DOCKER}, dockerd): run "
             "`images/install-tools.sh` (make container-tools)"
         )
+        return _ENGINE
     script = REPO / "images" / "dockerd.sh"
-    started_here = subprocess.run([script, "status"], capture_output=True).returncode != 0
-    if started_here:
-        progress("starting dockerd (images/dockerd.sh start)")
+    if subprocess.run([script, "status"], capture_output=True).returncode != 0:
         result = subprocess.run([script, "start"], capture_output=True, text=True, timeout=120)
         if result.returncode != 0:
-            pytest.fail(f"cannot start a Docker engine:\n{result.stderr}")
-    try:
-        yield
-    finally:
-        if started_here:
-            subprocess.run([script, "stop"], capture_output=True, timeout=120)
+            _ENGINE.problem = f"cannot start a Docker engine:\n{result.stderr}"
+            return _ENGINE
+        _ENGINE.started_here = True
+    _ENGINE.ready = True
+    return _ENGINE
+
+
+@pytest.hookimpl(trylast=True)  # after -m / -k have deselected what will not run
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the stack test last and start building its images now, when other tests run first."""
+    global _EARLY_BUILD
+    stack = [item for item in items if item.path == STACK_TEST]
+    if not stack or len(stack) == len(items) or config.option.collectonly:
+        return
+    items[:] = [item for item in items if item.path != STACK_TEST] + stack
+    if _ensure_engine().problem:
+        return  # the stack test fails with it
+    log = REPO / ".cache" / "images" / "early-build.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [str(REPO / "images" / "build.sh"), *STACK_IMAGES],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "DOCKER": DOCKER},
+            start_new_session=True,  # pytest's Ctrl-C is not the build's
+        )
+    _EARLY_BUILD = (process, log, time.monotonic())
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A session that ends before the stack test (a failure with -x, Ctrl-C) stops the early build."""
+    if _EARLY_BUILD is not None and _EARLY_BUILD[0].poll() is None:
+        _EARLY_BUILD[0].terminate()
+        _EARLY_BUILD[0].wait(60)
+    if _ENGINE.started_here:
+        subprocess.run([REPO / "images" / "dockerd.sh", "stop"], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def docker_engine(progress: Progress) -> None:
+    """A Docker engine that answers: the running one, or one started by images/dockerd.sh (and stopped
+    again when the session ends, if it was started here)."""
+    if not _ENGINE.ready and not _ENGINE.problem:
+        progress("starting dockerd if none answers (images/dockerd.sh start)")
+    engine = _ensure_engine()
+    if engine.problem:
+        pytest.fail(engine.problem)
 
 
 def build_images(names: list[str], progress: Progress) -> None:
-    """images/build.sh NAME…, its progress lines passed on; fails the test with the log's end."""
+    """images/build.sh NAME…, its progress lines passed on; fails the test with the log's end. Images
+    the session began building early are waited for, and only what that build did not cover is built."""
     started = time.monotonic()
+    lines: list[str] = []
+    if _EARLY_BUILD is not None and set(names) <= set(STACK_IMAGES):
+        process, log, began = _EARLY_BUILD
+        progress(f"waiting for the images this session began building {started - began:.0f} s ago")
+        code = process.wait()
+        lines = log.read_text().splitlines()
+        for line in lines:
+            progress(line)
+        if code != 0:
+            pytest.fail("images/build.sh failed:\n" + "\n".join(lines[-60:]))
+        progress(f"images ready {time.monotonic() - started:.0f} s after the test asked for them")
+        return
     proc = subprocess.Popen(
         [str(REPO / "images" / "build.sh"), *names],
         stdout=subprocess.PIPE,
@@ -89,7 +163,6 @@ def build_images(names: list[str], progress: Progress) -> None:
         env={**os.environ, "DOCKER": DOCKER},
     )
     assert proc.stdout is not None
-    lines = []
     for line in proc.stdout:
         lines.append(line.rstrip())
         progress(line.rstrip())

@@ -30,7 +30,7 @@ from reviewstack.common.aspects import AspectSchema
 from reviewstack.common.settings import StoreSettings
 from reviewstack.common.store import ArtifactStore, open_store
 
-from .conftest import REPO, Progress, Stack, build_images, docker, parse_json_output, wait_for
+from .conftest import REPO, STACK_IMAGES, Progress, Stack, build_images, docker, parse_json_output, wait_for
 
 # a cold build of every image is most of it (~15 min on two cores); 40 min leaves the rest of a 90-minute
 # CI run room to finish and report instead of the whole run being killed
@@ -45,7 +45,6 @@ IMAGES = {
     "review": f"review-stack/review:{VERSION}",
     "evaluation": f"review-stack/evaluation:{VERSION}",
 }
-BUILD = ["moto", "dataprep", "training", "generation-cpu", "review", "evaluation"]
 GRPC = 50051
 SERVICES = {"dataprep": "DataPrep", "training": "Training", "review": "Review", "evaluation": "Evaluation"}
 BUCKET = "reviewstack"
@@ -60,7 +59,7 @@ CLI = str(Path(sys.executable).with_name("reviewstack"))
 
 def test_stack_end_to_end(stack: Stack, progress: Progress, tmp_path: Path) -> None:
     started = time.monotonic()
-    build_images(BUILD, progress)
+    build_images(STACK_IMAGES, progress)
     for image in IMAGES.values():  # non-root, and nothing to compile with
         user = docker("image", "inspect", "-f", "{{.Config.User}}", image).stdout.strip()
         assert user == "1000:1000", f"{image} runs as {user!r}"
