@@ -25,7 +25,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS := --durations=25 $(if $(FAST),-m "not slow",)
 
 .PHONY: all install vllm-env proto tokenizer embedded-model matcher-model demo test lint format clean helm chart-test gpu-bundle \
-	images container-tools browser-tools
+	images container-tools browser-tools system-tools
 
 all: install
 
@@ -119,6 +119,11 @@ container-tools:
 browser-tools:
 	images/install-tools.sh browser
 
+# both, one apt at a time (the package manager takes one lock)
+system-tools:
+	images/install-tools.sh containers
+	images/install-tools.sh browser
+
 # every image this machine can build (images/README.md); starts an engine when none runs
 images: container-tools
 	images/dockerd.sh start
@@ -133,8 +138,10 @@ gpu-bundle: install
 demo: install embedded-model matcher-model
 	$(VENV)/bin/reviewstack demo --out out/demo $(DEMO_ARGS)
 
-test: install $(HELM_BIN)
-	$(if $(FAST),,$(MAKE) vllm-env container-tools browser-tools)
+# the venvs, Helm and the system packages do not depend on each other: made side by side (a fresh clone
+# spends minutes here), then the suite
+test:
+	$(MAKE) -j4 install $(HELM_BIN) $(if $(FAST),,vllm-env system-tools)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
