@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 
 import pytest
@@ -11,11 +10,12 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from reviewstack.common.prompt import PromptBuilder
 from reviewstack.common.tokenizer import load_tokenizer
-from reviewstack.generation.engine import EndEvent, Engine, ErrorEvent, Request
+from reviewstack.generation.engine import Engine, Request
 from reviewstack.generation.runner import DecoderRunner
 from reviewstack.generation.sampling import SamplingSettings
 
 from ..refuser import paper_text
+from .conftest import generate_together
 
 
 def _reference(model, ids: list[int], new: int) -> list[int]:
@@ -103,20 +103,8 @@ def test_engine_serves_concurrent_requests_as_generate_does_one_by_one(refuser_m
     expected = [_reference(model, p, 60) for p in prompts]
     engine = Engine(DecoderRunner(model, max_batch=2, max_total_tokens=1024), tokenizer)
     engine.start()
-
-    async def run(prompt: list[int]) -> list[int]:
-        handle = engine.submit(Request(prompt, 60, SamplingSettings()), asyncio.get_running_loop())
-        while True:
-            event = await handle.events.get()
-            assert not isinstance(event, ErrorEvent), event.message
-            if isinstance(event, EndEvent):
-                return [t.id for t in event.finished.tokens]
-
-    async def all_at_once() -> list[list[int]]:
-        return await asyncio.gather(*(run(p) for p in prompts))  # 3 requests, 2 slots: one waits
-
-    try:
-        got = asyncio.run(all_at_once())
+    try:  # 3 requests, 2 slots: one waits
+        got = generate_together(engine, [Request(p, 60, SamplingSettings()) for p in prompts])
     finally:
         engine.stop()
     assert [g[: len(e)] for g, e in zip(got, expected, strict=True)] == expected

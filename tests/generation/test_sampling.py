@@ -7,8 +7,6 @@ per-sequence processors compute for that row alone.
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -20,9 +18,11 @@ from transformers.generation.logits_process import (
 )
 
 from reviewstack.common.tokenizer import load_tokenizer
-from reviewstack.generation.engine import EndEvent, Engine, ErrorEvent, Request
+from reviewstack.generation.engine import Engine, Request
 from reviewstack.generation.runner import DecoderRunner
 from reviewstack.generation.sampling import Choice, SamplingSettings, SlotSampler
+
+from .conftest import generate_together
 
 CPU = torch.device("cpu")
 
@@ -146,22 +146,10 @@ def test_the_engine_with_a_repetition_penalty_writes_what_generate_writes(refuse
         expected.append(out[0, len(prompt) :].tolist())
     engine = Engine(DecoderRunner(model, max_batch=2, max_total_tokens=128), tokenizer)
     engine.start()
-
-    async def run(prompt: list[int]) -> list[int]:
-        handle = engine.submit(
-            Request(prompt, 24, SamplingSettings(repetition_penalty=1.3)), asyncio.get_running_loop()
-        )
-        while True:
-            event = await handle.events.get()
-            assert not isinstance(event, ErrorEvent), event.message
-            if isinstance(event, EndEvent):
-                return [t.id for t in event.finished.tokens]
-
-    async def together() -> list[list[int]]:
-        return await asyncio.gather(*(run(p) for p in prompts))
-
     try:
-        got = asyncio.run(together())
+        got = generate_together(
+            engine, [Request(p, 24, SamplingSettings(repetition_penalty=1.3)) for p in prompts]
+        )
     finally:
         engine.stop()
     assert [g[: len(e)] for g, e in zip(got, expected, strict=True)] == expected
