@@ -120,8 +120,7 @@ browser-tools:
 	images/install-tools.sh browser
 
 # both, one apt at a time (the package manager takes one lock)
-system-tools:
-	images/install-tools.sh containers
+system-tools: container-tools
 	images/install-tools.sh browser
 
 # every image this machine can build (images/README.md); starts an engine when none runs

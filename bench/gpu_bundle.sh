@@ -36,7 +36,9 @@ gpu_wheels() {
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$python" --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         -d "$dir" $GPU_DEPS
-    for package in $GPU_PACKAGES; do .venv/bin/pip wheel -q --no-deps --no-build-isolation -w "$dir" "./$package"; done
+    for package in $GPU_PACKAGES; do # setuptools builds in the package's folder: leave none behind
+        .venv/bin/pip wheel -q --no-deps --no-build-isolation -w "$dir" "./$package" && rm -rf "./$package/build"
+    done
 }
 
 pack() {

@@ -150,7 +150,6 @@ class Engine:
         self.tokenizer = tokenizer
         self.max_concurrent_requests = max_concurrent_requests
         self.max_prefill_tokens = max_prefill_tokens
-        self.penalty_table = penalty_table
         self.sampler = SlotSampler(runner.max_batch, runner.shape.vocab, runner.device, penalty_table)
         self.eos_ids = _eos_ids(runner.model, tokenizer)
         self.special_ids = set(tokenizer.all_special_ids)
