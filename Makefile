@@ -17,7 +17,7 @@ TOKENIZER_DIR := $(VENV)/share/reviewstack/tokenizers/llama-3
 EMBEDDED_MODEL_DIR := $(VENV)/share/reviewstack/models/smollm2-135m-instruct
 MATCHER_MODEL_DIR := $(VENV)/share/reviewstack/models/minilm-l6-v2-static256
 PACKAGES := services/common services/penalty services/dataprep training-job services/training \
-	services/generation services/review eval-service services/experiment tools/demo
+	services/generation services/review eval-service services/experiment services/web tools/demo
 PROTOS := $(wildcard proto/reviewstack/v1/*.proto)
 PROTO_OUT := services/common
 STAMP := $(VENV)/.installed

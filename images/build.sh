@@ -16,6 +16,7 @@
 #   generation-cpu     review-stack/generation:VERSION-cpu    services/generation/Dockerfile
 #   generation-cuda    review-stack/generation:VERSION-cuda   the same, VARIANT=cuda           (CUDA base)
 #   evaluation         review-stack/evaluation:VERSION        eval-service/Dockerfile
+#   web                review-stack/web:VERSION               services/web/Dockerfile (no torch, CPU base)
 #   tgi                review-stack/tgi:VERSION               services/penalty/docker/tgi/Dockerfile (TGI base)
 #   moto               review-stack/moto:test                 tests/containers/s3/Dockerfile (test S3 server)
 # The default set is every image but moto whose base is available: the CUDA and TGI images need their
@@ -55,7 +56,7 @@ LOCAL_BASE=review-stack/base:bookworm
 WHEELHOUSE_IMAGE=review-stack/wheelhouse:local
 export DOCKER_BUILDKIT=1
 
-ALL=(dataprep training training-job training-job-cpu review generation-cpu generation-cuda evaluation tgi)
+ALL=(dataprep training training-job training-job-cpu review generation-cpu generation-cuda evaluation web tgi)
 if [ "${1:-}" = --list ]; then
     printf '%s\n' "${ALL[@]}" moto
     exit 0
@@ -236,6 +237,11 @@ for target in "${targets[@]}"; do
         evaluation)
             on_runtime cpu
             build evaluation "review-stack/evaluation:$VERSION" eval-service/Dockerfile "$ROOT" "${service_args[@]}"
+            ;;
+        web)
+            # like the review gateway: no torch, its own builder stage on the CPU base
+            build web "review-stack/web:$VERSION" services/web/Dockerfile "$ROOT" \
+                --build-arg "BASE_IMAGE=$BASE" "${secret[@]}"
             ;;
         tgi)
             if usable_base "$TGI_BASE"; then

@@ -27,6 +27,8 @@ PROFILES = {
     "cpu-demo": (CHART / "values" / "cpu-demo.yaml",),
     "single-gpu": (CHART / "values" / "single-gpu.yaml",),
     "multi-gpu": (CHART / "values" / "multi-gpu.yaml",),
+    # web.yaml goes on top of a hardware profile: the demo with the web page
+    "cpu-demo+web": (CHART / "values" / "cpu-demo.yaml", CHART / "values" / "web.yaml"),
 }
 WORKLOAD_KINDS = ("Deployment", "StatefulSet")
 

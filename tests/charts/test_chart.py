@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import yaml
 
-from .helm import BIN, CHART, K8S_VERSIONS, PROFILES, RELEASE, run_helm, value_args
+from .helm import BIN, CHART, K8S_VERSIONS, PROFILES, RELEASE, label_of, run_helm, value_args
 
 # what each profile deploys, by kind (a change here is a change users see: update the report in the PR)
 COMMON_KINDS = {
@@ -31,6 +31,15 @@ EXPECTED_KINDS = {
     "cpu-demo": COMMON_KINDS,
     "single-gpu": COMMON_KINDS,
     "multi-gpu": {**COMMON_KINDS, "HorizontalPodAutoscaler": 1},  # the review gateway scales
+    # + the web page: Deployment, NetworkPolicy, Secret (login token, session key), Service, ServiceAccount
+    "cpu-demo+web": {
+        **COMMON_KINDS,
+        "Deployment": 6,
+        "NetworkPolicy": 10,
+        "Secret": 3,
+        "Service": 8,
+        "ServiceAccount": 8,
+    },
 }
 
 
@@ -102,6 +111,31 @@ def test_every_rendered_object_passes_strict_validation(render, tmp_path, versio
                 "review.tokenizer.prefix=runs/r/merged",
             ),
         ),
+        # the web page behind an authenticating ingress, on an external S3, with a Secret of its own
+        "web-knobs": (
+            "single-gpu",
+            (
+                "web.enabled=true",
+                "web.replicaCount=2",
+                "web.login.mode=proxy",
+                "web.login.existingSecret=web-login",
+                "web.ingress.enabled=true",
+                "web.ingress.className=nginx",
+                "web.ingress.hosts={review.example.com,*.review.example.com}",
+                "web.ingress.tls[0].secretName=review-tls",
+                "web.ingress.tls[0].hosts={review.example.com}",
+                r"web.ingress.annotations.nginx\.ingress\.kubernetes\.io/auth-url=https://oauth2.example.com/oauth2/auth",
+                r"web.networkPolicy.from[0].namespaceSelector.matchLabels.kubernetes\.io/metadata\.name=ingress-nginx",
+                "web.reviewServices.team-b=review.team-b.svc:50051",
+                "web.evaluation.target=evaluation.team-b.svc:50051",
+                "web.service.type=NodePort",
+                "minio.enabled=false",
+                "s3.endpoint=https://s3.example.com",
+                "s3.existingSecret=s3",
+            ),
+        ),
+        # an Ingress for every host, no TLS
+        "web-ingress": ("cpu-demo+web", ("web.ingress.enabled=true",)),
     }
     for name, (profile, sets) in variants.items():
         rendered = render(profile, *sets)
@@ -135,6 +169,13 @@ def test_the_validator_rejects_a_broken_object(render, tmp_path):
         (["tgi.gpus=0"], "tgi.gpus: Must be greater than or equal to 1"),
         (["s3.bucket=Not_A_Bucket"], "s3.bucket: Does not match pattern"),
         (["review.repetitionPenalty=4"], "review.repetitionPenalty: Must be less than or equal to 3"),
+        (["web.logn.mode=token"], "web: Additional property logn is not allowed"),
+        (["web.ingress.tsl[0].secretName=x"], "web.ingress: Additional property tsl is not allowed"),
+        (["web.login.mode=oauth"], "web.login.mode must be one of the following"),
+        (["web.maxUploadBytes=8388608"], "web.maxUploadBytes: Must be less than or equal to"),
+        (["web.reviewServices.reviewer=http://review:50051"], "web.reviewServices.reviewer: Does not match"),
+        (["web.evaluation.target=evaluation"], "web.evaluation.target: Does not match pattern"),
+        (["web.secureCookies=yes"], "web.secureCookies: Invalid type"),
     ],
 )
 def test_values_schema_rejects(helm, sets, complaint):
@@ -170,6 +211,8 @@ def test_validation_fails_once_with_every_message(helm):
         (["generation.enabled=true", "generation.flavor=cuda"], "generation.gpus"),
         (["tgi.model.prefix="], "tgi.model.prefix"),
         (["review.tokenizer.source=store"], "review.tokenizer.prefix"),
+        (["web.enabled=true", "review.enabled=false"], "web.reviewServices"),
+        (["web.enabled=true", "web.login.sessionKeyKey=login-token"], "web.login.sessionKeyKey"),
     ],
 )
 def test_validation_rejects_inconsistent_values(helm, sets, key):
@@ -296,3 +339,54 @@ def test_components_switch_off(render, tmp_path):
         assert bool(rendered.of_kind("Pod")) == ("review.enabled=false" not in sets)  # the test hook
     result = kubernetes_validate(paths, K8S_VERSIONS[0])
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_notes_say_how_to_open_the_web_page(helm, tmp_path):
+    notes = render_notes(tmp_path, "cpu-demo+web")
+    for line in (
+        "kubectl -n review-stack port-forward svc/review-stack-web 8080:8080",
+        "http://localhost:8080/",
+        "kubectl -n review-stack get secret review-stack-web -o jsonpath='{.data.login-token}' | base64 -d",
+    ):
+        assert line in notes, line
+    assert "WARNING" not in notes
+    assert "4. Open the web page" not in render_notes(tmp_path / "off", "cpu-demo")
+    proxied = render_notes(
+        tmp_path / "proxy",
+        "cpu-demo+web",
+        "web.login.mode=proxy",
+        "web.ingress.enabled=true",
+        "web.ingress.hosts={review.example.com}",
+        "web.ingress.tls[0].secretName=review-tls",
+    )
+    assert "https://review.example.com/" in proxied and "port-forward svc/review-stack-web" not in proxied
+    assert "login-token" not in proxied
+    # nothing keeps other pods from going around the proxy: said loudly
+    assert "WARNING: web.login.mode=proxy" in proxied
+    restricted = render_notes(
+        tmp_path / "restricted",
+        "cpu-demo+web",
+        "web.login.mode=proxy",
+        "web.networkPolicy.from[0].namespaceSelector.matchLabels.name=ingress-nginx",
+    )
+    assert "WARNING" not in restricted
+
+
+def test_the_web_page_is_off_by_default(render):
+    """web.enabled=false renders no object of the page and leaves the other policies as they were, whatever
+    else web.* says."""
+    default = render("cpu-demo")
+    for rendered in (default, render("cpu-demo", "web.ingress.enabled=true", "web.login.mode=proxy")):
+        assert not [d for d in rendered.docs if d["metadata"]["name"].endswith("-web")]
+        assert not rendered.of_kind("Ingress")
+        assert all(label_of(d) != "web" for d in rendered.docs)
+        assert "component: web" not in rendered.text
+    on = render("cpu-demo+web")
+    assert {label_of(d) for d in on.docs if d["metadata"]["name"] == "review-stack-web"} == {"web"}
+    assert {d["kind"] for d in on.docs if d["metadata"]["name"] == "review-stack-web"} == {
+        "Deployment",
+        "NetworkPolicy",
+        "Secret",
+        "Service",
+        "ServiceAccount",
+    }

@@ -143,7 +143,13 @@ def test_every_workload_has_its_own_policy(render, profile):
     assert any(selects(p["spec"]["podSelector"], job.labels) for p in policies)
 
 
-GPU_BACKEND = {"default": "tgi", "single-gpu": "tgi", "multi-gpu": "tgi", "cpu-demo": "generation"}
+GPU_BACKEND = {
+    "default": "tgi",
+    "single-gpu": "tgi",
+    "multi-gpu": "tgi",
+    "cpu-demo": "generation",
+    "cpu-demo+web": "generation",
+}
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -230,3 +236,125 @@ def test_policy_ports_name_real_ports(render):
             for port in rule.get("ports", []):
                 if isinstance(port["port"], str):
                     assert port["port"] in pods[component].ports, f"{policy['metadata']['name']}: {port}"
+
+
+def egress_peers(policy) -> list[tuple[tuple, str]]:
+    """(ports, peer) of each egress rule: ports as (port, protocol) pairs, the peer as the component its pod
+    selector names, "external:<cidr>" for an ipBlock, or "any" for a rule without peers."""
+    rules = []
+    for rule in policy["spec"]["egress"]:
+        ports = tuple((p["port"], p["protocol"]) for p in rule.get("ports", []))
+        for peer in rule.get("to") or [{}]:
+            if "podSelector" in peer:
+                rules.append((ports, peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]))
+            elif "ipBlock" in peer:
+                rules.append((ports, f"external:{peer['ipBlock']['cidr']}"))
+            else:
+                rules.append((ports, "any"))
+    return rules
+
+
+DNS = ((53, "UDP"), (53, "TCP"))
+
+
+@pytest.mark.parametrize(
+    ("sets", "expected"),
+    [
+        (
+            (),
+            {
+                (DNS, "any"),
+                (((9000, "TCP"),), "minio"),
+                (((50051, "TCP"),), "review"),
+                (((50051, "TCP"),), "evaluation"),
+            },
+        ),
+        (
+            ("web.evaluation.enabled=false",),
+            {(DNS, "any"), (((9000, "TCP"),), "minio"), (((50051, "TCP"),), "review")},
+        ),
+        # an external S3: its port, at networkPolicy.externalS3To
+        (
+            ("minio.enabled=false", "s3.endpoint=https://s3.example.com", "s3.existingSecret=s3"),
+            {
+                (DNS, "any"),
+                (((443, "TCP"),), "external:0.0.0.0/0"),
+                (((50051, "TCP"),), "review"),
+                (((50051, "TCP"),), "evaluation"),
+            },
+        ),
+    ],
+)
+def test_the_web_page_calls_only_review_evaluation_the_store_and_dns(render, sets, expected):
+    policy = render("cpu-demo+web", *sets).get("NetworkPolicy", "review-stack-web")
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    rules = egress_peers(policy)
+    assert set(rules) == expected and len(rules) == len(expected)
+
+
+def test_web_policies_let_the_page_through_and_nothing_more(render):
+    rendered = render("cpu-demo+web")
+    for service in ("review", "evaluation"):
+        assert can_call(rendered, "web", service, "grpc"), f"web → {service}"
+    assert can_call(rendered, "web", "minio", "s3")
+    assert can_call(rendered, "web", "external", 53)  # DNS
+    for destination, port in (
+        ("dataprep", "grpc"),
+        ("training", "grpc"),
+        ("generation", "http"),
+        ("minio", 9001),
+        ("external", 443),
+        ("review", 9090),
+    ):
+        assert not can_call(rendered, "web", destination, port), f"web → {destination}:{port} is open"
+    # the page calls the services on their own pods, and is called by no service
+    for source in ("review", "evaluation", "generation", "dataprep", "minio"):
+        assert not can_call(rendered, source, "web", "http"), f"{source} → web"
+    # anyone may open the page by default
+    pods = pods_of(rendered)
+    outsider = Pod("browser", {"app": "ingress-nginx"})
+    policies = rendered.of_kind("NetworkPolicy")
+    assert allowed(policies, "ingress", pods["web"], outsider, 8080, pods["web"])
+    # gRPC clients restricted to labelled pods: the page still gets through to the services it calls
+    closed = render("cpu-demo+web", "networkPolicy.allowExternal=false")
+    assert can_call(closed, "web", "review", "grpc") and can_call(closed, "web", "evaluation", "grpc")
+    assert not can_call(closed, "web", "dataprep", "grpc")
+    # without the page, the services admit no web pod
+    off = render("cpu-demo", "networkPolicy.allowExternal=false")
+    web_pod = Pod("web", {**pods["web"].labels})
+    for service in ("review", "evaluation", "minio"):
+        target = pods_of(off)[service]
+        port = target.ports["s3" if service == "minio" else "grpc"]
+        assert not allowed(off.of_kind("NetworkPolicy"), "ingress", target, web_pod, port, target), service
+    # the release's Evaluation service admits the page only when the page calls it
+    elsewhere = render(
+        "cpu-demo+web", "networkPolicy.allowExternal=false", "web.evaluation.target=evaluation.other:50051"
+    )
+    assert not can_call(elsewhere, "web", "evaluation", "grpc")
+
+
+def test_web_ingress_can_be_restricted_to_the_ingress_controller(render):
+    rendered = render(
+        "cpu-demo+web",
+        "web.networkPolicy.from[0].namespaceSelector.matchLabels.name=ingress-nginx",
+        "web.networkPolicy.from[0].podSelector.matchLabels.app=ingress-nginx",
+    )
+    web = pods_of(rendered)["web"]
+    policies = rendered.of_kind("NetworkPolicy")
+    rule = rendered.get("NetworkPolicy", "review-stack-web")["spec"]["ingress"]
+    assert rule == [
+        {
+            "ports": [{"port": "http", "protocol": "TCP"}],
+            "from": [
+                {
+                    "namespaceSelector": {"matchLabels": {"name": "ingress-nginx"}},
+                    "podSelector": {"matchLabels": {"app": "ingress-nginx"}},
+                }
+            ],
+        }
+    ]
+    controller = Pod("controller", {"app": "ingress-nginx"})
+    notebook = Pod("notebook", {"app": "notebook"})
+    assert allowed(policies, "ingress", web, controller, 8080, web)
+    assert not allowed(policies, "ingress", web, notebook, 8080, web)
+    assert not allowed(policies, "ingress", web, controller, 9090, web)

@@ -335,3 +335,107 @@ def test_helm_test_hook_checks_the_review_service_health(render):
     assert pod["spec"]["restartPolicy"] == "Never"
     assert "hook-succeeded" in pod["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
     assert not [p for p in render("default", "tests.enabled=false").of_kind("Pod")]
+
+
+def test_web_secrets_are_generated_into_a_secret_and_mounted_as_files(render):
+    """The page's login token and session key: in the chart's Secret "<fullname>-web" (random, or the
+    value --set), read from mounted files, never in env or any other object."""
+    sentinel = "SENTINELwebLOGIN0004"
+    rendered = render("cpu-demo+web", f"web.login.token={sentinel}")
+    secret = rendered.get("Secret", "review-stack-web")
+    assert base64.b64decode(secret["data"]["login-token"]).decode() == sentinel
+    assert len(base64.b64decode(secret["data"]["session-key"])) == 64
+    for doc in rendered.docs:
+        if doc["kind"] != "Secret":
+            assert sentinel not in yaml.safe_dump(doc), f"{doc['kind']}/{doc['metadata']['name']}"
+    generated = render("cpu-demo+web").get("Secret", "review-stack-web")["data"]
+    assert len(base64.b64decode(generated["login-token"])) == 32
+    pod = render("cpu-demo+web").get("Deployment", "review-stack-web")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["web-login"]["secret"] == {
+        "secretName": "review-stack-web",
+        "items": [
+            {"key": "login-token", "path": "login-token"},
+            {"key": "session-key", "path": "session-key"},
+        ],
+    }
+    # the services' bearer token: the release's auth Secret, as for the services themselves
+    assert volumes["auth-token"]["secret"]["secretName"] == "review-stack-auth"
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["web-login"]["readOnly"] is True and mounts["auth-token"]["readOnly"] is True
+
+
+def test_web_existing_secret_and_proxy_mode(render):
+    rendered = render(
+        "cpu-demo+web",
+        "web.login.existingSecret=team-web",
+        "web.login.sessionKeyKey=cookie-key",
+        "web.login.mode=proxy",
+    )
+    assert "review-stack-web" not in {s["metadata"]["name"] for s in rendered.of_kind("Secret")}
+    pod = rendered.get("Deployment", "review-stack-web")["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "web-login")
+    # proxy mode: no login token to read, only the key signing the sessions
+    assert volume["secret"] == {
+        "secretName": "team-web",
+        "items": [{"key": "cookie-key", "path": "cookie-key"}],
+    }
+    env = env_of(pod["containers"][0])
+    assert env["REVIEWSTACK_LOGIN"] == "proxy" and "REVIEWSTACK_LOGIN_TOKEN_FILE" not in env
+    assert env["REVIEWSTACK_SESSION_SECRET_FILE"] == "/var/run/secrets/reviewstack/web/cookie-key"
+
+
+def test_web_ingress_with_tls_sets_secure_cookies(render):
+    rendered = render(
+        "cpu-demo+web",
+        "web.ingress.enabled=true",
+        "web.ingress.className=nginx",
+        "web.ingress.hosts={review.example.com}",
+        "web.ingress.tls[0].secretName=review-tls",
+        "web.ingress.tls[0].hosts={review.example.com}",
+        r"web.ingress.annotations.nginx\.ingress\.kubernetes\.io/proxy-body-size=8m",
+    )
+    ingress = rendered.get("Ingress", "review-stack-web")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["spec"]["tls"] == [{"secretName": "review-tls", "hosts": ["review.example.com"]}]
+    assert ingress["metadata"]["annotations"] == {"nginx.ingress.kubernetes.io/proxy-body-size": "8m"}
+    backend = {"service": {"name": "review-stack-web", "port": {"name": "http"}}}
+    assert ingress["spec"]["rules"] == [
+        {
+            "host": "review.example.com",
+            "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": backend}]},
+        }
+    ]
+    web = literal_env(_main(rendered, "review-stack-web"))
+    assert web["REVIEWSTACK_SECURE_COOKIES"] == "true"
+    # no TLS at the ingress (or no ingress): cookies over plain HTTP too, unless web.secureCookies says so
+    plain = render("cpu-demo+web", "web.ingress.enabled=true")
+    assert literal_env(_main(plain, "review-stack-web"))["REVIEWSTACK_SECURE_COOKIES"] == "false"
+    assert "host" not in plain.get("Ingress", "review-stack-web")["spec"]["rules"][0]
+    forced = render("cpu-demo+web", "web.secureCookies=true")
+    assert literal_env(_main(forced, "review-stack-web"))["REVIEWSTACK_SECURE_COOKIES"] == "true"
+
+
+def test_web_page_probes_and_image(render):
+    rendered = render("cpu-demo+web", "global.imageRegistry=registry.example")
+    container = _main(rendered, "review-stack-web")
+    version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    assert container["image"] == f"registry.example/review-stack/web:{version}"
+    assert container["command"] == ["reviewstack-web"]
+    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    paths = {
+        probe: container[probe]["httpGet"] for probe in ("startupProbe", "livenessProbe", "readinessProbe")
+    }
+    assert paths == {
+        "startupProbe": {"path": "/healthz", "port": "http"},
+        "livenessProbe": {"path": "/healthz", "port": "http"},
+        "readinessProbe": {"path": "/readyz", "port": "http"},
+    }
+    service = rendered.get("Service", "review-stack-web")["spec"]
+    assert service["ports"] == [
+        {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"}
+    ]
+    pod = rendered.get("Deployment", "review-stack-web")["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    tmp = next(v for v in pod["volumes"] if v["name"] == "tmp")
+    assert tmp == {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}

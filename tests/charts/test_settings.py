@@ -20,6 +20,7 @@ SERVICES = {
     "review": ("reviewstack.review.main", "ReviewSettings"),
     "evaluation": ("reviewstack.evaluation.main", "EvaluationSettings"),
     "generation": ("reviewstack.generation.main", "EngineSettings"),
+    "web": ("reviewstack.web.settings", "WebSettings"),
 }
 
 
@@ -116,12 +117,15 @@ def test_every_variable_is_a_setting_and_parses(render, monkeypatch, profile):
             else:
                 assert settings.judge == "judge" and settings.max_bootstrap == 10_000
         seen.add((component, container["name"]))
-        if container["name"] == component and component != "generation":
+        if component == "web":
+            check_web_settings(settings)
+        elif container["name"] == component and component != "generation":
             assert settings.port == 50051 and settings.metrics_port == 9090
             assert str(settings.auth_token_file) == "/var/run/secrets/reviewstack/auth/token"
             assert settings.store == "s3://reviewstack" and settings.s3_endpoint == "review-stack-minio:9000"
     expected = {(c, c) for c in ("dataprep", "training", "review", "evaluation")}
     assert expected <= seen
+    assert (("web", "web") in seen) == profile.endswith("+web")
     backend = (
         "tgi"
         if rendered.of_kind("Deployment")
@@ -129,6 +133,85 @@ def test_every_variable_is_a_setting_and_parses(render, monkeypatch, profile):
         else "generation"
     )
     assert (backend, "fetch-model") in seen
+
+
+def check_web_settings(settings) -> None:
+    """The web page as the chart starts it: HTTP on 8080, the release's services and store, the services'
+    token and its own login and session key as files."""
+    assert (settings.host, settings.port) == ("0.0.0.0", 8080)
+    assert settings.review_services == {"reviewer": "review-stack-review:50051"}
+    assert settings.evaluation_service == "review-stack-evaluation:50051"
+    assert settings.store == "s3://reviewstack" and settings.s3_endpoint == "review-stack-minio:9000"
+    assert str(settings.grpc_token_file) == "/var/run/secrets/reviewstack/auth/token"
+    assert settings.login == "token"
+    assert str(settings.login_token_file) == "/var/run/secrets/reviewstack/web/login-token"
+    assert str(settings.session_secret_file) == "/var/run/secrets/reviewstack/web/session-key"
+    assert settings.secure_cookies is False
+    assert (settings.max_upload_bytes, settings.max_reviews_in_flight) == (2 * 2**20, 8)
+    assert settings.review_timeout_s == 900
+
+
+def web_settings(rendered, monkeypatch):
+    container = rendered.get("Deployment", "review-stack-web")["spec"]["template"]["spec"]["containers"][0]
+    return parse(settings_class("web", "web"), env_of(container), monkeypatch)
+
+
+@pytest.mark.parametrize(
+    ("sets", "expected"),
+    [
+        # TLS at the Ingress: cookies over HTTPS only
+        (
+            (
+                "web.ingress.enabled=true",
+                "web.ingress.tls[0].secretName=t",
+                "web.ingress.tls[0].hosts={a.example}",
+            ),
+            {"secure_cookies": True},
+        ),
+        (("web.ingress.enabled=true",), {"secure_cookies": False}),
+        # TLS that ends before the page some other way
+        (("web.secureCookies=true",), {"secure_cookies": True}),
+        (
+            ("web.login.mode=proxy", "web.evaluation.enabled=false", "auth.enabled=false"),
+            {"login": "proxy", "login_token_file": None, "evaluation_service": "", "grpc_token_file": None},
+        ),
+        (("evaluation.enabled=false",), {"evaluation_service": ""}),
+        (
+            (
+                "web.reviewServices.llama-3=review.team-a.svc:50051",
+                "web.reviewServices.SmolLM2 demo=review-stack-review:50051",
+                "web.evaluation.target=evaluation.team-a.svc:50051",
+            ),
+            {
+                "review_services": {
+                    "llama-3": "review.team-a.svc:50051",
+                    "SmolLM2 demo": "review-stack-review:50051",
+                },
+                "evaluation_service": "evaluation.team-a.svc:50051",
+            },
+        ),
+        (
+            (
+                "web.maxUploadBytes=4128768",
+                "web.maxReviewsInFlight=32",
+                "web.reviewTimeoutSeconds=1800.5",
+                "web.login.existingSecret=team-web",
+                "web.login.tokenKey=password",
+            ),
+            {
+                "max_upload_bytes": 4128768,
+                "max_reviews_in_flight": 32,
+                "review_timeout_s": 1800.5,
+                "login_token_file": "/var/run/secrets/reviewstack/web/password",
+            },
+        ),
+    ],
+)
+def test_the_web_page_gets_what_the_values_say(render, monkeypatch, sets, expected):
+    settings = web_settings(render("cpu-demo+web", *sets), monkeypatch)
+    for name, value in expected.items():
+        got = getattr(settings, name)
+        assert (str(got) if name.endswith("_file") and got is not None else got) == value, name
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """The Evaluation service end to end: a real server process on loopback (auth on), the real default
 matcher, batch-output systems and a ground-truth dataset in a store; the CLI locally and through the
-server; the errors a user gets for requests they must fix."""
+server; the errors a user gets for requests they must fix; ComparePaper reading a finished evaluation back."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -256,3 +257,125 @@ def test_a_request_stays_inside_the_store_and_its_limits(server, store_dir, fiel
     assert words in caught.value.details()
     assert not Path("/tmp/elsewhere").exists()
     assert sorted(p.relative_to(store_dir) for p in store_dir.rglob("*")) == before
+
+
+# -- ComparePaper: a finished evaluation read back, one paper and two systems at a time --------------------
+@pytest.fixture(scope="module")
+def compared(server: str, store_dir: Path) -> tuple[str, dict[str, Any]]:
+    """An evaluation of ours and ours-l2 through the server, and its report.json."""
+    result = _evaluate(
+        server,
+        evaluation_pb2.EvaluateRequest(
+            systems=[
+                evaluation_pb2.SystemRef(name="ours", uri="reviews/ours"),
+                evaluation_pb2.SystemRef(name="ours-l2", uri="reviews/ours-l2"),
+            ],
+            human="datasets/gt/v1",
+            bootstrap=10,
+        ),
+    )
+    report = json.loads(open_store(str(store_dir)).get_bytes(f"evaluations/{result.eval_id}/report.json"))
+    return result.eval_id, report
+
+
+def _compare_paper(target: str, **fields: str) -> evaluation_pb2.PaperComparison:
+    with make_channel(target, TOKEN) as channel:
+        stub = evaluation_pb2_grpc.EvaluationStub(channel)
+        return stub.ComparePaper(evaluation_pb2.ComparePaperRequest(**fields), timeout=30)
+
+
+def test_compare_paper_shows_the_points_and_the_hits_of_the_report(server, compared) -> None:
+    eval_id, report = compared
+    matched = 0
+    for truth in TRUTH:
+        paper = truth["paper_id"]
+        result = _compare_paper(server, eval_id=eval_id, paper_id=paper, a="ours-l2", b="ours")
+        assert result.paper_id == paper and [s.name for s in result.compared] == ["ours-l2", "ours"]
+        # the ground truth's points, reviewer by reviewer: the order the report's match indices refer to
+        assert [(p.reviewer, p.text, p.aspect) for p in result.human] == [
+            (q["reviewer_id"], q["text"], q["aspect"]) for q in truth["points"]
+        ]
+        for system in result.compared:
+            written = (
+                {**OURS[paper], "idea": ["The schedule idea is new."]}
+                if system.name == "ours-l2"
+                else OURS[paper]
+            )
+            assert sorted((p.aspect, p.text) for p in system.points) == sorted(
+                (aspect, text) for aspect, texts in written.items() for text in texts
+            )
+            entry = next(s for s in report["systems"] if s["name"] == system.name)
+            scored = next(s for s in entry["per_paper"] if s["paper_id"] == paper)
+            hits = [(i, p.hit, p.score) for i, p in enumerate(system.points) if p.hit >= 0]
+            assert [(g, r) for g, r, _ in sorted(scored["matches"])] == [(g, r) for g, r, _ in hits]
+            assert [s for _, _, s in sorted(scored["matches"])] == pytest.approx(
+                [s for _, _, s in hits], abs=1e-4
+            )
+            assert all(p.score == 0 for p in system.points if p.hit < 0)
+            assert system.hits == scored["hits"] and system.recall == pytest.approx(scored["recall"])
+            assert system.precision == pytest.approx(scored["precision"])
+            assert "experiments" not in system.empty_aspects and "prior_work" in system.empty_aspects
+            matched += len(hits)
+            if paper == "p1":  # a hit names the human point it restates
+                (ablation,) = [p for p in system.points if "ablation" in p.text]
+                assert result.human[ablation.hit].text == "An ablation of the loss terms is missing."
+    assert matched >= 4
+
+
+def test_compare_paper_defaults_to_the_first_paper_and_systems(server, compared) -> None:
+    eval_id, report = compared
+    result = _compare_paper(server, eval_id=eval_id)
+    assert (result.eval_id, result.paper_id) == (eval_id, report["papers"][0])
+    assert list(result.papers) == report["papers"] == ["p1", "p2"]
+    assert list(result.systems) == ["ours", "ours-l2"] == [s.name for s in result.compared]
+    assert result.matcher == f"{report['matcher']['name']} {report['matcher']['version']}"
+    # an empty one of the two is the first system the other does not name
+    for named in ({"a": "ours-l2"}, {"b": "ours"}):
+        assert [s.name for s in _compare_paper(server, eval_id=eval_id, **named).compared] == [
+            "ours-l2",
+            "ours",
+        ]
+
+
+INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("fields", "code", "words"),
+    [
+        ({"eval_id": "../x"}, INVALID, "is not an evaluation id"),
+        ({"eval_id": "20260101-000000-abcd1234/../x"}, INVALID, "is not an evaluation id"),
+        ({"eval_id": "1" * 100_000}, INVALID, "is not an evaluation id"),
+        ({"eval_id": ""}, INVALID, "eval_id is empty"),
+        ({"eval_id": "20990101-000000-deadbeef"}, NOT_FOUND, "no evaluation 20990101-000000-deadbeef in"),
+        ({"paper_id": "p9"}, NOT_FOUND, "its 2 papers: p1, p2"),
+        ({"paper_id": "p" * 513}, INVALID, "at most 512"),
+        ({"a": "nope"}, NOT_FOUND, "its systems: ours, ours-l2"),
+        ({"b": "x" * 100_000}, INVALID, "at most 512"),
+        ({"b": "human"}, INVALID, "is the human set"),
+        ({"a": "ours", "b": "ours"}, INVALID, "two different systems"),
+    ],
+)  # fmt: skip
+def test_compare_paper_refuses_what_a_user_must_fix(server, compared, fields, code, words) -> None:
+    eval_id, _ = compared
+    with pytest.raises(grpc.RpcError) as caught:
+        _compare_paper(server, **{"eval_id": eval_id, **fields})
+    assert caught.value.code() == code, caught.value.details()
+    assert words in caught.value.details() and len(caught.value.details()) < 400
+    assert _compare_paper(server, eval_id=eval_id).compared  # and the server goes on serving
+
+
+def test_compare_paper_needs_a_complete_evaluation_with_its_points(server, compared, store_dir) -> None:
+    eval_id, _ = compared
+    store = open_store(str(store_dir))
+    old, unfinished = "20000101-000000-0000000a", "20000101-000000-0000000b"
+    # written before points.json existed: a report alone; still being written: points, no report yet
+    store.put_bytes(f"evaluations/{old}/report.json", store.get_bytes(f"evaluations/{eval_id}/report.json"))
+    store.put_bytes(
+        f"evaluations/{unfinished}/points.json", store.get_bytes(f"evaluations/{eval_id}/points.json")
+    )
+    for which, words in ((old, "run the evaluation again"), (unfinished, "has not finished")):
+        with pytest.raises(grpc.RpcError) as caught:
+            _compare_paper(server, eval_id=which)
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION, caught.value.details()
+        assert which in caught.value.details() and words in caught.value.details()

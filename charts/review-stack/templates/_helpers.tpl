@@ -331,7 +331,7 @@ priorityClassName: {{ . }}
 Validation: one message per broken rule, then a single `fail` with all of them (bitnami's validateValues).
 ------------------------------------------------------------------------------------------------ */}}
 {{- define "review-stack.validateValues" -}}
-{{- $rules := list "s3Endpoint" "s3Credentials" "backend" "cpuEngineGpus" "cudaEngineGpus" "tgiModel" "engineModel" "reviewTokenizer" -}}
+{{- $rules := list "s3Endpoint" "s3Credentials" "backend" "cpuEngineGpus" "cudaEngineGpus" "tgiModel" "engineModel" "reviewTokenizer" "webServices" "webSecretKeys" -}}
 {{- $messages := list -}}
 {{- range $rules -}}
 {{- $messages = append $messages (include (printf "review-stack.validate.%s" .) $) -}}
@@ -396,5 +396,20 @@ review-stack: generation.model.prefix
 {{- if and .Values.review.enabled (eq .Values.review.tokenizer.source "store") (not .Values.review.tokenizer.prefix) -}}
 review-stack: review.tokenizer.prefix
     review.tokenizer.source=store needs review.tokenizer.prefix (the served model's folder).
+{{- end -}}
+{{- end -}}
+
+{{- define "review-stack.validate.webServices" -}}
+{{- if and .Values.web.enabled (eq (include "review-stack.web.reviewServices" .) "{}") -}}
+review-stack: web.reviewServices
+    the web page needs a Review service to call: enable review, or name others in web.reviewServices.
+{{- end -}}
+{{- end -}}
+
+{{- define "review-stack.validate.webSecretKeys" -}}
+{{- if and .Values.web.enabled (eq .Values.web.login.tokenKey .Values.web.login.sessionKeyKey) -}}
+review-stack: web.login.sessionKeyKey
+    the login token and the session key are two values: give web.login.tokenKey and sessionKeyKey
+    different names.
 {{- end -}}
 {{- end -}}

@@ -68,7 +68,7 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """Score each system's reviews against the human points (human leave-one-out included); write
-    report.json, report.html and plots/ under evaluations/<eval-id>/."""
+    report.json, report.html, plots/ and points.json under evaluations/<eval-id>/."""
     from reviewstack.common.errors import InvalidArgument
     from reviewstack.common.store.scope import for_server
     from reviewstack.evaluation.job import SystemSpec

@@ -116,11 +116,16 @@ def _choose_papers(
     return chosen, dropped
 
 
-def _references(human: System, paper: str, leave_out: int | None = None) -> list[Point]:
-    """The human points of a paper, reviewer by reviewer in the loader's order (match indices refer to
-    this order), without the points of reviewer `leave_out`."""
+def reference_points(human: System, paper: str, leave_out: int | None = None) -> list[tuple[str, Point]]:
+    """The human points of a paper with their reviewer's id, reviewer by reviewer in the loader's order
+    (match indices refer to this order: points.json records it from here), without the points of
+    reviewer `leave_out`."""
     reviews = human.reviews[paper]
-    return [p for i, r in enumerate(reviews) if i != leave_out for p in r.points]
+    return [(r.reviewer, p) for i, r in enumerate(reviews) if i != leave_out for p in r.points]
+
+
+def _references(human: System, paper: str, leave_out: int | None = None) -> list[Point]:
+    return [p for _, p in reference_points(human, paper, leave_out)]
 
 
 class _Jobs:
@@ -324,4 +329,4 @@ def _input(system: System, chosen: Sequence[str]) -> dict[str, Any]:
     }
 
 
-__all__ = ["LIANG_2023", "REPORT_FORMAT", "evaluate"]
+__all__ = ["LIANG_2023", "REPORT_FORMAT", "evaluate", "reference_points"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +21,9 @@ from reviewstack.common.store import open_store
 from reviewstack.evaluation.model import Exclusion, Matcher, System
 
 Progress = Callable[[str, int, int, str], None]
+# What `EvalConfig.eval_id` makes: a request naming an evaluation is checked against it, so that an id is
+# never a path (no separator, no dot) before it becomes part of a store key.
+EVAL_ID = re.compile(r"[0-9]{8}-[0-9]{6}-[0-9a-f]{8}")
 
 
 class SystemSpec(BaseModel):
@@ -66,7 +70,7 @@ class EvalConfig(BaseModel):
 @dataclass(frozen=True)
 class EvalOutcome:
     eval_id: str
-    uris: dict[str, str]  # report_json, report_html, plots …
+    uris: dict[str, str]  # report_json, report_html, points_json, plots/…
     report: dict[str, Any]
 
 
@@ -133,6 +137,7 @@ def run_evaluation(
     matcher: Matcher | None = None,
     inputs: Inputs | None = None,
 ) -> EvalOutcome:
+    from reviewstack.evaluation import evidence
     from reviewstack.evaluation.evaluate import evaluate
     from reviewstack.evaluation.report import write_report
 
@@ -154,6 +159,9 @@ def run_evaluation(
     report["eval_id"] = eval_id
     report["request"] = json.loads(config.model_dump_json())
     report_progress("writing", 0, 1, "report")
-    uris = write_report(report, output, f"evaluations/{eval_id}")
+    prefix = f"evaluations/{eval_id}"
+    # the point texts the report's match indices refer to: before report.json, which is written last
+    points_uri = evidence.write(evidence.build(report, inputs.systems, inputs.human), output, prefix)
+    uris = {**write_report(report, output, prefix), "points_json": points_uri}
     report_progress("writing", 1, 1, "report")
     return EvalOutcome(eval_id, uris, report)

@@ -3,10 +3,13 @@
 
 {{/* Components whose pods call the store (MinIO's NetworkPolicy admits exactly these). */}}
 {{- define "review-stack.minio.clients" -}}
-{{- list "dataprep" "training" "review" "evaluation" "generation" "tgi" | toJson -}}
+{{- $clients := list "dataprep" "training" "review" "evaluation" "generation" "tgi" -}}
+{{- if .Values.web.enabled }}{{ $clients = append $clients "web" }}{{ end -}}
+{{- $clients | toJson -}}
 {{- end -}}
 
-{{/* S3 clients: the release's services (and their fetch-model init containers) and the training Jobs. */}}
+{{/* S3 clients: the release's services (and their fetch-model init containers), the web page (it reads
+reports) and the training Jobs. */}}
 {{- define "review-stack.minio.ingress" -}}
 - ports:
     - port: s3

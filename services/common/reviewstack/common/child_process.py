@@ -38,12 +38,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def http_ready(url: str) -> Probe:
-    """A probe: `url`/health answers 200."""
+def http_ready(url: str, path: str = "/health") -> Probe:
+    """A probe: `url` + `path` answers 200 (the engine's /health, the web page's /healthz)."""
 
     def probe() -> bool:
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as reply:
+            with urllib.request.urlopen(f"{url}{path}", timeout=2) as reply:
                 return reply.status == 200
         except OSError:
             return False

@@ -15,11 +15,14 @@ import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from reviewstack.common.review_format import ParsedReview, is_empty, render
+
+if TYPE_CHECKING:
+    from reviewstack.v1 import review_pb2
 
 
 class InvalidRecord(ValueError):
@@ -103,6 +106,36 @@ class ReviewRecord(BaseModel):
         )
 
     @classmethod
+    def from_response(
+        cls, file: str, content: bytes, system: str, response: review_pb2.ReviewResponse
+    ) -> ReviewRecord:
+        """The record of the Review service's answer about the paper `file`: what `reviewstack review
+        --batch` stores and the web page offers for download, the same fields for both."""
+        from google.protobuf import json_format
+
+        body = ReviewBody(
+            aspects=[
+                AspectEntry(name=a.name, items=list(a.items), empty=a.empty, missing=a.missing)
+                for a in response.review.aspects
+            ],
+            text=response.review.text,
+            raw_text=response.raw_text,
+        )
+        return cls.of_paper(
+            file,
+            content,
+            system,
+            body,
+            # defaults written out: λ = 0 and temperature 0 are settings a sweep must see, not absences
+            lineage=json_format.MessageToDict(
+                response.lineage, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            ),
+            warnings=list(response.warnings),
+            prompt_tokens=response.prompt_tokens,
+            generated_tokens=response.generated_tokens,
+        )
+
+    @classmethod
     def from_json(cls, data: bytes | str) -> ReviewRecord:
         """Parse a stored record; InvalidRecord says in one line what is wrong with it."""
         try:
@@ -126,6 +159,30 @@ class ReviewRecord(BaseModel):
         """The stored form; every field written out (λ = 0 is a setting a sweep must see, not an absence)."""
         return json.dumps(self.model_dump(mode="json"), indent=1).encode()
 
+    def to_markdown(self) -> str:
+        """The review for people: a heading per aspect, its points as a list, declined and unwritten
+        aspects said in words, and the lineage under it, so a copy pasted elsewhere still says where it
+        came from."""
+        title = f"Review of {self.paper_id}" if self.paper_id else "Review"
+        lines = [f"# {title}", ""]
+        for aspect in self.review.aspects:
+            lines += [f"## {aspect.name}", ""]
+            if aspect.missing:
+                lines.append("*Not written: the review ended before this aspect.*")
+            elif aspect.empty or is_empty(aspect.items):
+                lines.append("*Declined: nothing to say on this aspect (`<No related terms>`).*")
+            else:
+                lines += [f"- {item}" for item in aspect.items]
+            lines.append("")
+        lineage = [(k, v) for k, v in _flat(self.lineage)]
+        lineage += [("system", self.system)] if self.system else []
+        lineage += [("created", self.created)] if self.created else []
+        lineage += [("paper sha256", self.source.sha256)] if self.source else []
+        if lineage:
+            lines += ["---", "", *(f"- **{key}**: {value}" for key, value in lineage), ""]
+        lines += [f"> {warning}" for warning in self.warnings]
+        return "\n".join(lines).rstrip() + "\n"
+
     @property
     def reached_budget(self) -> bool:
         """The review wrote as many tokens as it was allowed (`lineage.parameters.max_new_tokens`): a
@@ -147,6 +204,13 @@ class ReviewRecord(BaseModel):
         """The format the model is trained to write: structured by aspects, every aspect written or
         declined, and the review ended by the model rather than by its budget."""
         return bool(self.review.aspects) and not self.unwritten_aspects and not self.reached_budget
+
+
+def _flat(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested lineage as `a.b` keys, for lists of one line each."""
+    if isinstance(value, dict):
+        return [row for key, inner in value.items() for row in _flat(inner, f"{prefix}{key}.")]
+    return [(prefix.rstrip("."), value)]
 
 
 __all__ = ["AspectEntry", "InvalidRecord", "ReviewBody", "ReviewRecord", "SourceFile"]

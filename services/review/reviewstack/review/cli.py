@@ -28,7 +28,7 @@ from rich.table import Table
 
 from reviewstack.common.errors import FailedPrecondition, InvalidArgument
 from reviewstack.common.papers import PAPER_SUFFIXES
-from reviewstack.common.review_record import AspectEntry, ReviewBody, ReviewRecord
+from reviewstack.common.review_record import ReviewRecord
 from reviewstack.v1 import common_pb2, review_pb2
 
 out = Console()
@@ -296,24 +296,4 @@ def _record(
     path: Path, request: review_pb2.ReviewRequest, response: review_pb2.ReviewResponse, system: str
 ) -> ReviewRecord:
     """What the evaluation service reads: the review by aspect, its text, and where it came from."""
-    body = ReviewBody(
-        aspects=[
-            AspectEntry(name=a.name, items=list(a.items), empty=a.empty, missing=a.missing)
-            for a in response.review.aspects
-        ],
-        text=response.review.text,
-        raw_text=response.raw_text,
-    )
-    return ReviewRecord.of_paper(
-        path.name,
-        request.paper.file.content,
-        system,
-        body,
-        # defaults written out: λ = 0 and temperature 0 are settings a sweep must see, not absences
-        lineage=json_format.MessageToDict(
-            response.lineage, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-        ),
-        warnings=list(response.warnings),
-        prompt_tokens=response.prompt_tokens,
-        generated_tokens=response.generated_tokens,
-    )
+    return ReviewRecord.from_response(path.name, request.paper.file.content, system, response)
