@@ -132,10 +132,11 @@ images: container-tools
 gpu-bundle: install
 	bash bench/gpu_bundle.sh pack
 
-# the whole method through the gRPC services on this machine (tools/demo, the package `reviewstack.demo`);
-# a second run reuses what the first finished, DEMO_ARGS=--fresh starts over
+# the whole method through the gRPC services on this machine (tools/demo, the package `reviewstack.demo`),
+# then the web page on them until Ctrl-C (WEB=0: end after the report); a second run reuses what the first
+# finished, DEMO_ARGS=--fresh starts over
 demo: install embedded-model matcher-model
-	$(VENV)/bin/reviewstack demo --out out/demo $(DEMO_ARGS)
+	$(VENV)/bin/reviewstack demo --out out/demo $(if $(filter 0,$(WEB)),,--serve) $(DEMO_ARGS)
 
 # the venvs, Helm and the system packages do not depend on each other: made side by side (a fresh clone
 # spends minutes here), then the suite

@@ -166,6 +166,11 @@ def create_app(settings: WebSettings, store: ArtifactStore | None = None) -> Fas
         log.error("request failed", path=request.url.path, error=repr(exc), exc_info=exc)
         return web.error_page(request, 500, "something broke on the server; its log says what. Try again.")
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:  # browsers ask for it on every page, the stored reports' included
+        icon = (files("reviewstack.web") / "static" / "favicon.svg").read_bytes()
+        return Response(icon, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
+
     # -- probes ----------------------------------------------------------------------------------------
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

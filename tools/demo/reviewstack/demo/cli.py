@@ -103,6 +103,13 @@ def demo(
         typer.Option(min=1.0, help="TGI repetition penalty (1 = off), as --temperature says whose"),
     ] = 1.0,
     fresh: Annotated[bool, typer.Option(help="start over instead of reusing a previous run's work")] = False,
+    serve: Annotated[
+        bool,
+        typer.Option(
+            help="at the end, start the web page on the demo's services and keep them all running until "
+            "Ctrl-C (`make demo` does; WEB=0 does not)"
+        ),
+    ] = False,
     reviewer: Annotated[
         Path | None,
         typer.Option(
@@ -250,8 +257,43 @@ def demo(
             )  # fmt: skip
             report = _latest("evaluations/*/report.html", store)
 
+        _summary(stages, stack, report)
+        if serve:
+            _serve_page(stack, served, evaluation, token, out)
+
+
+def _summary(stages: Stages, stack: Stack, report: Path) -> None:
     console.rule(f"[bold]done in {time.monotonic() - stages.started:.0f} s")
     for title, took in stages.timings:
         console.print(f"  {took:6.0f} s  {title}")
     console.print(f"logs of the services: {stack.logs}", soft_wrap=True)
     console.print(f"[bold green]report:[/] {report}", soft_wrap=True)  # one line: a path to copy
+
+
+def _serve_page(stack: Stack, served: dict[str, str], evaluation: str, token: str, out: Path) -> None:
+    """The web page (`reviewstack-web`) on the demo's Review services, Evaluation service and store,
+    until Ctrl-C; its login token is new each time and kept in out/demo/web-login-token for a second
+    browser."""
+    login = secrets.token_urlsafe(18)
+    token_file = out / "web-login-token"
+    token_file.write_text(login + "\n")
+    token_file.chmod(0o600)
+    page = {
+        "REVIEWSTACK_REVIEW_SERVICES": json.dumps(served),
+        "REVIEWSTACK_EVALUATION_SERVICE": evaluation,
+        "REVIEWSTACK_GRPC_TOKEN": token,
+        "REVIEWSTACK_LOGIN_TOKEN": login,
+    }
+    url = stack.wait_http("reviewstack-web", stack.start("reviewstack-web", page), 60, path="/healthz")
+    console.rule("[bold]the web page")
+    console.print(f"[bold green]open:[/] {url}   [bold]login token:[/] {login}", soft_wrap=True)
+    console.print(
+        f"review a paper with {', '.join(served)}, change λ, open the report and compare the systems; "
+        "Ctrl-C stops the page and the services"
+    )
+    try:
+        while True:
+            time.sleep(2)
+            stack.check_alive()
+    except KeyboardInterrupt:
+        console.print("stopping the page and the services")

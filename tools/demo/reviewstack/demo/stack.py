@@ -82,11 +82,16 @@ class Stack:
         self._children[name].wait_ready(grpc_ready(target, self.token), timeout)
         return target
 
-    def wait_http(self, name: str, port: int, timeout: float = 300.0) -> str:
-        """`name` (its start name) answering /health on `port`; its URL."""
+    def wait_http(self, name: str, port: int, timeout: float = 300.0, path: str = "/health") -> str:
+        """`name` (its start name) answering `path` on `port`; its URL."""
         url = f"http://127.0.0.1:{port}"
-        self._children[name].wait_ready(http_ready(url), timeout, interval_s=1.0)
+        self._children[name].wait_ready(http_ready(url, path), timeout, interval_s=1.0)
         return url
+
+    def check_alive(self) -> None:
+        """Unavailable, naming the child and its log, when one of the services has exited."""
+        for child in self._children.values():
+            child.check_alive()
 
     def stop(self) -> None:
         """SIGTERM to all (the last started first), then wait for each: they drain side by side."""
