@@ -226,9 +226,7 @@ def create_app(settings: WebSettings, store: ArtifactStore | None = None) -> Fas
         refusal_penalty: Annotated[float, Form()] = 0.0,
         csrf: Annotated[str, Form(max_length=128)] = "",
     ) -> Response:
-        Access.check_csrf(request, csrf)
-        _check_system(web, system)
-        penalty = check_penalty(refusal_penalty, settings.refusal_penalty_max)
+        penalty = _checked_form(web, request, csrf, system, refusal_penalty)
         try:
             content = await paper.read(settings.max_upload_bytes + 1)
             checked = check_upload(paper.filename, content, settings.max_upload_bytes)
@@ -251,9 +249,7 @@ def create_app(settings: WebSettings, store: ArtifactStore | None = None) -> Fas
         refusal_penalty: Annotated[float, Form()] = 0.0,
         csrf: Annotated[str, Form(max_length=128)] = "",
     ) -> Response:
-        Access.check_csrf(request, csrf)
-        _check_system(web, system)
-        penalty = check_penalty(refusal_penalty, settings.refusal_penalty_max)
+        penalty = _checked_form(web, request, csrf, system, refusal_penalty)
         previous = web.jobs.get(session, job_id)
         job = web.jobs.add(session, previous.paper, system, penalty)
         return RedirectResponse(f"/reviews/{job.id}", status_code=303)
@@ -376,17 +372,24 @@ async def _events(web: Web, job: ReviewJob) -> AsyncIterator[tuple[str, dict[str
         )
         return
     job.started = True
-    async with web.in_flight:
-        yield "started", {"system": job.system, "refusal_penalty": job.refusal_penalty}
-        async for event in stream_review(job, web.reviews, web.settings.review_timeout_s):
-            yield event
+    try:
+        async with web.in_flight:
+            yield "started", {"system": job.system, "refusal_penalty": job.refusal_penalty}
+            async for event in stream_review(job, web.reviews, web.settings.review_timeout_s):
+                yield event
+    finally:
+        if job.response is None and job.error is None:  # the page was closed mid-review
+            job.error = "the page was closed before the review was finished, which stopped it; review again"
 
 
-def _check_system(web: Web, system: str) -> None:
+def _checked_form(web: Web, request: Request, csrf: str, system: str, refusal_penalty: float) -> float:
+    """The review form's settings, each checked (CSRF first: a forged form learns nothing); its λ."""
+    Access.check_csrf(request, csrf)
     if system not in web.settings.review_services:
         raise errors.InvalidArgument(
             f"unknown system {system[:64]!r}: pick one of {', '.join(web.settings.review_services)}"
         )
+    return check_penalty(refusal_penalty, web.settings.refusal_penalty_max)
 
 
 def _limits(web: Web) -> dict[str, Any]:

@@ -209,8 +209,9 @@ class AspectTracker:
 
 def final_event(job: ReviewJob) -> dict[str, Any]:
     """The finished review as the page shows it: the service's own parse, lineage, warnings, times."""
-    assert job.response is not None
     response = job.response
+    if response is None:
+        raise NotFound("this review has not finished")
     lineage = response.lineage
     parameters = lineage.parameters
     return {
