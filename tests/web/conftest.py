@@ -91,7 +91,7 @@ def _dataset_key(root: Path) -> str:
 
 
 def start_web(
-    log: Path, store: Path, review_services: dict[str, str], evaluation: str = "", **extra: str
+    log: Path, store: Path, review_services: dict[str, object], evaluation: str = "", **extra: str
 ) -> ChildProcess:
     port = free_port()
     env = {

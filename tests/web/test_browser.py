@@ -64,7 +64,6 @@ def page(reviewer_model, review_service, evaluated_store, tmp_path_factory) -> I
             "REVIEWSTACK_TOKENIZER": str(reviewer_model),
             "REVIEWSTACK_MAX_PROMPT_LENGTH": str(PROMPT),
             "REVIEWSTACK_MAX_NEW_TOKENS": str(NEW_TOKENS),
-            "REVIEWSTACK_REPETITION_PENALTY": "1.1",  # the reviewer's card: what it was evaluated with
             "REVIEWSTACK_SERVED_MODEL": "SmolLM2-135M-Instruct + smollm2-135m-reviewer-lora",
             "REVIEWSTACK_AUTH_TOKEN": GRPC_TOKEN,
             "REVIEWSTACK_STORE": str(tmp / "store"),
@@ -73,7 +72,9 @@ def page(reviewer_model, review_service, evaluated_store, tmp_path_factory) -> I
             "reviewstack-review", "reviewstack.v1.Review", env, tmp / "review.log"
         ) as review:
             store, _, evaluation = evaluated_store
-            services = {"reviewer": review, "refuser": review_service}
+            # the reviewer's card says rp 1.1 (its evaluation also sampled; greedy here, so the test
+            # sees the same review every run)
+            services = {"reviewer": {"target": review, "repetition_penalty": 1.1}, "refuser": review_service}
             child, url = start_web(tmp / "web.log", store, services, evaluation)
             try:
                 yield url

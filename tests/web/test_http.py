@@ -236,6 +236,7 @@ def test_two_systems_compared_on_one_paper(web, session) -> None:
     assert "ours" in page.text and "ours-l2" in page.text
     assert "The method is not compared with strong recent baselines." in page.text  # a human point
     assert "hits human #1" in page.text  # ours's baselines point matches the first human point
+    assert "Other important review comments" in page.text and "Suggestions for improvement" not in page.text
     unknown = session.get(
         f"{web.url}/reports/evaluations/{web.eval_id}/compare",
         params={"paper": "nope"},

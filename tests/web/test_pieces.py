@@ -8,7 +8,8 @@ import pytest
 from reviewstack.common.aspects import EMPTY_ASPECT, AspectSchema
 from reviewstack.common.review_format import render
 from reviewstack.common.review_record import AspectEntry, ReviewBody, ReviewRecord
-from reviewstack.web.reviews import AspectTracker, UploadRejected, check_upload
+from reviewstack.web.reviews import AspectTracker, UploadRejected, check_upload, decoding
+from reviewstack.web.settings import WebSettings
 
 REVIEW = {"idea": ["Novel.", "Simple."], "experiments": ["Two benchmarks only."], "other": ["Typos."]}
 
@@ -79,3 +80,45 @@ def test_the_markdown_of_a_record_says_declined_and_unwritten_aspects_in_words()
     assert "Declined" in markdown.split("## Potential reasons for acceptance")[1].split("##")[0]
     assert "Not written" in markdown.split("## Other important review comments")[1]
     assert "- **parameters.refusal_penalty**: 1.5" in markdown and "- **system**: reviewer" in markdown
+
+
+def test_a_system_is_a_target_or_a_target_with_the_decoding_sent_with_every_request() -> None:
+    settings = WebSettings(
+        _cli_parse_args=[],
+        review_services={
+            "plain": "review:50051",
+            "reviewer": {
+                "target": "reviewer:50051",
+                "temperature": 0.7,
+                "top_p": 0.9,
+                "repetition_penalty": 1.1,
+            },
+        },
+    )
+    plain, reviewer = settings.review_services["plain"], settings.review_services["reviewer"]
+    assert plain.target == "review:50051" and plain.temperature == 0 and plain.repetition_penalty is None
+    sent = decoding(reviewer, 2.0)
+    assert (sent.temperature, sent.top_p, sent.repetition_penalty, sent.refusal_penalty) == (
+        0.7,
+        0.9,
+        1.1,
+        2.0,
+    )
+    assert not sent.HasField("seed") and not decoding(plain, 0).HasField("repetition_penalty")
+
+
+@pytest.mark.parametrize(
+    "systems",
+    [
+        {"x": "http://review:50051"},
+        {"x": "review"},
+        {"x": {"target": "review:50051", "temperature": -1}},
+        {"x": {"target": "review:50051", "url": "http://elsewhere"}},
+        {"": "review:50051"},
+    ],
+)
+def test_a_bad_system_stops_the_page_at_start(systems: dict) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        WebSettings(_cli_parse_args=[], review_services=systems)

@@ -442,4 +442,5 @@ def _hit_by(result: evaluation_pb2.PaperComparison) -> dict[int, list[str]]:
 
 
 def _aspect_labels() -> dict[str, str]:
-    return {a.key: a.criterion for schema in AspectSchema for a in schema.aspects}
+    """Aspect key → criterion; where both schemas have a key, the 7-aspect schema's words."""
+    return {a.key: a.criterion for schema in (AspectSchema.FOUR, AspectSchema.SEVEN) for a in schema.aspects}

@@ -15,7 +15,7 @@ import math
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -31,6 +31,7 @@ from reviewstack.common.papers import PAPER_SUFFIXES
 from reviewstack.common.review_format import is_empty, parse
 from reviewstack.common.review_record import ReviewRecord
 from reviewstack.v1 import common_pb2, review_pb2, review_pb2_grpc
+from reviewstack.web.settings import ServedSystem
 
 log = get_logger(__name__)
 
@@ -157,16 +158,16 @@ def call_metadata(tokens: TokenSource) -> tuple[tuple[str, str], ...]:
 class ReviewServices:
     """One channel per configured Review service (the only targets the page ever calls)."""
 
-    def __init__(self, targets: dict[str, str], token: TokenSource) -> None:
-        self.targets = dict(targets)
+    def __init__(self, systems: Mapping[str, ServedSystem], token: TokenSource) -> None:
+        self.systems = dict(systems)
         self._token = token
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def stub(self, system: str) -> review_pb2_grpc.ReviewStub:
-        if system not in self.targets:
-            raise InvalidArgument(f"unknown system {system!r}: pick one of {', '.join(self.targets)}")
+        if system not in self.systems:
+            raise InvalidArgument(f"unknown system {system!r}: pick one of {', '.join(self.systems)}")
         if system not in self._channels:
-            self._channels[system] = make_channel(self.targets[system], aio=True)
+            self._channels[system] = make_channel(self.systems[system].target, aio=True)
         return review_pb2_grpc.ReviewStub(self._channels[system])
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -205,6 +206,18 @@ class AspectTracker:
             "empty": empty,
             "missing": False,
         }
+
+
+def decoding(system: ServedSystem, refusal_penalty: float) -> review_pb2.GenerationParameters:
+    """The request's decoding: the system's own, with the λ the person chose."""
+    parameters = review_pb2.GenerationParameters(
+        temperature=system.temperature, top_p=system.top_p, refusal_penalty=refusal_penalty
+    )
+    if system.repetition_penalty is not None:
+        parameters.repetition_penalty = system.repetition_penalty
+    if system.seed is not None:
+        parameters.seed = system.seed
+    return parameters
 
 
 def final_event(job: ReviewJob) -> dict[str, Any]:
@@ -287,7 +300,7 @@ async def stream_review(
             file=common_pb2.PaperFile(filename=job.paper.filename, content=job.paper.content),
         ),
         schema=common_pb2.ASPECT_SCHEMA_SEVEN,
-        parameters=review_pb2.GenerationParameters(refusal_penalty=job.refusal_penalty),
+        parameters=decoding(services.systems[job.system], job.refusal_penalty),
     )
     tracker = AspectTracker()
     call = services.stub(job.system).StreamReview(request, timeout=timeout_s, metadata=services.metadata())

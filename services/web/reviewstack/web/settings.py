@@ -5,13 +5,33 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from reviewstack.common.settings import LoggingSettings, StoreSettings, entry_point_config
 
 # gRPC's default receive limit on the Review service is 4 MiB for the whole request: the paper's bytes
 # travel inside it, so an upload must leave room for the rest of the message
 MAX_UPLOAD_BYTES = 4 * 2**20 - 64 * 2**10
+
+
+class ServedSystem(BaseModel):
+    """A system people can pick: a Review service, and the decoding its model is meant to be read with
+    (the one its evaluation used; the page sends it with every request, λ being the person's choice)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field(description="the Review service, host:port")
+    temperature: float = Field(0.0, ge=0, le=5, description="0 = greedy")
+    top_p: float = Field(0.0, ge=0, le=1, description="nucleus sampling mass; 0 = off")
+    repetition_penalty: float | None = Field(None, gt=0, le=3, description="unset = the service's default")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="sampling seed: a rerun writes the same")
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        if "://" in value or ":" not in value or not value.rsplit(":", 1)[1].isdigit():
+            raise ValueError(f"{value!r} must be host:port (a gRPC target)")
+        return value
 
 
 class WebSettings(LoggingSettings, StoreSettings):
@@ -21,10 +41,11 @@ class WebSettings(LoggingSettings, StoreSettings):
 
     host: str = Field("0.0.0.0", description="address to listen on")
     port: int = Field(8080, ge=0, le=65535, description="HTTP port (0 = pick a free port)")
-    review_services: dict[str, str] = Field(
+    review_services: dict[str, ServedSystem | str] = Field(
         default_factory=dict,
-        description='JSON {"system name": "host:port"}: the Review services people can pick from, one per '
-        "served model; the page calls no other",
+        description='JSON {"system name": "host:port"} or {"system name": {"target": "host:port", '
+        '"temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.1, "seed": 0}}: the Review services '
+        "people can pick from, one per served model, with its decoding; the page calls no other",
     )
     evaluation_service: str = Field(
         "", description="the Evaluation service (host:port) that compares systems on a paper; empty = off"
@@ -67,10 +88,10 @@ class WebSettings(LoggingSettings, StoreSettings):
 
     @field_validator("review_services")
     @classmethod
-    def _targets(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, target in value.items():
+    def _systems(cls, value: dict[str, ServedSystem | str]) -> dict[str, ServedSystem]:
+        systems = {}
+        for name, system in value.items():
             if not name.strip() or len(name) > 64:
                 raise ValueError(f"system name {name!r} must be 1-64 characters")
-            if "://" in target or ":" not in target:
-                raise ValueError(f"system {name!r}: {target!r} must be host:port (a gRPC target)")
-        return value
+            systems[name] = ServedSystem(target=system) if isinstance(system, str) else system
+        return systems

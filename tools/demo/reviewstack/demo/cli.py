@@ -72,10 +72,15 @@ def _succeeded(run: Path) -> bool:
     return status.exists() and json.loads(status.read_text()).get("state") == "succeeded"
 
 
-def _sampling(temperature: float, top_p: float, repetition_penalty: float) -> tuple[str, ...]:
-    """`reviewstack review` decoding options; seed 0, so a rerun writes the same reviews."""
-    sampled = ("--temperature", f"{temperature:g}", "--top-p", f"{top_p:g}", "--seed", "0")
-    return (*(sampled if temperature else ()), "--repetition-penalty", f"{repetition_penalty:g}")
+def _sampling(temperature: float, top_p: float, repetition_penalty: float) -> dict[str, float]:
+    """A system's decoding; seed 0 when it samples, so a rerun writes the same reviews."""
+    sampled = {"temperature": temperature, "top_p": top_p, "seed": 0} if temperature else {}
+    return {**sampled, "repetition_penalty": repetition_penalty}
+
+
+def _flags(decoding: dict[str, float]) -> tuple[str, ...]:
+    """The decoding as `reviewstack review` options."""
+    return tuple(a for key, value in decoding.items() for a in (f"--{key.replace('_', '-')}", f"{value:g}"))
 
 
 def demo(
@@ -239,7 +244,7 @@ def demo(
             for system, (server, value) in systems.items():
                 _cli(
                     "review", "--batch", str(papers), "--system", f"demo-{system}", "--store", str(store),
-                    "--server", served[server], "--refusal-penalty", f"{value:g}", *sampling[server],
+                    "--server", served[server], "--refusal-penalty", f"{value:g}", *_flags(sampling[server]),
                     token=token,
                 )  # fmt: skip
 
@@ -259,7 +264,8 @@ def demo(
 
         _summary(stages, stack, report)
         if serve:
-            _serve_page(stack, served, evaluation, token, out)
+            systems = {name: {"target": target, **sampling[name]} for name, target in served.items()}
+            _serve_page(stack, systems, evaluation, token, out)
 
 
 def _summary(stages: Stages, stack: Stack, report: Path) -> None:
@@ -270,10 +276,10 @@ def _summary(stages: Stages, stack: Stack, report: Path) -> None:
     console.print(f"[bold green]report:[/] {report}", soft_wrap=True)  # one line: a path to copy
 
 
-def _serve_page(stack: Stack, served: dict[str, str], evaluation: str, token: str, out: Path) -> None:
-    """The web page (`reviewstack-web`) on the demo's Review services, Evaluation service and store,
-    until Ctrl-C; its login token is new each time and kept in out/demo/web-login-token for a second
-    browser."""
+def _serve_page(stack: Stack, served: dict[str, dict], evaluation: str, token: str, out: Path) -> None:
+    """The web page (`reviewstack-web`) on the demo's Review services (each with the decoding its reviews
+    were written with), Evaluation service and store, until Ctrl-C. Its login token is new each time,
+    kept in out/demo/web-login-token for a second browser."""
     login = secrets.token_urlsafe(18)
     token_file = out / "web-login-token"
     token_file.write_text(login + "\n")
