@@ -90,8 +90,11 @@ def server(store_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield target
 
 
-def _evaluate(target: str, request: evaluation_pb2.EvaluateRequest) -> evaluation_pb2.EvaluationResult:
-    with make_channel(target, TOKEN) as channel:
+def _evaluate(
+    target: str, request: evaluation_pb2.EvaluateRequest, token: str = TOKEN
+) -> evaluation_pb2.EvaluationResult:
+    """Run one evaluation through the service and wait for it; its result."""
+    with make_channel(target, token) as channel:
         operation = evaluation_pb2_grpc.EvaluationStub(channel).Evaluate(request, timeout=60)
         final = wait_operation(channel, operation.id, timeout=300)
     assert final.state == operations_pb2.OPERATION_STATE_SUCCEEDED, final.error.message

@@ -14,12 +14,11 @@ from pathlib import Path
 import pytest
 
 from reviewstack.common.child_process import ChildProcess, free_port, http_ready
-from reviewstack.common.grpc import make_channel, wait_operation
 from reviewstack.common.store import open_store
-from reviewstack.v1 import evaluation_pb2, evaluation_pb2_grpc, operations_pb2
+from reviewstack.v1 import evaluation_pb2
 
 from ..conftest import service_process
-from ..evaluation.test_service import OURS, TRUTH
+from ..evaluation.test_service import OURS, TRUTH, _evaluate
 from ..evaluation.test_sources import publish_dataset, record
 
 GRPC_TOKEN = "web-test-grpc-token"
@@ -76,12 +75,7 @@ def evaluated_store(tmp_path_factory) -> Iterator[tuple[Path, str, str]]:
             human=_dataset_key(root),
             bootstrap=50,
         )
-        with make_channel(target, GRPC_TOKEN) as channel:
-            operation = evaluation_pb2_grpc.EvaluationStub(channel).Evaluate(request, timeout=60)
-            final = wait_operation(channel, operation.id, timeout=300)
-        assert final.state == operations_pb2.OPERATION_STATE_SUCCEEDED, final.error.message
-        result = evaluation_pb2.EvaluationResult()
-        final.result.Unpack(result)
+        result = _evaluate(target, request, GRPC_TOKEN)
         yield root, result.eval_id, target
 
 
