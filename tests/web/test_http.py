@@ -88,7 +88,16 @@ def test_without_a_session_pages_send_people_to_the_login_and_data_is_refused(we
     anonymous = requests.Session()
     page = anonymous.get(f"{web.url}/reports", headers=HTML, timeout=10, allow_redirects=False)
     assert page.status_code == 303 and page.headers["location"] == "/login?next=/reports"
-    for path in ("/reviews/abc/events", "/reviews/abc.json", "/reports/evaluations/x"):
+    every_data_route = (
+        "/reviews/abc/events",
+        "/reviews/abc.json",
+        "/reviews/abc.md",
+        "/reviews/abc",
+        "/reports",
+        f"/reports/evaluations/{web.eval_id}",
+        f"/reports/evaluations/{web.eval_id}/compare",
+    )
+    for path in every_data_route:
         reply = anonymous.get(f"{web.url}{path}", timeout=10)
         assert reply.status_code == 401 and "log in" in reply.json()["error"]
     reply = anonymous.post(f"{web.url}/reviews", files={"paper": ("p.md", b"# x")}, timeout=10)

@@ -302,7 +302,7 @@ def create_app(settings: WebSettings, store: ArtifactStore | None = None) -> Fas
 
     @app.get("/reports/evaluations/{report_id}/compare", response_class=HTMLResponse)
     async def compare(
-        request: Request, report_id: str, paper: str = "", a: str = "", b: str = ""
+        request: Request, report_id: str, _: Session, paper: str = "", a: str = "", b: str = ""
     ) -> Response:
         entry = check_report("evaluations", report_id)
         if not web.comparisons.enabled:
