@@ -9,12 +9,16 @@ per GPU on two). Variants, each in its own process so that peak memory is its ow
 - ours: this training job's components (model loading with Position Interpolation and its speed-ups,
   the response-only loss, the same optimizer);
 - ours-no-liger: ours without the Liger kernels (what the Triton kernels buy);
-- zero3-<N>gpu: ours under DeepSpeed ZeRO-3 over N GPUs (torchrun), aggregate tokens/s.
+- <layout>-<N>gpu: ours in a multi-process layout over N GPUs (torchrun), aggregate tokens/s; layout is
+  zero3 (everything sharded), zero3-replicated (weights whole on every GPU), zero3-hpz (a second weight
+  shard per node) or auto (what the training job would pick on these GPUs, by the memory model).
+Every row has the peak memory the memory model (common/train_memory.py) predicted beside the measured
+one. `--method full|qlora` runs ours and the layouts with full fine-tuning or QLoRA instead of LoRA.
 
-    python bench/train_throughput.py [--variants baseline,ours,zero3-2gpu] [--effective-batch 16] [--out FILE]
+    python bench/train_throughput.py [--variants baseline,ours,auto-2gpu,zero3-2gpu] [--out FILE]
     python bench/train_throughput.py --tiny   # a CPU smoke run of every code path on a tiny model
 
-Needs CUDA GPUs (two for zero3-2gpu), the packages deepspeed and liger-kernel and this repository's
+Needs CUDA GPUs (N for a <layout>-<N>gpu variant), deepspeed and liger-kernel and this repository's
 packages importable (`make install`; on a bare GPU machine `make gpu-bundle` here, then `source
 bench/gpu_bundle.sh env` there: PYTHONPATH=~/gpu/site, and the commit recorded from the bundle),
 ~20 GB of disk for the random model and ~1 minute per variant.
@@ -23,8 +27,8 @@ To try DeepSpeed settings without editing its config, BENCH_ZERO3_OPTIONS (JSON)
 ZeRO-3 variants' config, e.g. '{"zero_optimization": {"reduce_bucket_size": 1e7}}'. BENCH_PROFILE=FILE
 writes a torch profiler table of rank 0's last step there.
 
-Prints a table and writes the JSON (card, commit, baseline_tok_s, ours_tok_s, ours_peak_gib,
-zero3_2gpu_speedup, one row per variant).
+Prints a table and writes the JSON (card, commit, baseline_tok_s, ours_tok_s, ours_peak_gib, each
+variant's speed-up over ours, one row per variant).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import torch
 from benchlib import LLAMA3_8B, ROOT, TINY, card, commit, make_random_model, version
 
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LAYOUTS = ("auto", "zero3", "zero3-replicated", "zero3-hpz")  # the multi-process variants: <layout>-<N>gpu
 
 
 def synthetic_batch(lengths: tuple[int, int], vocab: int, device: torch.device, seed: int) -> dict[str, Any]:
@@ -101,15 +106,18 @@ def run_ours(
     dtype: torch.dtype,
     liger: str,
     tiny: bool,
-    zero3: bool,
+    layout: str,
+    method: str,
     accumulation: int,
-) -> Any:
+) -> tuple[Any, dict[str, Any]]:
     """This training job's path: its spec and the recipe's own execution (trainjob/execution.py: model
-    loading, loss module, optimizer, clipping and schedule, or under ZeRO-3 the DeepSpeed engine), each
-    micro-batch in the recipe's step context."""
+    loading, loss module, optimizer, clipping and schedule, or in a zero3 layout the DeepSpeed engine),
+    each micro-batch in the recipe's step context. Also returns the layout taken and the peak memory
+    the memory model predicts for it."""
     from reviewstack.common.runspec import TrainSpec
+    from reviewstack.common.train_memory import ModelShape, Topology, plan
     from reviewstack.trainjob.execution import SingleProcess, Zero3
-    from reviewstack.trainjob.kernels import step_context
+    from reviewstack.trainjob.kernels import step_context, use_liger
 
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     spec = TrainSpec(
@@ -123,17 +131,33 @@ def run_ours(
         device=device.type,
         precision="bf16" if dtype == torch.bfloat16 else "fp32",
         liger=liger,
-        deepspeed="zero3" if zero3 else "none",
+        method=method,
+        layout=layout,
         effective_batch_size=accumulation * world,
         lr_scheduler="constant",
     )
+    memory = torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda" else None
+    topology = Topology(world, int(os.environ.get("LOCAL_WORLD_SIZE", world)), memory)
+    layouts = plan(ModelShape.from_model_dir(model_dir), spec, topology, liger=use_liger(liger, device))
+    predicted = {"layout": layouts.chosen, "predicted_peak_gib": round(layouts.chosen_prediction.total, 2)}
 
     def schedule(optimizer: Any) -> Any:
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
-    if zero3:
+    if layouts.chosen != "single":
         overrides = json.loads(os.environ.get("BENCH_ZERO3_OPTIONS", "{}"))
-        execution: Any = Zero3(spec, device, dtype, schedule, accumulation, rank, world, overrides)
+        execution: Any = Zero3(
+            spec,
+            layouts.chosen,
+            device,
+            dtype,
+            schedule,
+            accumulation,
+            rank,
+            world,
+            topology.gpus_per_node,
+            overrides,
+        )
     else:
         execution = SingleProcess(spec, device, dtype, schedule)
     execution.loss_model.train()  # as the recipe does: transformers checkpoints only in training mode
@@ -153,7 +177,7 @@ def run_ours(
         return float(summed.detach()) / n
 
     step.phases = phases  # type: ignore[attr-defined]
-    return step
+    return step, predicted
 
 
 def _profile(step: Any, batch: dict[str, Any], out: Path, rank: int) -> None:
@@ -183,11 +207,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any] | None:
     model_dir = Path(args.model_dir)
     # the method's effective batch, split over the ranks: an optimizer step every `accumulation` micro-batches
     accumulation = max(1, args.effective_batch // world)
+    predicted: dict[str, Any] = {}
     if args.variant == "baseline":
         step = run_baseline(model_dir, device, dtype, grad_ckpt=True, accumulation=accumulation)
-    elif args.variant in ("ours", "ours-no-liger", "zero3"):
+    elif args.variant in ("ours", "ours-no-liger") or args.variant in LAYOUTS:
         liger = "off" if args.variant == "ours-no-liger" or tiny else "on"
-        step = run_ours(model_dir, device, dtype, liger, tiny, args.variant == "zero3", accumulation)
+        layout = "single" if args.variant.startswith("ours") else args.variant
+        step, predicted = run_ours(model_dir, device, dtype, liger, tiny, layout, args.method, accumulation)
     else:
         raise SystemExit(f"unknown variant {args.variant}")
     vocab = (TINY if tiny else LLAMA3_8B)["vocab_size"]
@@ -211,7 +237,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any] | None:
     if os.environ.get("BENCH_PROFILE"):  # one more, untimed micro-batch under the profiler
         _profile(step, batches[-1], Path(os.environ["BENCH_PROFILE"]), rank)
     tokens = sum(lengths) * accumulation * world  # every rank trains its own sequences each step
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
+    peaks = torch.zeros(world, dtype=torch.float64, device=device)
+    peaks[rank] = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
+    if world > 1:
+        torch.distributed.all_reduce(peaks)
+    peak = float(peaks.max())
     if rank != 0:
         return None
     phases = getattr(step, "phases", [])[args.warmup :]
@@ -223,9 +253,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any] | None:
         if phases
         else {}
     )
+    if predicted and peak:
+        predicted["prediction_error"] = round(peak / predicted["predicted_peak_gib"] - 1, 3)
     return {
         **breakdown,
-        "variant": args.variant if args.variant != "zero3" else f"zero3-{world}gpu",
+        **predicted,
+        "variant": args.variant if args.variant not in LAYOUTS else f"{args.variant}-{world}gpu",
+        "method": args.method if args.variant != "baseline" else "lora",
         "gpus": world,
         "accumulation": accumulation,
         "tokens_per_step": tokens,
@@ -235,6 +269,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any] | None:
         "micro_s_spread": round(max(times) - min(times), 4),
         "tok_s": round(tokens / seconds, 1),
         "peak_gib": round(peak, 2),
+        "peak_gib_per_gpu": [round(p, 2) for p in peaks.tolist()],
         "loss_first": round(losses[0], 4),
         "loss_last": round(losses[-1], 4),
     }
@@ -255,20 +290,13 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         str(args.warmup),
         "--effective-batch",
         str(args.effective_batch),
+        "--method",
+        args.method,
     ]
-    if variant.startswith("zero3-"):  # zero3-<N>gpu: N processes under torchrun
-        processes = variant.removeprefix("zero3-").removesuffix("gpu")
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            processes,
-            *command[1:3],
-            "zero3",
-            *command[4:],
-        ]
+    layout, _, processes = variant.rpartition("-")
+    if layout in LAYOUTS and processes.endswith("gpu"):  # <layout>-<N>gpu: N processes under torchrun
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+        command = [*launch, processes.removesuffix("gpu"), *command[1:3], layout, *command[4:]]
     if args.tiny:
         command.append("--tiny")
     result = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
@@ -277,7 +305,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         errors = [line for line in result.stderr.splitlines() if "Error" in line] or ["failed"]
         return {"variant": variant, "error": errors[-1][:200]}
     row = json.loads(result.stdout.strip().splitlines()[-1])
-    if variant.startswith("zero3-"):  # DeepSpeed stops prefetching weights when its trace is invalidated
+    if layout in LAYOUTS:  # DeepSpeed stops prefetching weights when its trace is invalidated
         row["trace_invalidations"] = result.stderr.count("Invalidate trace cache")
     return row
 
@@ -292,30 +320,37 @@ def report(rows: list[dict[str, Any]], extra: dict[str, Any], out: Path) -> None
     )
     columns = (
         "variant",
+        "layout",
         "gpus",
         "micro-batches",
         "step s",
         "tok/s",
         "× baseline",
+        "× ours",
         "peak GiB",
+        "predicted",
         "loss first→last",
     )
     for column in columns:
-        table.add_column(column, justify="right" if column != "variant" else "left")
-    base = next((r["tok_s"] for r in rows if r.get("variant") == "baseline" and "tok_s" in r), None)
+        table.add_column(column, justify="left" if column in ("variant", "layout") else "right")
+    tok_s = {r["variant"]: r["tok_s"] for r in rows if "tok_s" in r}
     for row in rows:
         if "error" in row:
-            table.add_row(row["variant"], "", "", "", "", "", "", row["error"][:60])
+            table.add_row(row["variant"], *[""] * (len(columns) - 2), row["error"][:60])
             continue
-        speedup = f"{row['tok_s'] / base:.2f}" if base else ""
         table.add_row(
             row["variant"],
+            row.get("layout", ""),
             str(row["gpus"]),
             f"{row['accumulation']} × {row['micro_s']:.3f} s",
             f"{row['step_s']:.3f}",
             f"{row['tok_s']:,.0f}",
-            speedup,
+            f"{row['tok_s'] / tok_s['baseline']:.2f}" if "baseline" in tok_s else "",
+            f"{row['tok_s'] / tok_s['ours']:.2f}" if "ours" in tok_s else "",
             f"{row['peak_gib']:.1f}",
+            f"{row['predicted_peak_gib']:.1f} ({row['prediction_error']:+.0%})"
+            if "prediction_error" in row
+            else "",
             f"{row['loss_first']:.3f}→{row['loss_last']:.3f}",
         )
     Console().print(table)
@@ -324,7 +359,10 @@ def report(rows: list[dict[str, Any]], extra: dict[str, Any], out: Path) -> None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", default="baseline,ours,ours-no-liger,zero3-1gpu,zero3-2gpu")
+    parser.add_argument("--variants", default="baseline,ours,auto-2gpu,zero3-replicated-2gpu,zero3-2gpu")
+    parser.add_argument(
+        "--method", choices=("lora", "full", "qlora"), default="lora", help="what ours trains"
+    )
     parser.add_argument("--model-dir", default="/tmp/reviewstack-bench/llama3-8b-random")
     parser.add_argument("--steps", type=int, default=2, help="timed optimizer steps per variant")
     parser.add_argument("--warmup", type=int, default=2, help="untimed micro-batches first")
@@ -382,22 +420,22 @@ def summarise(rows: list[dict[str, Any]], args: argparse.Namespace, created_s: f
         "shape": "Llama-3-8B (random weights)",
         "tokens_per_sequence": 12_288 if not args.tiny else 256,
         "effective_batch": args.effective_batch,
+        "method": args.method,
         "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "targets": PROJECTIONS},
         "random_model_created_s": round(created_s, 1),
         "baseline_tok_s": by.get("baseline", {}).get("tok_s"),
         "ours_tok_s": by.get("ours", {}).get("tok_s"),
         "ours_peak_gib": by.get("ours", {}).get("peak_gib"),
         "baseline_peak_gib": by.get("baseline", {}).get("peak_gib"),
-        "zero3_2gpu_tok_s": by.get("zero3-2gpu", {}).get("tok_s"),
-        "zero3_1gpu_tok_s": by.get("zero3-1gpu", {}).get("tok_s"),
     }
     if extra["baseline_tok_s"] and extra["ours_tok_s"]:
         extra["ours_speedup"] = round(extra["ours_tok_s"] / extra["baseline_tok_s"], 3)
-    # ZeRO-3 on 2 GPUs against one GPU: against this trainer's own single-GPU path (the stricter
-    # comparison: DeepSpeed's overhead included) and against ZeRO-3 on one GPU
-    for name, single in (("zero3_2gpu_speedup", "ours"), ("zero3_2gpu_speedup_vs_zero3_1gpu", "zero3-1gpu")):
-        if "zero3-2gpu" in by and single in by:
-            extra[name] = round(by["zero3-2gpu"]["tok_s"] / by[single]["tok_s"], 3)
+    # every variant against this trainer's own one-GPU path, the fastest one (the stricter comparison:
+    # DeepSpeed's overhead included)
+    if extra["ours_tok_s"]:
+        extra["speedup_over_ours"] = {
+            name: round(row["tok_s"] / extra["ours_tok_s"], 3) for name, row in by.items() if name != "ours"
+        }
     return extra
 
 

@@ -39,7 +39,7 @@ def test_overrides_reach_nested_keys_and_bad_ones_are_refused():
 def test_trainable_tokens_are_a_list_override_and_only_beside_an_adapter():
     spec = load_train_spec(str(CONFIGS[0]), [*RUN_FIELDS, 'lora.trainable_tokens=["<|im_end|>"]'])
     assert spec.lora.trainable_tokens == ["<|im_end|>"]
-    for other in ("method=full", "deepspeed=zero3"):
+    for other in ("method=full", "layout=zero3", "layout=zero3-replicated"):
         with pytest.raises(InvalidArgument, match="trainable_tokens"):
             load_train_spec(str(CONFIGS[0]), [*RUN_FIELDS, 'lora.trainable_tokens=["<|im_end|>"]', other])
 
@@ -47,12 +47,41 @@ def test_trainable_tokens_are_a_list_override_and_only_beside_an_adapter():
 @pytest.mark.parametrize(("device", "dtype"), [("cuda", torch.bfloat16), ("cpu", torch.float32)])
 def test_deepspeed_config_is_filled_from_the_spec_and_device(device, dtype):
     spec = load_train_spec(str(CONFIGS[0]), RUN_FIELDS)
-    config = zero.build_config(spec, 4, 2, torch.device(device), dtype)
+    config = zero.build_config(spec, "zero3", 4, 2, 2, torch.device(device), dtype)
     assert config["train_batch_size"] == spec.micro_batch_size * 4 * 2
     assert config["optimizer"]["params"]["lr"] == spec.learning_rate
     assert config["optimizer"]["params"]["fused"] is (device == "cuda")  # torch's fused AdamW on GPUs
     assert config["bf16"]["enabled"] is (dtype == torch.bfloat16)
     assert "auto" not in json.dumps(config)
+
+
+@pytest.mark.parametrize(
+    ("layout", "persistence", "hpz"),
+    [("zero3", 0, 1), ("zero3-replicated", zero.PERSIST_ALL, 1), ("zero3-hpz", 0, 4)],
+)
+def test_each_layout_sets_what_deepspeed_shards(layout, persistence, hpz):
+    """8 processes, 4 per node: the weights sharded over all 8, kept whole on each, or sharded a second
+    time over the 4 of a node."""
+    spec = load_train_spec(str(CONFIGS[0]), RUN_FIELDS)
+    zero_config = zero.build_config(spec, layout, 2, 8, 4, torch.device("cuda"), torch.bfloat16)[
+        "zero_optimization"
+    ]
+    assert zero_config["stage"] == 3
+    assert zero_config["stage3_param_persistence_threshold"] == persistence
+    assert zero_config["zero_hpz_partition_size"] == hpz
+    if layout == "zero3-replicated":
+        assert zero.PERSIST_ALL > 70_000_000_000  # above a 70B model's whole parameter count
+
+
+def test_specs_written_with_deepspeed_read_as_layouts():
+    """spec.json of runs made before layouts: `deepspeed` maps onto the layout it ran."""
+    for legacy, layout in (("none", "single"), ("zero3", "zero3")):
+        spec = load_train_spec(str(CONFIGS[0]), [*RUN_FIELDS, f"deepspeed={legacy}"])
+        assert spec.layout == layout
+    with pytest.raises(InvalidArgument, match="give layout only"):
+        load_train_spec(str(CONFIGS[0]), [*RUN_FIELDS, "deepspeed=zero3", "layout=zero3"])
+    with pytest.raises(InvalidArgument, match="qlora runs as one process"):
+        load_train_spec(str(CONFIGS[0]), [*RUN_FIELDS, "method=qlora", "layout=zero3-replicated"])
 
 
 def test_deepspeed_config_that_contradicts_the_spec_is_refused(tmp_path, monkeypatch):
@@ -62,4 +91,4 @@ def test_deepspeed_config_that_contradicts_the_spec_is_refused(tmp_path, monkeyp
     monkeypatch.setenv(zero.CONFIG_ENV, str(tmp_path / "zero3.json"))
     spec = load_train_spec(str(CONFIGS[0]), RUN_FIELDS)
     with pytest.raises(FailedPrecondition, match=r"optimizer\.params\.lr=0\.5 but the run needs"):
-        zero.build_config(spec, 1, 1, torch.device("cpu"), torch.float32)
+        zero.build_config(spec, "zero3", 1, 1, 1, torch.device("cpu"), torch.float32)

@@ -34,6 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from reviewstack.common.errors import FailedPrecondition, InvalidArgument
+from reviewstack.common.runspec import Layout
 from reviewstack.common.store import ArtifactStore
 
 _STEP = re.compile(r"/step-(\d+)$")
@@ -208,12 +209,12 @@ def latest_checkpoint(store: ArtifactStore, run_prefix: str) -> str | None:
     return max(steps)[1] if steps else None
 
 
-def check_resumable(store: ArtifactStore, prefix: str, zero3: bool, world_size: int) -> None:
-    """Refuse, before any model is loaded, a checkpoint whose optimizer state this run cannot take: it
-    fits only the layout that wrote it (ZeRO-3 shards it per process)."""
-    manifest = store.read_manifest(prefix)
-    sharded = manifest.get("format") == ZERO3
-    written, now = _layout(sharded, manifest.get("world_size")), _layout(zero3, world_size)
+def check_resumable(store: ArtifactStore, prefix: str, layout: str, world_size: int) -> None:
+    """Refuse, before any model is loaded, a checkpoint whose optimizer state this run cannot take: a
+    plain one fits only a single process, a ZeRO-3 one (any of its layouts: they shard the optimizer
+    state alike) only the same number of processes."""
+    written = _kind(checkpoint_layout(store, prefix), store.read_manifest(prefix).get("world_size"))
+    now = _kind(layout, world_size)
     if written != now:
         raise FailedPrecondition(
             f"checkpoint {store.uri_for(prefix)} was written by {written} and this run has {now}: "
@@ -221,10 +222,20 @@ def check_resumable(store: ArtifactStore, prefix: str, zero3: bool, world_size: 
         )
 
 
-def _layout(zero3: bool, world_size: Any) -> str:
-    if not zero3:
-        return "deepspeed=none"
-    return f"deepspeed=zero3 with {world_size} process{'' if world_size == 1 else 'es'}"
+def checkpoint_layout(store: ArtifactStore, prefix: str) -> Layout:
+    """The layout that wrote a checkpoint (those written before layouts were recorded: by their format)."""
+    manifest = store.read_manifest(prefix)
+    zero3 = manifest.get("format") == ZERO3
+    recorded = manifest.get("layout")
+    if zero3 and recorded in ("zero3", "zero3-replicated", "zero3-hpz"):
+        return recorded
+    return "zero3" if zero3 else "single"
+
+
+def _kind(layout: str, world_size: Any) -> str:
+    if layout == "single":
+        return "layout single"
+    return f"a zero3 layout with {world_size} process{'' if world_size == 1 else 'es'}"
 
 
 def trainable_shapes(model: Any) -> dict[str, list[int]]:
@@ -267,7 +278,14 @@ def load_checkpoint(
 
 
 def save_zero_checkpoint(
-    store: ArtifactStore, run_prefix: str, engine: Any, model: Any, state: TrainerState, rank: int, world: int
+    store: ArtifactStore,
+    run_prefix: str,
+    engine: Any,
+    model: Any,
+    state: TrainerState,
+    rank: int,
+    world: int,
+    layout: Layout,
 ) -> str:
     """A ZeRO-3 checkpoint; every rank must call it. Each rank uploads the shards it wrote itself (ranks
     may be on different nodes), then rank 0 lists them all in the manifest it writes last.
@@ -297,7 +315,13 @@ def save_zero_checkpoint(
             pub.put_bytes("trainable.json", json.dumps(trainable_shapes(model), indent=1).encode())
             pub.put_bytes("trainer_state.json", json.dumps(state.to_json(), indent=2).encode())
             pub.manifest.update(
-                {"kind": "checkpoint", "step": state.step, "format": ZERO3, "world_size": world}
+                {
+                    "kind": "checkpoint",
+                    "step": state.step,
+                    "format": ZERO3,
+                    "world_size": world,
+                    "layout": layout,
+                }
             )
     dist.barrier()  # the manifest is written: every rank may rely on this checkpoint from here on
     return prefix

@@ -2,9 +2,10 @@
 
 - `SingleProcess`: plain PyTorch in one process — AdamW (fused on GPUs), clipping, the LR schedule, the
   trainable weights and optimizer state in each checkpoint. The fastest path on one GPU.
-- `Zero3`: DeepSpeed ZeRO-3 over the processes torchrun started (zero.py) — weights partitioned as they
-  load, the update applied by the engine at the last micro-batch, every rank's shard in each checkpoint
-  (resumable by the same number of processes only).
+- `Zero3`: DeepSpeed ZeRO-3 over the processes torchrun started (zero.py), in one of its layouts
+  (zero3, zero3-replicated, zero3-hpz) — weights partitioned as they load, the update applied by the
+  engine at the last micro-batch, every rank's shard in each checkpoint (resumable by the same number
+  of processes only, in any of the three).
 
 The recipe calls the same methods in the same order on either, so its loop has no branch on the layout.
 """
@@ -16,7 +17,7 @@ from typing import Any, Protocol
 
 import torch
 
-from reviewstack.common.runspec import TrainSpec
+from reviewstack.common.runspec import Layout, TrainSpec
 from reviewstack.common.store import ArtifactStore
 from reviewstack.trainjob import checkpoint
 from reviewstack.trainjob.kernels import use_liger
@@ -96,28 +97,32 @@ class Zero3:
     def __init__(
         self,
         spec: TrainSpec,
+        layout: Layout,
         device: torch.device,
         dtype: torch.dtype,
         schedule: Schedule,
         accumulation: int,
         rank: int,
         world_size: int,
+        gpus_per_node: int,
         config_overrides: dict[str, Any] | None = None,
     ) -> None:
-        """`config_overrides` are merged into the DeepSpeed config built from the spec (benchmarks)."""
+        """`layout`: zero3, zero3-replicated or zero3-hpz (zero.build_config); `config_overrides` are
+        merged into the DeepSpeed config built from the spec (benchmarks)."""
         from reviewstack.trainjob import zero
 
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.layout = rank, world_size, layout
         zero.init_distributed(device)
-        config = _merged(
-            zero.build_config(spec, accumulation, world_size, device, dtype), config_overrides or {}
-        )
+        built = zero.build_config(spec, layout, accumulation, world_size, gpus_per_node, device, dtype)
+        config = _merged(built, config_overrides or {})
         self._hf_ds_config = zero.hf_config(config)  # held: transformers keeps a weak reference
-        self.model, self.pi_factor = load_model(spec, device, dtype)
+        self.model, self.pi_factor = load_model(spec, device, dtype, zero3=True)
         # Liger's fused loss reads lm_head's weight outside the module, where ZeRO-3 has not gathered
         # it: the plain head on the response positions (as fast at ~1k labelled tokens) instead
         self.loss_model = ResponseLossModel(self.model, ResponseLoss(use_liger=False))
         self.engine, self.scheduler = zero.initialize(self.loss_model, config, schedule)
+        if rank == 0:
+            zero.log_weight_placement(self.model, layout)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         return self.engine(**batch)
@@ -133,7 +138,7 @@ class Zero3:
 
     def save(self, store: ArtifactStore, run_prefix: str, state: checkpoint.TrainerState) -> None:
         checkpoint.save_zero_checkpoint(
-            store, run_prefix, self.engine, self.model, state, self.rank, self.world_size
+            store, run_prefix, self.engine, self.model, state, self.rank, self.world_size, self.layout
         )
 
     def load(self, store: ArtifactStore, prefix: str) -> checkpoint.TrainerState:

@@ -49,11 +49,14 @@ def check_base_model(path: str) -> None:
         raise InvalidArgument(f"base model {path} has no {', '.join(missing)}")
 
 
-def load_model(spec: TrainSpec, device: torch.device, dtype: torch.dtype) -> tuple[Any, float]:
+def load_model(
+    spec: TrainSpec, device: torch.device, dtype: torch.dtype, zero3: bool = False
+) -> tuple[Any, float]:
     """The model ready to train, and the PI factor written into its config.
 
-    With deepspeed=zero3 the caller holds a `HfDeepSpeedConfig` first, so `from_pretrained` partitions
-    the weights across ranks as it loads them; such a model stays where DeepSpeed put it (no `.to`)."""
+    `zero3`: the run's layout is one of DeepSpeed's; the caller holds a `HfDeepSpeedConfig` first, so
+    `from_pretrained` partitions the weights across ranks as it loads them; such a model stays where
+    DeepSpeed put it (no `.to`)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(spec.base_model, local_files_only=True)
@@ -68,20 +71,15 @@ def load_model(spec: TrainSpec, device: torch.device, dtype: torch.dtype) -> tup
     if spec.method == "qlora":
         kwargs["quantization_config"] = _four_bit(dtype, device)
     model = AutoModelForCausalLM.from_pretrained(spec.base_model, **kwargs)
-    if spec.method != "qlora" and spec.deepspeed != "zero3":
+    if spec.method != "qlora" and not zero3:
         model.to(device)
     model.config.use_cache = False
     liger = kernels.use_liger(spec.liger, device) and kernels.apply_liger(model)
     if spec.gradient_checkpointing:
         _enable_checkpointing(model)
     if spec.method in ("lora", "qlora"):
-        model = _with_lora(model, spec)
-    if (
-        spec.method == "lora"
-        and spec.deepspeed == "none"
-        and device.type == "cuda"
-        and dtype == torch.bfloat16
-    ):
+        model = _with_lora(model, spec, zero3)
+    if spec.method == "lora" and not zero3 and device.type == "cuda" and dtype == torch.bfloat16:
         kernels.lora_in_compute_dtype(model)
     log.info(
         "model loaded",
@@ -118,7 +116,7 @@ def _four_bit(dtype: torch.dtype, device: torch.device) -> Any:
     )
 
 
-def _with_lora(model: Any, spec: TrainSpec) -> Any:
+def _with_lora(model: Any, spec: TrainSpec, zero3: bool) -> Any:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if spec.method == "qlora":
@@ -144,7 +142,7 @@ def _with_lora(model: Any, spec: TrainSpec) -> Any:
     # under ZeRO-3 the adapters take the base weights' dtype: DeepSpeed keeps fp32 master copies in its
     # optimizer and gathers weights in its own dtype (its forward runs without our autocast); elsewhere
     # PEFT's fp32 adapters are the master weights
-    return get_peft_model(model, lora, autocast_adapter_dtype=spec.deepspeed != "zero3")
+    return get_peft_model(model, lora, autocast_adapter_dtype=not zero3)
 
 
 def _token_indices(spec: TrainSpec) -> list[int]:

@@ -5,15 +5,15 @@ Supported: LoRA (default), QLoRA (bitsandbytes + GPU), full fine-tuning; Positio
 target context; flash attention 2 when importable, SDPA otherwise; gradient checkpointing; loss on the
 response only with logits only at labelled positions (Liger's fused kernel when installed); resume from
 the latest complete checkpoint of the same run id; best-by-validation-loss `best/`; `merged/` weights.
-How the model is stepped, saved and restored is execution.py's: one process in plain PyTorch, or
-DeepSpeed ZeRO-3 over the processes torchrun started (deepspeed=zero3: NCCL on GPUs, gloo on CPUs, each
-rank's data and optimizer shard, losses and counts summed over ranks, checkpoints resumable by the same
-number of processes only). On SIGTERM all ranks stop after the same step and checkpoint; torchrun kills
-them 30 s after passing SIGTERM on, so give it `--shutdown-timeout` longer than a step plus a checkpoint.
-Not supported, refused at start: several processes without ZeRO-3 (plain DDP would hold a full model
-copy per GPU, which 12k-token 8B training cannot afford); QLoRA without a GPU; QLoRA with ZeRO-3. GPU
-speed-ups that keep the maths (Liger kernels, LoRA in bf16 under autocast, cuDNN attention) are in
-kernels.py.
+How the model is stepped, saved and restored is execution.py's, in the layout the spec names or
+`auto` picks from the predicted peak memory (layout.py): one process in plain PyTorch, or DeepSpeed
+ZeRO-3 over the processes torchrun started (NCCL on GPUs, gloo on CPUs, each rank's data and optimizer
+shard, losses and counts summed over ranks, checkpoints resumable by the same number of processes only)
+with the weights sharded, kept whole on every GPU, or given a second shard per node. On SIGTERM all ranks
+stop after the same step and checkpoint; torchrun kills them 30 s after passing SIGTERM on, so give it
+`--shutdown-timeout` longer than a step plus a checkpoint. Not supported, refused at start: QLoRA without
+a GPU; QLoRA or trainable tokens over several processes. GPU speed-ups that keep the maths (Liger
+kernels, LoRA in bf16 under autocast, cuDNN attention) are in kernels.py.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from reviewstack.common.runspec import TrainSpec
 from reviewstack.common.settings import StoreSettings
 from reviewstack.common.store import open_store
 from reviewstack.common.tokenizer import load_tokenizer
-from reviewstack.trainjob import checkpoint
+from reviewstack.trainjob import checkpoint, layout, zero
 from reviewstack.trainjob.data import (
     EpochSampler,
     Example,
@@ -65,22 +65,16 @@ class FineTuneRecipe:
         self.store_settings = store_settings or StoreSettings()
         self.rank = int(os.environ.get("RANK", "0"))
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.zero3 = spec.deepspeed == "zero3"
-        if self.world_size > 1 and not self.zero3:
-            raise FailedPrecondition(f"{self.world_size} processes need deepspeed=zero3 (no plain DDP)")
         if spec.effective_batch_size % (spec.micro_batch_size * self.world_size):
             raise InvalidArgument(
                 f"effective_batch_size {spec.effective_batch_size} is not a multiple of micro_batch_size × "
                 f"processes ({spec.micro_batch_size} × {self.world_size}): change one of them"
             )
-        if self.zero3:
-            _check_zero3(spec)
+        if self.world_size > 1 or spec.layout.startswith("zero3"):
+            _check_deepspeed()
         self.device = _device(spec.device)
         self.dtype = _dtype(spec.precision, self.device)
-        if self.zero3:
-            from reviewstack.trainjob import zero
-
-            zero.select_accelerator(self.device)
+        zero.select_accelerator(self.device)  # before anything imports DeepSpeed
         _seed_everything(spec.seed)
         self._stop = False
 
@@ -111,8 +105,19 @@ class FineTuneRecipe:
         if self.rank == 0:
             self._claim_run_id()
         self.latest = checkpoint.latest_checkpoint(self.output, self.run_prefix)
+        self._choose_layout(config.to_dict())
         if self.latest:  # optimizer state fits only the layout that wrote it
-            checkpoint.check_resumable(self.output, self.latest, self.zero3, self.world_size)
+            checkpoint.check_resumable(self.output, self.latest, self.layout, self.world_size)
+
+    def _choose_layout(self, config: dict[str, Any]) -> None:
+        """The spec's layout, or auto's pick by predicted peak memory; recorded in the run's layout.json."""
+        resumed = checkpoint.checkpoint_layout(self.output, self.latest) if self.latest else None
+        if self.world_size > 1:  # the ranks agree on the smallest GPU among them
+            zero.init_distributed(self.device)
+        self.plan = layout.choose(self.spec, config, self.device, self.world_size, resumed)
+        self.layout = self.plan.chosen
+        if self.rank == 0:
+            layout.write_plan(self.output, self.run_prefix, self.plan)
 
     # -- building the parts, in order ---------------------------------------------------------------
     def _claim_run_id(self) -> None:
@@ -170,9 +175,17 @@ class FineTuneRecipe:
                 num_training_steps=self.total_steps,
             )
 
-        if self.zero3:
+        if self.layout != "single":
             self.execution: Execution = Zero3(
-                self.spec, self.device, self.dtype, schedule, self.accumulation, self.rank, self.world_size
+                self.spec,
+                self.layout,
+                self.device,
+                self.dtype,
+                schedule,
+                self.accumulation,
+                self.rank,
+                self.world_size,
+                self.plan.topology.gpus_per_node,
             )
         else:
             self.execution = SingleProcess(self.spec, self.device, self.dtype, schedule)
@@ -310,9 +323,14 @@ class FineTuneRecipe:
             "best_val_loss": self.state.best_val_loss,
             "final_loss": self.reporter.latest.get("loss"),
             "pi_factor": self.pi_factor,
+            "layout": self.layout,
         }
+        memory = layout.check(self.plan, layout.measured_peaks(self.device, self.world_size))
+        if memory:
+            summary["peak_gib"], summary["predicted_peak_gib"] = memory["peak_gib"], memory["predicted_gib"]
         self.execution.release()  # rank 0's merge loads a whole base model, which must not be partitioned
         if self.rank == 0:
+            layout.write_plan(self.output, self.run_prefix, self.plan, memory)
             if self.spec.merge:
                 lineage = {
                     "run_id": self.spec.run_id,
@@ -352,15 +370,11 @@ class FineTuneRecipe:
         self._stop = True
 
 
-def _check_zero3(spec: TrainSpec) -> None:
+def _check_deepspeed() -> None:
     if importlib.util.find_spec("deepspeed") is None:
         raise FailedPrecondition(
-            "deepspeed=zero3 needs the deepspeed package: pip install 'reviewstack-trainjob[deepspeed]'"
-        )
-    if spec.method == "qlora":
-        raise FailedPrecondition(
-            "method=qlora with deepspeed=zero3 is not supported: use method=lora (ZeRO-3 already shards "
-            "the base weights across GPUs) or qlora on one GPU with deepspeed=none"
+            "several processes and the zero3 layouts need the deepspeed package: pip install "
+            "'reviewstack-trainjob[deepspeed]', or run one process with layout single or auto"
         )
 
 

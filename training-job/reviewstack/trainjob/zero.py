@@ -20,10 +20,13 @@ import torch
 
 from reviewstack.common.child_process import free_port
 from reviewstack.common.errors import FailedPrecondition
-from reviewstack.common.runspec import TrainSpec
+from reviewstack.common.logging import get_logger
+from reviewstack.common.runspec import Layout, TrainSpec
 
 CONFIG_ENV = "REVIEWSTACK_DEEPSPEED_CONFIG"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "deepspeed" / "zero3.json"
+log = get_logger(__name__)
+PERSIST_ALL = 2**62  # a persistence threshold above every weight's size: all stay whole on every rank
 
 
 def select_accelerator(device: torch.device) -> None:
@@ -51,13 +54,23 @@ def init_distributed(device: torch.device) -> None:
 
 
 def build_config(
-    spec: TrainSpec, accumulation: int, world_size: int, device: torch.device, dtype: torch.dtype
+    spec: TrainSpec,
+    layout: Layout,
+    accumulation: int,
+    world_size: int,
+    gpus_per_node: int,
+    device: torch.device,
+    dtype: torch.dtype,
 ) -> dict[str, Any]:
-    """The DeepSpeed config file with its "auto" values filled in from the spec and the device.
+    """The DeepSpeed config file with its "auto" values filled in from the spec, the layout and the device.
 
-    An explicit value that contradicts the spec is refused rather than silently winning: the spec is
-    what the run records and reports. On GPUs the optimizer is torch's fused AdamW (one kernel for all
-    adapters instead of a loop over them)."""
+    An explicit value that contradicts them is refused rather than silently winning: the spec is what
+    the run records and reports. On GPUs the optimizer is torch's fused AdamW (one kernel for all
+    adapters instead of a loop over them). The layouts differ in two settings only:
+    - zero3-replicated: every weight persistent (never partitioned for use, only for the update), so no
+      weight is all-gathered in forward or backward;
+    - zero3-hpz: ZeRO++'s secondary partition of the weights across the GPUs of a node, which backward's
+      all-gathers read instead of the primary one spread over all nodes."""
     path = Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
     if not path.is_file():
         raise FailedPrecondition(
@@ -77,6 +90,10 @@ def build_config(
         "optimizer.params.lr": spec.learning_rate,
         "optimizer.params.weight_decay": spec.weight_decay,
         "optimizer.params.fused": device.type == "cuda",
+        "zero_optimization.stage3_param_persistence_threshold": PERSIST_ALL
+        if layout == "zero3-replicated"
+        else 0,
+        "zero_optimization.zero_hpz_partition_size": gpus_per_node if layout == "zero3-hpz" else 1,
     }
     for dotted, value in values.items():
         *parents, leaf = dotted.split(".")
@@ -136,6 +153,21 @@ def _fetch_by_decoder_layer(module: torch.nn.Module) -> None:
     decoder_layers = max(layers, key=len, default=None)  # the decoder's stack of blocks
     if decoder_layers is not None:
         deepspeed.utils.set_z3_leaf_modules(module, [type(decoder_layers[0])])
+
+
+def log_weight_placement(model: torch.nn.Module, layout: Layout) -> None:
+    """How much of the model each rank holds whole, and whether a per-node shard exists: what the
+    layout was meant to do, as DeepSpeed did it."""
+    params = list(model.parameters())
+    total = sum(p.ds_numel for p in params)
+    whole = sum(p.ds_numel for p in params if getattr(p, "ds_persist", False))
+    node_shards = sum(getattr(p, "ds_secondary_tensor", None) is not None for p in params)
+    log.info(
+        "weights placed",
+        layout=layout,
+        whole_on_every_rank=round(whole / max(total, 1), 4),
+        with_node_shard=round(node_shards / max(len(params), 1), 4),
+    )
 
 
 def gathered_trainable_state(model: torch.nn.Module, rank: int) -> dict[str, torch.Tensor]:

@@ -31,6 +31,8 @@ _RUN_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # a DNS label: it
 MAX_EFFECTIVE_BATCH = 4096
 MAX_MICRO_BATCH = 256
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# how the processes of a run share the model (train_memory.py predicts each one's memory)
+Layout = Literal["auto", "single", "zero3", "zero3-replicated", "zero3-hpz"]
 
 
 def check_run_id(value: str) -> str:
@@ -108,7 +110,13 @@ class TrainSpec(BaseModel):
         "auto", description="auto: flash_attention_2 when importable, else SDPA"
     )
     gradient_checkpointing: bool = True
-    deepspeed: Literal["none", "zero3"] = Field("none", description="zero3: DeepSpeed ZeRO stage 3")
+    layout: Layout = Field(
+        "auto",
+        description="how the processes share the model: auto (the fastest layout whose predicted peak "
+        "fits the GPUs: single on one, else zero3-replicated, zero3-hpz across nodes, zero3), single (one "
+        "process, no DeepSpeed), zero3 (DeepSpeed ZeRO-3: everything sharded), zero3-replicated (ZeRO-3 "
+        "with the weights whole on every GPU), zero3-hpz (ZeRO++: a second weight shard per node)",
+    )
     liger: Literal["auto", "on", "off"] = Field("auto", description="Liger kernels when installed")
     merge: bool = Field(True, description="write merged/ (full weights) at the end")
 
@@ -136,12 +144,31 @@ class TrainSpec(BaseModel):
             )
         if self.effective_batch_size % self.micro_batch_size:
             raise ValueError("effective_batch_size must be a multiple of micro_batch_size")
-        if self.lora.trainable_tokens and (self.method == "full" or self.deepspeed == "zero3"):
+        if self.lora.trainable_tokens and (self.method == "full" or self.layout.startswith("zero3")):
             raise ValueError(
                 "lora.trainable_tokens trains embedding rows beside a LoRA adapter: not with method full "
-                "(every row trains) nor deepspeed zero3 (partitioned embeddings); leave it empty there"
+                "(every row trains) nor a zero3 layout (partitioned embeddings); leave it empty there"
+            )
+        if self.method == "qlora" and self.layout.startswith("zero3"):
+            raise ValueError(
+                "method=qlora runs as one process (layout single or auto): 4-bit weights are not "
+                "partitioned by DeepSpeed here; use method=lora for a zero3 layout"
             )
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_deepspeed(cls, data: Any) -> Any:
+        """Specs (and the spec.json of runs) written before `layout` said `deepspeed: none|zero3`."""
+        if isinstance(data, dict) and "deepspeed" in data:
+            data = dict(data)
+            legacy = data.pop("deepspeed")
+            if "layout" in data:
+                raise ValueError("deepspeed was replaced by layout: give layout only")
+            if legacy not in ("none", "zero3"):
+                raise ValueError(f"deepspeed={legacy!r}: it is now layout (single, zero3, … or auto)")
+            data["layout"] = "single" if legacy == "none" else "zero3"
+        return data
 
 
 def read_spec_source(source: str, settings: StoreSettings | None = None) -> dict[str, Any]:

@@ -6,6 +6,7 @@
     reviewstack train list [--server …]
     reviewstack train cancel RUN_ID --server …
     reviewstack train render-job spec.yaml --gpus 8 --nodes 2 --upload | kubectl apply -f -
+    reviewstack train plan spec.yaml --gpus 4 --gpu-memory 79.1   # each layout's peak memory per GPU
 
 SPEC is a JSON/YAML file or a store URI of a spec.json; `key=value` arguments override it (dotted keys
 reach nested settings). A spec without run_id gets a fresh one, without output the store of
@@ -18,6 +19,7 @@ import json
 import signal
 import time
 import uuid
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -264,6 +266,81 @@ def render_job(
     else:
         err.print(f"the Job reads {spec_uri}: write it there first (or pass --upload)", soft_wrap=True)
     print(to_yaml(render_run(train_spec.run_id, spec_uri, template, resources)), end="")
+
+
+@app.command()
+def plan(
+    spec: SpecArg,
+    overrides: OverridesArg = None,
+    gpus: Annotated[int, typer.Option(min=1, help="GPUs per node")] = 1,
+    nodes: Annotated[int, typer.Option(min=1, help="nodes")] = 1,
+    gpu_memory: Annotated[
+        float, typer.Option(min=1, help="one GPU's memory in GiB as torch reports it (80 GB cards: 79.1)")
+    ] = 79.1,
+    model_config: Annotated[
+        Path | None, typer.Option(help="the base model's config.json (default: base_model/config.json)")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Each layout's predicted peak memory per GPU for SPEC on these GPUs, and the one `layout=auto` takes.
+
+    The training job makes the same prediction at its start (with the GPUs it finds) and writes it,
+    with the peaks it measured, to runs/<run-id>/layout.json. Exit status 1 when no layout fits."""
+    from reviewstack.common.train_memory import ModelShape, Topology
+    from reviewstack.common.train_memory import plan as plan_layouts
+    from reviewstack.training.specs import load_spec
+
+    settings = _settings()
+    train_spec = load_spec(spec, overrides or [], settings.store, settings)
+    if model_config is not None:
+        shape = ModelShape.from_config(_read_json(model_config), str(model_config))
+    else:
+        shape = ModelShape.from_model_dir(train_spec.base_model)
+    topology = Topology(gpus * nodes, gpus, gpu_memory)
+    # Liger's kernels are in the training image; `liger: off` is the one way to go without them
+    layouts = plan_layouts(shape, train_spec, topology, liger=train_spec.liger != "off", strict=False)
+    if as_json:
+        out.print_json(json.dumps(layouts.as_dict()))
+    else:
+        _print_plan(layouts, shape)
+    if layouts.chosen is None:
+        raise typer.Exit(1)
+
+
+def _print_plan(layouts, shape) -> None:
+    from rich.table import Table
+
+    topology = layouts.topology
+    table = Table(
+        title=f"peak memory per GPU: {shape.parameters / 1e9:.2f}B parameters on {topology.gpus} GPU(s) "
+        f"({topology.gpus_per_node} per node) of {topology.gpu_memory_gib:.1f} GiB, "
+        f"{topology.usable_gib:.1f} usable"
+    )
+    for column in ("layout", "weights", "trainable", "activations", "buffers", "peak / GPU", ""):
+        table.add_column(column, justify="left" if column in ("layout", "") else "right")
+    for name, p in layouts.predictions.items():
+        verdict = "← auto" if name == layouts.chosen else layouts.unavailable.get(name, "fits")
+        cells = [f"{v:.1f}" for v in (p.weights, p.trainable, p.activations, p.buffers, p.total)]
+        table.add_row(name, *cells, verdict, style="bold" if name == layouts.chosen else None)
+    out.print(table)
+    if layouts.chosen is None:
+        err.print(
+            "no layout runs this spec on these GPUs: more GPUs, shorter sequences or LoRA", soft_wrap=True
+        )
+    for note in layouts.notes:
+        err.print(note, soft_wrap=True)
+
+
+def _read_json(path: Path) -> dict:
+    from reviewstack.common.errors import InvalidArgument
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidArgument(f"cannot read {path} as a JSON model config: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidArgument(f"{path} holds no JSON object (a model's config.json)")
+    return data
 
 
 # ---- helpers -------------------------------------------------------------------------------------------
