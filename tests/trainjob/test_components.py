@@ -141,3 +141,23 @@ def test_sampler_resumes_at_the_same_position_and_shards_ranks():
     assert not {i for batch in rank0 for i in batch} & {i for batch in rank1 for i in batch}
     with pytest.raises(InvalidArgument, match="same dataset"):
         resumed.load_state_dict({"epoch": 0, "position": 1, "n": 11})
+
+
+def test_the_measured_peak_is_set_beside_the_prediction_and_an_underestimate_is_flagged(caplog):
+    """layout.check, which every run on GPUs ends with (the peaks come from every rank)."""
+    from reviewstack.common.runspec import TrainSpec
+    from reviewstack.common.train_memory import ModelShape, Topology, plan
+    from reviewstack.trainjob import layout
+
+    spec = TrainSpec(run_id="m", dataset="d", base_model="b", output="o", device="cuda")
+    shape = ModelShape.from_config(LlamaConfig(num_hidden_layers=2, vocab_size=1000).to_dict())
+    chosen = plan(shape, spec, Topology(2, 2, 79.1), liger=True)
+    predicted = chosen.chosen_prediction.total
+    assert layout.check(chosen, None) is None  # CPUs: nothing measured
+    close = layout.check(chosen, [predicted * 0.97, predicted * 0.9])
+    assert close["peak_gib"] == predicted * 0.97 and close["error"] == pytest.approx(-0.03, abs=1e-3)
+    assert close["peak_gib_per_gpu"] == [predicted * 0.97, predicted * 0.9]
+    assert "underestimated" not in caplog.text
+    over = layout.check(chosen, [predicted * 1.2, predicted])
+    assert over["error"] == pytest.approx(0.2, abs=1e-3)
+    assert "the memory model underestimated this run" in caplog.text

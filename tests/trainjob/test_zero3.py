@@ -1,6 +1,7 @@
 """DeepSpeed ZeRO-3 through torchrun on CPU (gloo): two ranks train what one plain process trains on
-the same examples, to float rounding; SIGTERM stops both at the same step with a checkpoint holding both
-ranks' shards; a restart resumes from it; best/ is a PEFT adapter; another layout is refused."""
+the same examples, to float rounding, in each zero3 layout (weights sharded, kept whole on every rank,
+or given a node shard); SIGTERM stops both at the same step with a checkpoint holding both ranks'
+shards; a restart resumes from it; best/ is a PEFT adapter; another layout is refused."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from reviewstack.common.store import open_store
 
 from .test_training import ENV, _spec, _train
 
-pytestmark = pytest.mark.slow  # about 3 minutes on 2 cores: five training processes, two of them torchrun
+pytestmark = pytest.mark.slow  # about 1.5 minutes on 2 cores: seven training processes, four of them torchrun
 # --shutdown-timeout: how long torchrun lets the ranks finish a step and checkpoint after SIGTERM
 TORCHRUN = [
     str(Path(sys.executable).parent / "torchrun"),
@@ -56,9 +57,7 @@ def zero3(tiny_model, small_dataset, tmp_path_factory):
     """Two ranks: SIGTERM once step 2 is checkpointed, then a restart that runs to the end and merges."""
     tmp = tmp_path_factory.mktemp("zero3")
     # merge from the start: a restart must run the spec it was stopped with (a run id names one spec)
-    spec = _spec(
-        tmp, tiny_model, small_dataset, run_id="zero3", deepspeed="zero3", **{**COMMON, "merge": True}
-    )
+    spec = _spec(tmp, tiny_model, small_dataset, run_id="zero3", layout="zero3", **{**COMMON, "merge": True})
     store = open_store(str(tmp / "runs-store"))
     first = subprocess.Popen(
         [*TORCHRUN, "-m", "reviewstack.trainjob", str(spec)],
@@ -102,6 +101,38 @@ def test_two_ranks_train_what_one_process_trains(plain, zero3):
     assert rows[-1]["loss"] < rows[0]["loss"] and rows[-1]["val_loss"] < rows[1]["val_loss"]
     status = json.loads(zero3["store"].get_bytes("runs/zero3/status.json"))
     assert status["state"] == "succeeded" and status["step"] == STEPS
+
+
+@pytest.mark.parametrize(
+    ("layout", "taken", "placed"),
+    [
+        # on CPUs (no GPU memory to fit) auto takes the fastest layout for two processes
+        ("auto", "zero3-replicated", "whole_on_every_rank=1.0 with_node_shard=0.0"),
+        ("zero3-hpz", "zero3-hpz", "whole_on_every_rank=0.0 with_node_shard=1.0"),
+    ],
+    ids=["auto", "zero3-hpz"],
+)
+def test_the_other_layouts_train_what_one_process_trains(
+    plain, tiny_model, small_dataset, tmp_path, layout, taken, placed
+):
+    spec = _spec(tmp_path, tiny_model, small_dataset, run_id="layout", layout=layout, **COMMON)
+    run = subprocess.run(
+        [*TORCHRUN, "-m", "reviewstack.trainjob", str(spec)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "weights placed" in run.stderr and placed in run.stderr  # what DeepSpeed did with the weights
+    store = open_store(str(tmp_path / "runs-store"))
+    for row, ref in zip(_rows(store, "layout"), plain["rows"], strict=True):
+        for key in [k for k in ("loss", "grad_norm", "lr", "val_loss") if k in ref]:
+            assert row[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-9), (row["step"], key)
+    record = json.loads(store.get_bytes("runs/layout/layout.json"))
+    assert record["requested"] == layout and record["chosen"] == taken and record["gpus"] == 2
+    assert {r["layout"] for r in record["layouts"]} == {"single", "zero3", "zero3-replicated", "zero3-hpz"}
+    assert "measured" not in record  # peaks are measured on GPUs only
 
 
 def test_sigterm_stops_both_ranks_and_the_restart_resumes(zero3):
@@ -153,7 +184,7 @@ def test_best_is_a_peft_adapter_equal_to_the_plain_runs(plain, zero3, tiny_model
     assert merged["run_id"] == "zero3" and merged["best_step"] == best["step"]
 
 
-@pytest.mark.parametrize("layout", ["deepspeed=zero3", "deepspeed=none"])
+@pytest.mark.parametrize("layout", ["layout=zero3", "layout=single"])
 def test_a_checkpoint_is_refused_by_another_layout(zero3, tmp_path, layout):
     output = tmp_path / "runs-store"
     shutil.copytree(zero3["tmp"] / "runs-store", output)  # this run records its failure in status.json
@@ -162,11 +193,11 @@ def test_a_checkpoint_is_refused_by_another_layout(zero3, tmp_path, layout):
     open_store(str(output)).delete("runs/zero3/spec.json")
     run = _train(zero3["spec"], f"output={output}", f"max_steps={STEPS + 2}", layout)
     assert run.returncode == 2, run.stderr[-2000:]
-    assert "written by deepspeed=zero3 with 2 processes" in run.stderr and "Traceback" not in run.stderr
+    assert "written by a zero3 layout with 2 processes" in run.stderr and "Traceback" not in run.stderr
 
 
 def test_one_process_runs_zero3_without_torchrun(plain, tiny_model, small_dataset, tmp_path):
-    spec = _spec(tmp_path, tiny_model, small_dataset, run_id="single", deepspeed="zero3", **COMMON)
+    spec = _spec(tmp_path, tiny_model, small_dataset, run_id="single", layout="zero3", **COMMON)
     run = _train(spec, "max_steps=2")
     assert run.returncode == 0, run.stderr[-3000:]
     store = open_store(str(tmp_path / "runs-store"))

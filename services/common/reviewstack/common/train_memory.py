@@ -269,7 +269,8 @@ def predict(
             # weights gathered for use: the largest fetch (a decoder layer is one, zero.py; or the
             # embedding) and what is prefetched behind it
             unit = max(shape.layer_parameters, shape.embedding_parameters)
-            gathered = min(unit + PREFETCH_BUCKET, max(MAX_LIVE_PARAMETERS, unit)) * w
+            ahead = min(PREFETCH_BUCKET, shape.parameters - unit)
+            gathered = min(unit + ahead, max(MAX_LIVE_PARAMETERS, unit)) * w
         # the update makes fp32 gradients of a sub-group at a time, once the activations are gone
         fp32_grads = min(trainable / n, SUB_GROUP) * 4
     activations = _activations(shape, spec, w, plain_loss=layout != "single" or not liger)
