@@ -93,6 +93,7 @@ def test_the_layouts_memory_orders_as_their_sharding():
         (LLAMA3_8B, 4, 4, {"method": "full"}, "zero3-replicated"),
         (LLAMA3_70B, 8, 8, {}, "zero3"),  # 141 GB of weights: sharded; one node, so not hpZ
         (LLAMA3_70B, 16, 8, {}, "zero3-hpz"),  # two nodes: a shard per node fits
+        (LLAMA3_70B, 16, 1, {}, "zero3"),  # a GPU per node: a node's shard is the whole model
         (LLAMA3_70B, 1, 1, {"method": "qlora"}, None),  # 12k tokens of fp32 residual stream: no
         (LLAMA3_70B, 1, 1, {"method": "qlora", "max_prompt_length": 4096}, "single"),
     ],

@@ -320,33 +320,33 @@ def plan(
 
     `strict`: raise FailedPrecondition when no layout can run (a plan for display returns chosen=None)."""
     predictions = {name: predict(shape, spec, name, topology, liger=liger) for name in SPEED_ORDER}
-    unavailable: dict[Layout, str] = {}
+    cannot: dict[Layout, str] = {}  # would not run here at all
+    passed_over: dict[Layout, str] = {}  # would run if asked for, but auto does not take it
     usable = topology.usable_gib
     for name, prediction in predictions.items():
         if name == "single" and topology.gpus > 1:
-            unavailable[name] = "one process only"
+            cannot[name] = "one process only"
         elif name != "single" and (spec.method == "qlora" or spec.lora.trainable_tokens):
-            unavailable[name] = "qlora and trainable tokens run as one process"
+            cannot[name] = "qlora and trainable tokens run as one process"
         elif name == "zero3-hpz" and topology.nodes == 1:
-            unavailable[name] = "one node: no faster than zero3"
+            passed_over[name] = "one node: no faster than zero3"
+        elif name == "zero3-hpz" and topology.gpus_per_node == 1:
+            passed_over[name] = "one GPU per node: the same as zero3"
         elif usable is not None and prediction.total > usable:
-            unavailable[name] = f"does not fit ({usable:.1f} GiB usable)"
-
-    def runnable(name: Layout) -> bool:  # whatever memory it would take
-        return name not in unavailable or unavailable[name].startswith(("does not fit", "one node"))
-
+            passed_over[name] = f"does not fit ({usable:.1f} GiB usable)"
+    unavailable = {**cannot, **passed_over}
     notes: list[str] = []
     chosen: Layout | None
     if spec.layout != "auto":
         chosen = spec.layout
-        if not runnable(chosen):
+        if chosen in cannot:
             raise FailedPrecondition(
-                f"layout={chosen} cannot run here: {unavailable[chosen]} ({topology.gpus} processes); use "
+                f"layout={chosen} cannot run here: {cannot[chosen]} ({topology.gpus} processes); use "
                 "layout=auto or another layout"
             )
-        if chosen in unavailable:
-            notes.append(f"layout={chosen} was asked for although {unavailable[chosen]}")
-    elif resume_layout is not None and runnable(resume_layout):
+        if chosen in passed_over:
+            notes.append(f"layout={chosen} was asked for although {passed_over[chosen]}")
+    elif resume_layout is not None and resume_layout not in cannot:
         chosen = resume_layout  # the same layout as before the restart, whatever GPUs it got now
         notes.append(f"resumed: kept {resume_layout}, the layout the checkpoint was written with")
     else:
