@@ -265,9 +265,9 @@ def predict(
         # the update's partitions: bf16 flat copy and gradient, fp32 master weights and two moments
         state = trainable * (2 * w + 12) / n
         buffers = min(trainable, REDUCE_BUCKET) * w  # the gradient bucket
-        if layout != "zero3-replicated":
+        if layout != "zero3-replicated" and n > 1:
             # weights gathered for use: the largest fetch (a decoder layer is one, zero.py; or the
-            # embedding) and what is prefetched behind it
+            # embedding) and what is prefetched behind it (one process uses its partition as it is)
             unit = max(shape.layer_parameters, shape.embedding_parameters)
             ahead = min(PREFETCH_BUCKET, shape.parameters - unit)
             gathered = min(unit + ahead, max(MAX_LIVE_PARAMETERS, unit)) * w
