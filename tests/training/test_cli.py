@@ -186,3 +186,29 @@ def test_render_job_upload_never_replaces_a_runs_spec(tmp_path, s3_server, s3_st
     other = _done(_start("render-job", str(cluster_spec), "learning_rate=0.0002", "--upload", env=env))
     assert other[0] == 2 and "learning_rate" in " ".join(other[2].split()), other[2]
     assert s3_store.get_bytes("runs/kept-run/spec.json") == stored
+
+
+def test_plan_predicts_each_layout_and_names_the_one_auto_takes(tmp_path):
+    """`train plan` for Llama-3-8B (its config.json alone) on 80 GB cards: LoRA on 2 GPUs keeps the base
+    whole on each; full fine-tuning on 2 fits nowhere (exit 1); a model directory without a config is a
+    one-line error naming what to give."""
+    llama3_8b = {"vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336}
+    llama3_8b |= {"num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8}
+    write_spec(tmp_path / "config.json", llama3_8b)  # base_model's config.json, as the job reads it
+    spec = write_spec(
+        tmp_path / "spec.json", spec_data("s3://b/datasets/x/v1", "s3://b", base_model=str(tmp_path))
+    )
+    lora = _start("plan", str(spec), "--gpus", "2", "--json")
+    full = _start("plan", str(spec), "method=full", "--gpus", "2", "--gpu-memory", "79.1")
+    missing = _start("plan", str(spec), "base_model=/models/none")
+    code, out, err = _done(lora)
+    assert code == 0, err
+    plan = json.loads(out)
+    assert plan["chosen"] == "zero3-replicated" and plan["gpus"] == 2 and plan["usable_gib"] == 70.19
+    totals = {row["layout"]: row["total_gib"] for row in plan["layouts"]}
+    assert totals["zero3"] < totals["zero3-replicated"] < plan["usable_gib"]
+    assert {row["layout"]: row["why_not"] for row in plan["layouts"]}["single"] == "one process only"
+    code, out, err = _done(full)
+    assert code == 1 and "does not fit (70.2 GiB usable)" in out and "no layout runs this spec" in err
+    code, out, err = _done(missing)
+    assert code == 2 and "no config.json in /models/none" in err and "--model-config" in err
