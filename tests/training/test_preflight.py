@@ -86,3 +86,14 @@ def test_a_cluster_run_reads_and_writes_through_s3():
     with pytest.raises(FailedPrecondition, match="device=cuda but the run asks for 0 GPUs"):
         check_cluster_run(validate_train_spec({**spec_data("", ""), **s3, "device": "cuda"}), 0)
     check_cluster_run(validate_train_spec({**spec_data("", ""), **s3}), 8)
+
+
+@pytest.mark.parametrize("what", ["layout=single", "method=qlora", "lora.trainable_tokens"])
+def test_what_runs_as_one_process_is_refused_several_gpus_before_a_pod_starts(what):
+    s3 = {"dataset": "s3://b/datasets/x/v1", "output": "s3://b"}
+    fields = {"layout=single": {"layout": "single"}, "method=qlora": {"method": "qlora"},
+              "lora.trainable_tokens": {"lora": {"trainable_tokens": ["<|eot_id|>"]}}}[what]  # fmt: skip
+    spec = validate_train_spec({**spec_data("", ""), **s3, **fields})
+    check_cluster_run(spec, 1)  # one GPU, one node: fine
+    with pytest.raises(FailedPrecondition, match=f"{what} runs as one process but the run asks for 4 GPUs"):
+        check_cluster_run(spec, 2, nodes=2)

@@ -248,7 +248,7 @@ def render_job(
     train_spec = load_spec(spec, overrides or [], settings.store, settings)
     per_node = (0 if train_spec.device == "cpu" else settings.k8s_gpus_per_node) if gpus is None else gpus
     resources = Resources(gpus_per_node=per_node, nodes=nodes)
-    check_cluster_run(train_spec, per_node)
+    check_cluster_run(train_spec, per_node, nodes)
     template = JobTemplate.from_settings(settings, namespace)
     if image:
         template = replace(template, image=image)

@@ -76,9 +76,9 @@ def check_local_hardware(spec: TrainSpec, gpus_requested: int, gpus_available: i
         raise InvalidArgument(f"the spec says device=cpu but the run asks for {gpus_requested} GPUs")
 
 
-def check_cluster_run(spec: TrainSpec, gpus_per_node: int) -> None:
-    """A Kubernetes run reads and writes through S3 (a path on the controller is invisible to a pod)
-    and gets the GPUs its spec needs."""
+def check_cluster_run(spec: TrainSpec, gpus_per_node: int, nodes: int = 1) -> None:
+    """A Kubernetes run reads and writes through S3 (a path on the controller is invisible to a pod),
+    gets the GPUs its spec needs, and does not start several processes for what runs as one."""
     for name, value in (("dataset", spec.dataset), ("output", spec.output)):
         if not value.startswith("s3://"):
             raise InvalidArgument(
@@ -89,6 +89,16 @@ def check_cluster_run(spec: TrainSpec, gpus_per_node: int) -> None:
         raise FailedPrecondition("the spec asks for device=cuda but the run asks for 0 GPUs per node")
     if spec.device == "cpu" and gpus_per_node > 0:
         raise InvalidArgument(f"the spec says device=cpu but the run asks for {gpus_per_node} GPUs per node")
+    processes = max(gpus_per_node, 1) * nodes
+    one_process = (
+        "layout=single" if spec.layout == "single" else "method=qlora" if spec.method == "qlora" else
+        "lora.trainable_tokens" if spec.lora.trainable_tokens else None
+    )  # fmt: skip
+    if processes > 1 and one_process:
+        raise FailedPrecondition(
+            f"{one_process} runs as one process but the run asks for {processes} GPUs: ask for one GPU "
+            "and one node, or use layout=auto with method=lora"
+        )
 
 
 def local_path_of(uri: str) -> Path | None:

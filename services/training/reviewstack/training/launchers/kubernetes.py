@@ -113,7 +113,7 @@ class KubernetesLauncher:
         return 0 if spec.device == "cpu" else self.settings.k8s_gpus_per_node
 
     def check(self, spec: TrainSpec, resources: Resources) -> None:
-        check_cluster_run(spec, resources.gpus_per_node)
+        check_cluster_run(spec, resources.gpus_per_node, resources.nodes)
 
     def log_location(self, run_id: str) -> str:
         return (
