@@ -48,6 +48,7 @@ def _finished_run(store, run_id: str) -> None:
             "lr": 0.0,
             "tokens_per_s": 5337.0,
             "peak_mem_gib": 23.7,
+            "predicted_peak_gib": 24.6,
         },
         "best": {"step": 200, "val_loss": 0.9011},
         "message": "done",
@@ -129,6 +130,7 @@ def test_cli_verbs(tmp_path, store, dataset, s3_server, s3_store):
     assert "run done-run succeeded" in text
     assert "steps 300 / 300" in text and "final loss 0.8123" in text
     assert "best val loss 0.9011 at step 200" in text
+    assert "peak memory 23.7 GiB (predicted 24.6: layout.json)" in text
     assert f"best/ {store.uri}/runs/done-run/best" in text
     assert f"merged/ {store.uri}/runs/done-run/merged" in text
 

@@ -250,6 +250,8 @@ class FineTuneRecipe:
                 "tokens_per_s": tokens / (time.perf_counter() - started),
                 "peak_mem_gib": _peak_memory_gib(self.device),
             }
+            if self.device.type == "cuda":  # what the layout was chosen by, beside what rank 0 measured
+                row["predicted_peak_gib"] = round(self.plan.chosen_prediction.total, 2)
             if step % self.spec.eval_steps == 0 or step == self.total_steps:
                 row["val_loss"] = self.evaluate(pad_id)
                 self._maybe_best(step, row["val_loss"])

@@ -50,7 +50,10 @@ def summary_table(run: training_pb2.Run) -> Table:
     if "tokens_per_s" in m:
         table.add_row("tokens/s", f"{m['tokens_per_s']:,.0f}")
     if "peak_mem_gib" in m:
-        table.add_row("peak memory", f"{m['peak_mem_gib']:.1f} GiB")
+        predicted = (
+            f" (predicted {m['predicted_peak_gib']:.1f}: layout.json)" if "predicted_peak_gib" in m else ""
+        )
+        table.add_row("peak memory", f"{m['peak_mem_gib']:.1f} GiB{predicted}")
     for name in ("best", "merged"):
         table.add_row(f"{name}/", run.artifacts.get(name, "not published"))
     table.add_row("run folder", run.uri)
